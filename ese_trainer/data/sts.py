@@ -1,0 +1,196 @@
+"""STS evaluation pairs with gold scores normalised from [0, 5] to [0, 1].
+
+Readers for SentEval's STS12–16 folders ("all" setting: every subset of a year pooled, pairs without gold
+skipped, texts whitespace-normalised), STS-B's csv files, SICK, plain csv/tsv/jsonl files with
+``sentence1``, ``sentence2``, ``score`` columns, and ``mteb/*-sts`` Hub datasets. A gold score that is NaN
+or outside [0, 5] is an error naming the file and row, never clipped or skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import load_dataset
+
+from ese_trainer.data.errors import DataError
+from ese_trainer.data.files import read_table, read_utf8_lines, require_columns
+
+MAX_GOLD_SCORE = 5.0
+
+
+@dataclass
+class STSPairs:
+    """Sentence pairs and their gold scores in [0, 1]."""
+
+    name: str
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class STSTask:
+    """Where a task's test pairs live: a SentEval-layout location and the equivalent Hub dataset."""
+
+    senteval_path: str
+    senteval_subsets: tuple[str, ...] = ()
+    hub_id: str = ""
+    hub_split: str = "test"
+
+
+STS_TASKS = {
+    "STS12": STSTask("STS/STS12-en-test", ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
+                     "mteb/sts12-sts"),
+    "STS13": STSTask("STS/STS13-en-test", ("FNWN", "headlines", "OnWN"), "mteb/sts13-sts"),
+    "STS14": STSTask("STS/STS14-en-test", ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news"),
+                     "mteb/sts14-sts"),
+    "STS15": STSTask("STS/STS15-en-test", ("answers-forums", "answers-students", "belief", "headlines", "images"),
+                     "mteb/sts15-sts"),
+    "STS16": STSTask("STS/STS16-en-test", ("answer-answer", "headlines", "plagiarism", "postediting",
+                                           "question-question"), "mteb/sts16-sts"),
+    "STSBenchmark": STSTask("STS/STSBenchmark/sts-test.csv", hub_id="mteb/stsbenchmark-sts"),
+    "SICKRelatedness": STSTask("SICK/SICK_test_annotated.txt", hub_id="mteb/sickr-sts"),
+}
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_gold(value, source: str, row: int | str) -> float:
+    """A gold score in [0, 5] mapped to [0, 1]; anything else is an error naming source and row."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{source}:{row}: gold score {value!r} is not a number") from None
+    if math.isnan(score) or not 0.0 <= score <= MAX_GOLD_SCORE:
+        raise DataError(f"{source}:{row}: gold score {value!r} is outside [0, {MAX_GOLD_SCORE:g}]")
+    return score / MAX_GOLD_SCORE
+
+
+def _checked_text(value, source: str, row: int | str) -> str:
+    text = normalise_text(value) if isinstance(value, str) else ""
+    if not text:
+        raise DataError(f"{source}:{row}: empty text")
+    return text
+
+
+def _collect(name: str, rows) -> STSPairs:
+    """Build pairs from ``(source, row, text1, text2, gold)`` tuples, validating every field."""
+    pairs = STSPairs(name, [], [], [])
+    for source, row, text1, text2, gold in rows:
+        pairs.sentences1.append(_checked_text(text1, source, row))
+        pairs.sentences2.append(_checked_text(text2, source, row))
+        pairs.scores.append(parse_gold(gold, source, row))
+    if not pairs.scores:
+        raise DataError(f"{name}: no pairs found")
+    return pairs
+
+
+def read_senteval_year(directory: str | Path, subsets: tuple[str, ...], name: str) -> STSPairs:
+    """One STS year in the "all" setting: subsets pooled; pairs whose gold line is blank are skipped."""
+    directory = Path(directory)
+
+    def rows():
+        for subset in subsets:
+            input_path = directory / f"STS.input.{subset}.txt"
+            gold_path = directory / f"STS.gs.{subset}.txt"
+            inputs, golds = read_utf8_lines(input_path), read_utf8_lines(gold_path)
+            if len(inputs) != len(golds):
+                raise DataError(f"{input_path}: {len(inputs)} pairs but {gold_path} has {len(golds)} gold lines")
+            for line_number, (line, gold) in enumerate(zip(inputs, golds), start=1):
+                if not gold.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) < 2:
+                    raise DataError(f"{input_path}:{line_number}: expected two tab-separated sentences")
+                yield str(gold_path), line_number, fields[0], fields[1], gold.strip()
+
+    return _collect(name, rows())
+
+
+def read_stsb_csv(path: str | Path, name: str = "STSBenchmark") -> STSPairs:
+    """STS-B's ``sts-*.csv``: tab-separated, score in column 5, texts in 6 and 7 (extra columns ignored)."""
+    path = Path(path)
+
+    def rows():
+        for line_number, line in enumerate(read_utf8_lines(path), start=1):
+            fields = line.split("\t")
+            if len(fields) < 7:
+                raise DataError(f"{path}:{line_number}: expected at least 7 tab-separated columns, got {len(fields)}")
+            yield str(path), line_number, fields[5], fields[6], fields[4]
+
+    return _collect(name, rows())
+
+
+def read_sick(path: str | Path, name: str = "SICKRelatedness") -> STSPairs:
+    """SICK with a header row; ``relatedness_score`` (1–5) is the gold."""
+    path = Path(path)
+    lines = read_utf8_lines(path)
+    header = lines[0].split("\t") if lines else []
+    wanted = ["sentence_A", "sentence_B", "relatedness_score"]
+    require_columns(str(path), header, wanted)
+    index = [header.index(column) for column in wanted]
+
+    def rows():
+        for line_number, line in enumerate(lines[1:], start=2):
+            fields = line.split("\t")
+            if len(fields) < len(header):
+                raise DataError(f"{path}:{line_number}: expected {len(header)} tab-separated columns")
+            yield str(path), line_number, *(fields[i] for i in index)
+
+    return _collect(name, rows())
+
+
+def read_sts_table(path: str | Path, name: str | None = None) -> STSPairs:
+    """A csv/tsv/jsonl file with ``sentence1``, ``sentence2`` and ``score`` (0–5) columns."""
+    columns, rows = read_table(path)
+    require_columns(str(path), columns, ["sentence1", "sentence2", "score"])
+    return _collect(name or Path(path).stem, (
+        (str(path), line, row.get("sentence1"), row.get("sentence2"), row.get("score")) for line, row in rows
+    ))
+
+
+def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None) -> STSPairs:
+    """An ``mteb/*-sts`` style Hub dataset: ``sentence1``, ``sentence2``, ``score`` (0–5)."""
+    dataset = load_dataset(dataset_id, split=split)
+    source = f"{dataset_id}[{split}]"
+    require_columns(source, dataset.column_names, ["sentence1", "sentence2", "score"])
+    return _collect(name or dataset_id, (
+        (source, index, text1, text2, gold)
+        for index, (text1, text2, gold) in enumerate(zip(dataset["sentence1"], dataset["sentence2"], dataset["score"]))
+    ))
+
+
+def load_sts_pairs(source: str, split: str = "test", name: str | None = None) -> STSPairs:
+    """Pairs from a file (STS-B ``sts-*.csv``, SICK ``SICK_*.txt`` or a table) or a Hub dataset id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.name.startswith("sts-") and path.suffix == ".csv":
+            return read_stsb_csv(path, name or path.stem)
+        if path.name.startswith("SICK"):
+            return read_sick(path, name or path.stem)
+        return read_sts_table(path, name)
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise DataError(f"{source}: file not found")
+    return read_hub_sts(source, split, name)
+
+
+def load_sts_task(task: str, data_dir: str | Path | None = None) -> STSPairs:
+    """A task of the standard suite, from a SentEval data folder when given, otherwise from the Hub."""
+    if task not in STS_TASKS:
+        raise DataError(f"unknown STS task {task!r}; choose from {list(STS_TASKS)}")
+    spec = STS_TASKS[task]
+    if data_dir is None:
+        return read_hub_sts(spec.hub_id, spec.hub_split, task)
+    location = Path(data_dir).expanduser() / spec.senteval_path
+    if not location.exists():
+        raise DataError(f"{task}: {location} not found in data folder {data_dir}")
+    if spec.senteval_subsets:
+        return read_senteval_year(location, spec.senteval_subsets, task)
+    return load_sts_pairs(str(location), name=task)

@@ -1,0 +1,48 @@
+"""Files a run writes beside its model: resolved config, data counts, STS tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ese_trainer.evaluation import markdown_table
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def save_resolved_config(output_dir: str | Path, *argument_groups: Any) -> Path:
+    """Every argument as used (file values, overrides and defaults) in one YAML file."""
+    resolved: dict[str, Any] = {}
+    for group in argument_groups:
+        values = group.to_dict() if hasattr(group, "to_dict") else asdict(group) if is_dataclass(group) else group
+        resolved.update(_plain(values))
+    path = Path(output_dir) / "resolved_config.yaml"
+    path.write_text(yaml.safe_dump(resolved, sort_keys=True))
+    return path
+
+
+def save_json(path: str | Path, payload: Any) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(_plain(payload), indent=2) + "\n")
+    return path
+
+
+def save_sts_results(output_dir: str | Path, tables: dict[str, dict[str, float]], model_name: str) -> str:
+    """``eval_results.json`` and ``eval_results.md`` (rows: before / after); returns the Markdown table."""
+    table = markdown_table(tables)
+    save_json(Path(output_dir) / "eval_results.json", {"model": model_name, "metric": "cosine Spearman x100",
+                                                        **tables})
+    (Path(output_dir) / "eval_results.md").write_text(f"# STS results: {model_name}\n\n{table}\n")
+    return table

@@ -1,0 +1,156 @@
+"""Fine-tune a sentence encoder on NLI pairs with the combined CoSENT + in-batch-negative + AnglE loss.
+
+    accelerate launch recipes/train_nli.py --config configs/smoke.yaml [--key value ...]
+
+The STS suite runs before and after training; the best checkpoint is chosen on STS-B *dev*; the output
+folder holds the model in sentence-transformers layout, ``eval_results.json``/``.md``, the resolved config,
+the data counts and a loss-curve plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ese_trainer.arguments import DataArguments, LossArguments, ModelArguments
+from ese_trainer.collator import PairCollator, add_length_column
+from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.data import DataError, load_nli_pairs, load_sts_pairs, load_sts_task
+from ese_trainer.evaluation import evaluate_sts
+from ese_trainer.export import save_sentence_transformer
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.plots import plot_loss_curves
+from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
+from ese_trainer.trainer import STS_DEV_METRIC, ESETrainer, NonFiniteLossError
+
+logger = logging.getLogger("train_nli")
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, TrainingArguments)
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint last`` (or ``true``) means the newest checkpoint in ``output_dir``."""
+    if value is None or value.lower() in ("", "false", "none"):
+        return None
+    if value.lower() in ("last", "true"):
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint={value}: no checkpoint-* folder in {output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def prepare_training_arguments(training_args: TrainingArguments, data_args: DataArguments) -> None:
+    """Settings the recipe relies on, whatever the config says."""
+    # The collator reads the raw text columns.
+    training_args.remove_unused_columns = False
+    training_args.prediction_loss_only = True
+    if "test" in Path(data_args.sts_dev).name.lower() or data_args.sts_dev_split == "test":
+        raise ConfigError(f"sts_dev={data_args.sts_dev!r} ({data_args.sts_dev_split}) looks like a test split: "
+                          "model selection must use a dev split")
+    if training_args.metric_for_best_model and "test" in training_args.metric_for_best_model:
+        raise ConfigError("metric_for_best_model must not be a test metric")
+
+
+def run(argv: list[str]) -> dict:
+    model_args, data_args, loss_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
+    prepare_training_arguments(training_args, data_args)
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    is_main = training_args.process_index == 0
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if is_main else logging.WARNING)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    logger.info("model %s -> %s", model_args.model_name_or_path, model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path)
+    if getattr(model, "pooler", None) is not None:
+        # Sentence embeddings come from our pooling; a frozen pooler keeps DDP from waiting on its gradients.
+        model.pooler.requires_grad_(False)
+
+    with training_args.main_process_first(desc="loading data"):
+        train_dataset, counts = load_nli_pairs(
+            data_args.train_dataset, data_args.train_split, data_args.train_subset, data_args.label_map,
+            data_args.max_train_samples, training_args.data_seed or training_args.seed,
+        )
+    sts_dev = load_sts_pairs(data_args.sts_dev, data_args.sts_dev_split, name="sts_dev")
+    eval_dataset = Dataset.from_dict({"sentence1": sts_dev.sentences1, "sentence2": sts_dev.sentences2,
+                                      "score": sts_dev.scores})
+    if training_args.train_sampling_strategy == "group_by_length":
+        train_dataset, eval_dataset = (
+            add_length_column(dataset, tokenizer, model_args.max_seq_length, training_args.length_column_name)
+            for dataset in (train_dataset, eval_dataset)
+        )
+    suite = {task: load_sts_task(task, data_args.sts_data_dir) for task in data_args.sts_tasks}
+
+    def run_suite(encoder: torch.nn.Module) -> dict[str, float]:
+        return evaluate_sts(encoder, tokenizer, suite, model_args.pooling, model_args.max_seq_length,
+                            data_args.eval_batch_size)
+
+    tables: dict[str, dict[str, float]] = {}
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(output_dir, model_args, data_args, loss_args, training_args)
+        save_json(output_dir / "data_counts.json", {"train": counts.to_dict(), "sts_dev_pairs": len(sts_dev),
+                                                     "sts_test_pairs": {name: len(p) for name, p in suite.items()}})
+        if suite:
+            logger.info("STS suite before training (%s)", model_args.model_name_or_path)
+            tables["before"] = run_suite(model)
+
+    trainer = ESETrainer(
+        model=model,
+        args=training_args,
+        data_collator=PairCollator(tokenizer, model_args.max_seq_length),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        loss_args=loss_args,
+        pooling=model_args.pooling,
+        sts_dev=sts_dev,
+        max_seq_length=model_args.max_seq_length,
+        eval_batch_size=data_args.eval_batch_size,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    if trainer.is_world_process_zero():
+        best_model = trainer.accelerator.unwrap_model(trainer.model)
+        save_sentence_transformer(best_model, tokenizer, output_dir, model_args.pooling, model_args.max_seq_length)
+        plot_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png", f"eval_{STS_DEV_METRIC}")
+        if suite:
+            logger.info("STS suite after training")
+            tables["after"] = run_suite(best_model)
+            table = save_sts_results(output_dir, tables, model_args.model_name_or_path)
+            print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
+        if trainer.state.best_model_checkpoint:
+            print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
+                  f"({trainer.state.best_metric:.2f})")
+        print(f"model saved to {output_dir} (load with SentenceTransformer({str(output_dir)!r}))")
+    trainer.accelerator.wait_for_everyone()
+    return tables
+
+
+def main() -> None:
+    try:
+        run(sys.argv[1:])
+    except (ConfigError, DataError, ModelNotFoundError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
