@@ -1,0 +1,57 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 (offline, from its bundling package), its tokenizer, real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel  # noqa: E402
+
+from ese_trainer.hub_models import resolve_model_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED_DATA = REPO / "data"
+SENTEVAL_DIR = Path(os.environ.get("ESE_SENTEVAL_DIR", REPO.parent / "shared" / "data" / "senteval"))
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    return resolve_model_path(MINILM_ID)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    return AutoModel.from_pretrained(minilm_path).eval()
+
+
+def build_tiny_bert(vocab_size: int, seed: int = 0) -> BertModel:
+    """A 2-layer, 32-dim random BERT for tests of mechanics (never for quality)."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return BertModel(config, add_pooling_layer=False)
+
+
+@pytest.fixture
+def tiny_bert(tokenizer) -> BertModel:
+    return build_tiny_bert(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def senteval_dir() -> Path:
+    if not (SENTEVAL_DIR / "STS").is_dir():
+        pytest.skip(f"SentEval data not found at {SENTEVAL_DIR} (set ESE_SENTEVAL_DIR)")
+    return SENTEVAL_DIR

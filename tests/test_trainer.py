@@ -1,0 +1,88 @@
+"""ESETrainer: combined loss, per-term logs, gradient accumulation scaling, non-finite loss stop."""
+
+import copy
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from ese_trainer.arguments import LossArguments
+from ese_trainer.collator import PairCollator
+from ese_trainer.data import load_nli_pairs
+from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
+from ese_trainer.pooling import pool
+from ese_trainer.trainer import ESETrainer, NonFiniteLossError
+
+from .conftest import EMBEDDED_DATA
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=16, seed=3)
+    return dataset
+
+
+def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, **overrides):
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=0.5,
+                    optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+                    logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False,
+                    train_sampling_strategy="sequential", use_cpu=True, seed=0, dataloader_pin_memory=False)
+    settings.update(overrides)
+    return ESETrainer(model=model, args=TrainingArguments(**settings), train_dataset=dataset,
+                      data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
+                      loss_args=loss_args or LossArguments(), pooling="mean")
+
+
+def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_path):
+    loss_args = LossArguments(cosine_w=0.5, ibn_w=2.0, angle_w=0.25, cosine_scale=10, ibn_scale=30, angle_scale=5)
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, loss_args)
+    batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
+    loss = trainer.compute_loss(tiny_bert, batch)
+    hidden = tiny_bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"]).last_hidden_state
+    emb_a, emb_b = pool(hidden, batch["attention_mask"], "mean").chunk(2)
+    scores = batch["scores"]
+    expected = (0.5 * cosine_loss(emb_a, emb_b, scores, 10) + 2.0 * in_batch_negative_loss(emb_a, emb_b, scores, 30)
+                + 0.25 * angle_loss(emb_a, emb_b, scores, 5))
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, pairs, tmp_path):
+    reference = copy.deepcopy(tiny_bert)
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, gradient_accumulation_steps=2)
+    collate = PairCollator(tokenizer, 64)
+    micro_losses = []
+    for start in (0, 4):
+        loss = trainer.compute_loss(reference, collate([pairs[i] for i in range(start, start + 4)]))
+        (loss / 2).backward()
+        micro_losses.append(loss.item())
+    before = {name: p.detach().clone() for name, p in tiny_bert.named_parameters()}
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["loss"] == pytest.approx(sum(micro_losses) / 2, rel=1e-4)
+    for name, parameter in tiny_bert.named_parameters():
+        expected_step = -0.5 * dict(reference.named_parameters())[name].grad
+        assert torch.allclose(parameter.detach() - before[name], expected_step, atol=1e-6), name
+    assert {"loss_cosine", "loss_ibn", "loss_angle"} <= set(logged)
+
+
+def test_only_weighted_terms_are_logged(tiny_bert, tokenizer, pairs, tmp_path):
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0), max_steps=2)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert "loss_cosine" in logged and "loss_ibn" not in logged and "loss_angle" not in logged
+    assert logged["loss"] == pytest.approx(logged["loss_cosine"], rel=1e-3)
+
+
+class _CorruptWeightsAfterFirstCheckpoint(TrainerCallback):
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            with torch.no_grad():
+                model.embeddings.word_embeddings.weight.fill_(float("nan"))
+
+
+def test_non_finite_loss_names_step_and_last_checkpoint(tiny_bert, tokenizer, pairs, tmp_path):
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    trainer.add_callback(_CorruptWeightsAfterFirstCheckpoint())
+    with pytest.raises(NonFiniteLossError, match=r"step 2 .*last good checkpoint: .*checkpoint-1.*resume with"):
+        trainer.train()
