@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
@@ -10,6 +11,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ese_trainer.pooling import ST_POOLING_MODES, check_pooling
 from ese_trainer.st_modules import CLSAvgPooling
+
+_LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                        "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last"}
 
 
 def save_sentence_transformer(
@@ -33,3 +37,23 @@ def save_sentence_transformer(
     sentence_transformer = SentenceTransformer(modules=[transformer, pooling_module], device="cpu")
     sentence_transformer.save(output_dir)
     return sentence_transformer
+
+
+def saved_pooling(model_dir: str | Path) -> str | None:
+    """The pooling an ST folder was saved with (ours or ST's), or None when it is not an ST folder."""
+    modules_file = Path(model_dir) / "modules.json"
+    if not modules_file.is_file():
+        return None
+    for module in json.loads(modules_file.read_text()):
+        module_type = module.get("type", "")
+        if module_type.endswith("CLSAvgPooling"):
+            return "cls_avg"
+        if module_type.endswith("Pooling"):
+            config = json.loads((Path(model_dir) / module["path"] / "config.json").read_text())
+            if "pooling_mode" in config:
+                reverse = {st_mode: ours for ours, st_mode in ST_POOLING_MODES.items()}
+                return reverse.get(config["pooling_mode"])
+            # sentence-transformers < 5.4 writes one boolean per mode
+            enabled = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if config.get(key)]
+            return enabled[0] if len(enabled) == 1 else None
+    return None

@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_loss_curves(log_history: list[dict], path: str | Path, dev_metric: str = "eval_sts_dev_spearman") -> Path | None:
+def plot_loss_curves(
+    log_history: list[dict], path: str | Path, dev_metric: str = "eval_sts_dev_spearman"
+) -> Path | None:
     """Training loss and each logged term (``loss_*``) per step; the dev metric in a second panel."""
     loss_keys = sorted({key for entry in log_history for key in entry if key == "loss" or key.startswith("loss_")})
     if not loss_keys:

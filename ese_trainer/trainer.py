@@ -66,7 +66,9 @@ class ESETrainer(Trainer):
         if args.cosine_w:
             terms["loss_cosine"] = cosine_loss(emb_a, emb_b, scores, args.cosine_scale)
         if args.ibn_w:
-            terms["loss_ibn"] = in_batch_negative_loss(emb_a, emb_b, scores, args.ibn_scale, args.ibn_positive_threshold)
+            terms["loss_ibn"] = in_batch_negative_loss(
+                emb_a, emb_b, scores, args.ibn_scale, args.ibn_positive_threshold
+            )
         if args.angle_w:
             terms["loss_angle"] = angle_loss(emb_a, emb_b, scores, args.angle_scale)
         return terms

@@ -18,7 +18,8 @@ def test_fresh_cache_offline_resolves_hub_id_and_plain_from_pretrained_works(tmp
         "from transformers import AutoModel, AutoTokenizer\n"
         f"model = AutoModel.from_pretrained({MINILM_ID!r})\n"  # by Hub id, offline, from the seeded cache
         f"tokens = AutoTokenizer.from_pretrained({MINILM_ID!r})('hello world', return_tensors='pt')\n"
-        "print(path, model.config.num_hidden_layers, model.config.hidden_size, model(**tokens).last_hidden_state.shape)\n"
+        "shape = model(**tokens).last_hidden_state.shape\n"
+        "print(path, model.config.num_hidden_layers, model.config.hidden_size, shape)\n"
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)

@@ -30,7 +30,8 @@ def test_cosine_loss_equals_st_cosent(pairs, scale):
 @pytest.mark.parametrize("dim", [24, 25])
 def test_angle_loss_equals_st_angle(pairs, dim):
     emb_a, emb_b, scores = pairs
-    emb_a, emb_b = torch.nn.functional.pad(emb_a, (0, dim - 24), value=0.3), torch.nn.functional.pad(emb_b, (0, dim - 24))
+    emb_a = torch.nn.functional.pad(emb_a, (0, dim - 24), value=0.3)
+    emb_b = torch.nn.functional.pad(emb_b, (0, dim - 24))
     expected = AnglELoss(_NoModel(), scale=20.0).compute_loss_from_embeddings([emb_a, emb_b], scores)
     assert torch.allclose(angle_loss(emb_a, emb_b, scores), expected, atol=1e-5)
 

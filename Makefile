@@ -1,0 +1,34 @@
+# make smoke   set up, then fine-tune all-MiniLM-L6-v2 on real SNLI pairs offline and print the STS table
+# make test    set up, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and only if the venv lacks it. The default takes the CPU wheel (torch==2.13.0);
+# for a GPU build pass your own, e.g. make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ese-installed
+
+.PHONY: setup smoke test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m ese_trainer.hub_models
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+smoke: setup
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --config_file recipes/accelerate_configs/single_process.yaml \
+		recipes/train_nli.py --config configs/smoke.yaml
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs

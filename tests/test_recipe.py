@@ -1,0 +1,88 @@
+"""The recipe end to end on the real model and real data: outputs, ST round trip, resume, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+
+from ese_trainer.evaluation import encode
+
+from .conftest import REPO
+
+SMALL_RUN = ["--max_train_samples", "96", "--per_device_train_batch_size", "16", "--max_steps", "4",
+             "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--sts_tasks", "STSBenchmark"]
+
+
+def run_recipe(*args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, str(REPO / "recipes" / "train_nli.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, senteval_dir):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    result = run_recipe("--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+                        "--sts_data_dir", str(senteval_dir), *SMALL_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+def test_outputs(finished_run):
+    output_dir, result = finished_run
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert set(results["before"]) == set(results["after"]) == {"STSBenchmark"}
+    assert round(results["before"]["STSBenchmark"], 2) == 82.03
+    assert "| before | 82.03 |" in (output_dir / "eval_results.md").read_text()
+    assert "| before | 82.03 |" in result.stdout
+    counts = json.loads((output_dir / "data_counts.json").read_text())
+    assert counts["train"]["kept"] == 9842 and counts["train"]["used_after_max_samples"] == 96
+    assert counts["sts_dev_pairs"] == 1500
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
+    evaluations = [entry for entry in state["log_history"] if "eval_sts_dev_spearman" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    assert state["best_metric"] == max(entry["eval_sts_dev_spearman"] for entry in evaluations)
+    assert all({"loss_cosine", "loss_ibn", "loss_angle"} <= set(entry) for entry in state["log_history"]
+               if "loss" in entry)
+    assert (output_dir / "loss_curves.png").stat().st_size > 10_000
+    assert "learning_rate" in (output_dir / "resolved_config.yaml").read_text()
+
+
+def test_saved_model_round_trips_through_sentence_transformers(finished_run):
+    output_dir, _ = finished_run
+    sentences = ["A man is playing a guitar.", "Two dogs run through a field of tall grass.", "It is raining."]
+    theirs = SentenceTransformer(str(output_dir), device="cpu").encode(sentences, convert_to_tensor=True)
+    model = AutoModel.from_pretrained(output_dir).eval()
+    ours = encode(model, AutoTokenizer.from_pretrained(output_dir), sentences, "mean", show_progress=False)
+    assert torch.nn.functional.cosine_similarity(ours, theirs.cpu()).min() > 0.99999
+
+
+def test_resume_from_last_checkpoint(finished_run, senteval_dir):
+    output_dir, _ = finished_run
+    result = run_recipe("--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+                        "--sts_data_dir", str(senteval_dir), *SMALL_RUN, "--max_steps", "6",
+                        "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    trained_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert trained_steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 restored from checkpoint-4, not re-run
+
+
+def test_unknown_key_fails_before_loading_anything():
+    result = run_recipe("--config", "configs/smoke.yaml", "--cosine_weight", "1")
+    assert result.returncode == 2
+    assert "unknown key(s) 'cosine_weight' (did you mean 'cosine_w'?)" in result.stderr
+
+
+def test_missing_model_path_is_named(tmp_path):
+    result = run_recipe("--config", "configs/smoke.yaml", "--model_name_or_path", "./models/missing",
+                        "--output_dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "error: model path './models/missing' does not exist" in result.stderr
