@@ -52,6 +52,9 @@ class DataArguments:
         default_factory=lambda: list(STS_TASKS), metadata={"help": "STS test tasks run before and after training."}
     )
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size for STS encoding."})
+    suite_before_training: bool = field(
+        default=True, metadata={"help": "Also score the base model on the STS suite (the 'before' row)."}
+    )
 
     def __post_init__(self) -> None:
         if self.label_map is None:

@@ -102,7 +102,7 @@ def run(argv: list[str]) -> dict:
         save_resolved_config(output_dir, model_args, data_args, loss_args, training_args)
         save_json(output_dir / "data_counts.json", {"train": counts.to_dict(), "sts_dev_pairs": len(sts_dev),
                                                      "sts_test_pairs": {name: len(p) for name, p in suite.items()}})
-        if suite:
+        if suite and data_args.suite_before_training:
             logger.info("STS suite before training (%s)", model_args.model_name_or_path)
             tables["before"] = run_suite(model)
 

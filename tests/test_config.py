@@ -74,5 +74,5 @@ def test_shipped_configs_parse(name):
     # bf16 needs a GPU; the GPU configs are checked here for keys and types on CPU.
     model, data, _, training = parse_config(["--config", str(REPO / "configs" / f"{name}.yaml"), "--bf16", "false"],
                                             GROUPS)
-    assert training.metric_for_best_model == "eval_sts_dev_spearman" and training.load_best_model_at_end
+    assert training.metric_for_best_model == "sts_dev_spearman" and training.load_best_model_at_end
     assert "test" not in data.sts_dev and model.model_name_or_path.count("/") <= 1
