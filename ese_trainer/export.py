@@ -5,15 +5,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules.dense import Dense
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ese_trainer.pooling import ST_POOLING_MODES, check_pooling
-from ese_trainer.st_modules import CLSAvgPooling
 
 _LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                         "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last"}
+
+
+def pooling_modules(pooling: str, dimension: int) -> list[nn.Module]:
+    """sentence-transformers modules computing our ``pooling`` exactly, from ST's own module classes.
+
+    ``cls_avg`` = ``(cls + mean) / 2`` is ST's ``Pooling(("cls", "mean"))`` (the two concatenated) followed
+    by a fixed linear map ``[I/2 | I/2]`` (``Dense``, no bias, identity activation), so the folder loads with
+    plain ``SentenceTransformer(path)``, no remote code.
+    """
+    if pooling != "cls_avg":
+        return [Pooling(dimension, ST_POOLING_MODES[pooling])]
+    halves = torch.eye(dimension) / 2
+    average = Dense(2 * dimension, dimension, bias=False, activation_function=nn.Identity(),
+                    init_weight=torch.cat([halves, halves], dim=1))
+    return [Pooling(dimension, ("cls", "mean")), average]
 
 
 def save_sentence_transformer(
@@ -32,9 +49,9 @@ def save_sentence_transformer(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     transformer = Transformer(output_dir, max_seq_length=max_seq_length)
-    dimension = model.config.hidden_size
-    pooling_module = CLSAvgPooling(dimension) if pooling == "cls_avg" else Pooling(dimension, ST_POOLING_MODES[pooling])
-    sentence_transformer = SentenceTransformer(modules=[transformer, pooling_module], device="cpu")
+    sentence_transformer = SentenceTransformer(
+        modules=[transformer, *pooling_modules(pooling, model.config.hidden_size)], device="cpu"
+    )
     sentence_transformer.save(output_dir)
     return sentence_transformer
 
@@ -44,12 +61,13 @@ def saved_pooling(model_dir: str | Path) -> str | None:
     modules_file = Path(model_dir) / "modules.json"
     if not modules_file.is_file():
         return None
-    for module in json.loads(modules_file.read_text()):
-        module_type = module.get("type", "")
-        if module_type.endswith("CLSAvgPooling"):
-            return "cls_avg"
-        if module_type.endswith("Pooling"):
+    modules = json.loads(modules_file.read_text())
+    for index, module in enumerate(modules):
+        if module.get("type", "").endswith("Pooling"):
             config = json.loads((Path(model_dir) / module["path"] / "config.json").read_text())
+            followed_by_dense = index + 1 < len(modules) and modules[index + 1].get("type", "").endswith("Dense")
+            if config.get("pooling_mode") == ["cls", "mean"] and followed_by_dense:
+                return "cls_avg"
             if "pooling_mode" in config:
                 reverse = {st_mode: ours for ours, st_mode in ST_POOLING_MODES.items()}
                 return reverse.get(config["pooling_mode"])

@@ -86,6 +86,11 @@ def test_senteval_files_of_different_lengths(tmp_path):
         (tmp_path / f"{name}.train").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="differ in line count"):
         load_nli_pairs(str(tmp_path))
+    (tmp_path / "s1.dev").write_bytes(b"caf\xe9\n")
+    (tmp_path / "s2.dev").write_text("x\n")
+    (tmp_path / "labels.dev").write_text("neutral\n")
+    with pytest.raises(DataError, match=r"s1\.dev:1: not valid UTF-8"):
+        load_nli_pairs(str(tmp_path), split="dev")
 
 
 def test_all_rows_dropped_is_an_error(tmp_path):
@@ -98,3 +103,22 @@ def test_all_rows_dropped_is_an_error(tmp_path):
 def test_invalid_label_maps(label_map):
     with pytest.raises(ValueError):
         validate_label_map(label_map)
+
+
+def test_hub_style_dataset_repo_with_class_label_ids(tmp_path):
+    """A dataset repo laid out like stanfordnlp/snli, read through ``datasets.load_dataset``."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    names = ClassLabel(names=["entailment", "neutral", "contradiction"])
+    texts = {"premise": ["A dog runs."] * 3, "hypothesis": ["An animal runs.", "A dog runs home.", "A cat sits."]}
+    text_features = {"premise": Value("string"), "hypothesis": Value("string")}
+    repo = tmp_path / "snli_like"
+    Dataset.from_dict({**texts, "label": [0, 1, 2]}, features=Features({**text_features, "label": names})).to_parquet(
+        str(repo / "data" / "train-00000-of-00001.parquet"))
+    Dataset.from_dict({**texts, "label": [0, -1, 2]}, features=Features({**text_features, "label": Value("int64")})
+                      ).to_parquet(str(repo / "data" / "validation-00000-of-00001.parquet"))
+    train, counts = load_nli_pairs(str(repo), split="train")
+    assert sorted(zip(train["sentence2"], train["score"])) == [("A cat sits.", 0.0), ("A dog runs home.", 0.5),
+                                                               ("An animal runs.", 1.0)]
+    validation, counts = load_nli_pairs(str(repo), split="validation")
+    assert counts.kept == 2 and counts.dropped_unlabelled == 1

@@ -58,3 +58,18 @@ def test_missing_file_and_task(tmp_path):
         load_sts_task("STS99", tmp_path)
     with pytest.raises(DataError, match="not found in data folder"):
         load_sts_task("STS12", tmp_path)
+
+
+def test_mteb_style_dataset_repo(tmp_path):
+    """The ``mteb/*-sts`` path (``datasets.load_dataset``) on a local repo with the same columns."""
+    from datasets import Dataset
+
+    repo = tmp_path / "stsb_like"
+    Dataset.from_dict({"sentence1": ["A dog.", "A man."], "sentence2": ["A puppy.", "A car."], "score": [4.5, 0.2]}
+                      ).to_parquet(str(repo / "data" / "test-00000-of-00001.parquet"))
+    pairs = load_sts_pairs(str(repo), split="test")
+    assert pairs.scores == pytest.approx([0.9, 0.04]) and pairs.sentences2 == ["A puppy.", "A car."]
+    Dataset.from_dict({"sentence1": ["A dog."], "sentence2": ["A puppy."], "score": [5.5]}).to_parquet(
+        str(repo / "data" / "validation-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match=r"stsb_like\[validation\]:0: gold score 5.5 is outside"):
+        load_sts_pairs(str(repo), split="validation")

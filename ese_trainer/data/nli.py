@@ -124,10 +124,12 @@ def read_nli_rows(
     text_columns: tuple[str, str] | None = None,
     label_column: str = "label",
 ) -> dict[str, list]:
-    """Raw rows (premise, hypothesis, label) from a Hub id, a file or a SentEval folder."""
+    """Raw rows (premise, hypothesis, label) from a Hub id, a file, a SentEval folder or a dataset folder."""
     path = Path(source).expanduser()
-    if path.is_dir():
+    if path.is_dir() and (path / f"s1.{split}").is_file():
         return _read_senteval_split(path, split)
+    if path.is_dir():  # a dataset repository on disk (e.g. a Hub snapshot)
+        return _read_hub(str(path), subset, split, text_columns, label_column)
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataError(f"{path}: file not found")

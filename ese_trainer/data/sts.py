@@ -170,6 +170,8 @@ def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None) 
 def load_sts_pairs(source: str, split: str = "test", name: str | None = None) -> STSPairs:
     """Pairs from a file (STS-B ``sts-*.csv``, SICK ``SICK_*.txt`` or a table) or a Hub dataset id."""
     path = Path(source).expanduser()
+    if path.is_dir():  # a dataset repository on disk (e.g. a Hub snapshot)
+        return read_hub_sts(str(path), split, name)
     if path.is_file():
         if path.name.startswith("sts-") and path.suffix == ".csv":
             return read_stsb_csv(path, name or path.stem)

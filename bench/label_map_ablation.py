@@ -1,0 +1,82 @@
+"""Ablation: the smoke recipe with the NLI label map vs. with raw NLI class ids fed as scores.
+
+    python bench/label_map_ablation.py [--sts_data_dir ../shared/data/senteval] [extra recipe overrides]
+
+"raw" reproduces the original bug exactly, within the recipe's [0, 1] score range: raw ids 0/1/2
+(entailment/neutral/contradiction) as scores give the ranking terms (CoSENT, AnglE — which depend only on
+the order of the scores) the order of the map {entailment: 0, neutral: 0.5, contradiction: 1}, and give the
+in-batch-negative term AnglE's ``int(label) != 0`` positives (neutral and contradiction), i.e. threshold 0.5.
+Both runs share the data, seed, steps and the base model's "before" row. Results go to
+``bench/results/label_map_ablation.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+VARIANTS = {
+    "label map (entailment 1.0, neutral 0.5, contradiction 0.0)": [],
+    "raw ids as scores (0 entailment, 1 neutral, 2 contradiction)": [
+        "--label_map", json.dumps({"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}),
+        "--ibn_positive_threshold", "0.5", "--suite_before_training", "false",
+    ],
+}
+
+
+def train(name: str, extra: list[str], output_dir: Path) -> dict:
+    command = [sys.executable, str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml",
+               "--output_dir", str(output_dir), "--disable_tqdm", "true", *extra]
+    print(f"== {name}\n$ {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    dev = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
+           if "eval_sts_dev_spearman" in entry}
+    return {"before": results.get("before"), "after": results["after"], "sts_dev_by_step": dev,
+            "best_checkpoint": state["best_model_checkpoint"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    runs = {}
+    for index, (name, extra) in enumerate(VARIANTS.items()):
+        runs[name] = train(name, extra + overrides, REPO / "outputs" / f"label_map_ablation_{index}")
+    before = next(run["before"] for run in runs.values() if run["before"])
+    header = list(before)
+    lines = ["| run | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|",
+             "| base model (before) | " + " | ".join(f"{before[k]:.2f}" for k in header) + " |"]
+    for name, run in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{run['after'][k]:.2f}" for k in header) + " |")
+    mapped, raw = (run["after"]["avg"] for run in runs.values())
+    command = "python bench/label_map_ablation.py " + " ".join(overrides)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    payload = {"command": command.strip(), "machine": machine, "config": "configs/smoke.yaml", "before": before,
+               "runs": runs, "avg_gap_mapped_minus_raw": round(mapped - raw, 2)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "label_map_ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    summary = "\n".join([
+        "# Label map ablation (smoke recipe, cosine Spearman x100)", "",
+        f"Command: `{command.strip()}`  ", f"Machine: {machine}", "", *lines, "",
+        f"7-task average: label map {mapped:.2f}, raw ids {raw:.2f} (gap {mapped - raw:+.2f}); "
+        f"base model {before['avg']:.2f}.", "",
+        "STS-B dev by step (model selection):", "",
+        *(f"- {name}: " + ", ".join(f"step {step}: {value:.2f}" for step, value in run["sts_dev_by_step"].items())
+          for name, run in runs.items()),
+    ])
+    (RESULTS / "label_map_ablation.md").write_text(summary + "\n")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
