@@ -87,6 +87,17 @@ class LossArguments:
     ibn_positive_threshold: float = field(
         default=1.0, metadata={"help": "Pairs with score >= this are ibn positives; the rest serve as negatives."}
     )
+    gather_across_devices: bool = field(
+        default=False,
+        metadata={"help": "Compute every term over the global batch: embeddings all-gathered (differentiably) "
+                  "from all processes, so each process's negatives include every other process's texts."},
+    )
+    ibn_cache: bool = field(
+        default=False,
+        metadata={"help": "GradCache: embed the per-device batch in mini-batches of cache_minibatch_size pairs "
+                  "without a graph, so the contrastive batch can grow beyond what fits in memory."},
+    )
+    cache_minibatch_size: int = field(default=32, metadata={"help": "Pairs per mini-batch with ibn_cache."})
 
     def __post_init__(self) -> None:
         for name in ("cosine_w", "ibn_w", "angle_w"):
@@ -94,6 +105,6 @@ class LossArguments:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cosine_w == self.ibn_w == self.angle_w == 0:
             raise ValueError("all loss weights are 0: nothing to train")
-        for name in ("cosine_scale", "ibn_scale", "angle_scale"):
+        for name in ("cosine_scale", "ibn_scale", "angle_scale", "cache_minibatch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from accelerate.utils import DistributedType, broadcast_object_list
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
@@ -12,7 +13,9 @@ from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 from ese_trainer.arguments import LossArguments
 from ese_trainer.collator import SCORES_KEY
 from ese_trainer.data import STSPairs
+from ese_trainer.distributed import gather_with_grad, gather_without_grad
 from ese_trainer.evaluation import evaluate_sts
+from ese_trainer.grad_cache import cached_backward, pair_minibatches
 from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
 from ese_trainer.pooling import check_pooling, pool
 
@@ -78,18 +81,53 @@ class ESETrainer(Trainer):
                    "loss_angle": self.loss_args.angle_w}
         return sum(weights[name] * value for name, value in terms.items())
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        emb_a, emb_b = self.embed_pairs(model, inputs)
-        terms = self.loss_terms(emb_a, emb_b, inputs[SCORES_KEY].to(emb_a.device))
+    def pair_loss(self, emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor, record: bool) -> torch.Tensor:
+        """The combined loss of this batch's pairs, over the global batch with ``gather_across_devices``."""
+        scores = scores.to(emb_a.device)
+        if self.loss_args.gather_across_devices:
+            emb_a, emb_b, scores = gather_with_grad(emb_a), gather_with_grad(emb_b), gather_without_grad(scores)
+        terms = self.loss_terms(emb_a, emb_b, scores)
         loss = self.combine(terms)
         if not torch.isfinite(loss):
             self._raise_non_finite(terms)
-        if model.training:
+        if record:
             for name, value in terms.items():
                 self._logged_terms[name].append(value.detach())
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        emb_a, emb_b = self.embed_pairs(model, inputs)
+        loss = self.pair_loss(emb_a, emb_b, inputs[SCORES_KEY], record=model.training)
         if return_outputs:
             return loss, {"embeddings_a": emb_a, "embeddings_b": emb_b}
         return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """With ``ibn_cache``, GradCache over mini-batches (:mod:`ese_trainer.grad_cache`); else the Trainer's."""
+        if not self.loss_args.ibn_cache:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        scores = inputs[SCORES_KEY]
+        model_inputs = {key: value for key, value in inputs.items() if key not in (SCORES_KEY, "return_loss")}
+        accumulation = self.current_gradient_accumulation_steps
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        backward_kwargs = {"scale_wrt_gas": False} if deepspeed else {}  # we scale by accumulation ourselves
+
+        def backward(surrogate: torch.Tensor) -> None:
+            self.accelerator.backward(surrogate / accumulation, **backward_kwargs)
+
+        with self.compute_loss_context_manager():
+            loss = cached_backward(
+                embed=lambda minibatch: self.embed_pairs(model, minibatch),
+                loss_of_embeddings=lambda emb_a, emb_b: self.pair_loss(emb_a, emb_b, scores, record=True),
+                minibatches=pair_minibatches(model_inputs, scores.shape[0], self.loss_args.cache_minibatch_size),
+                backward=backward,
+                no_sync=lambda: self.accelerator.no_sync(model),
+            )
+        return loss / accumulation
 
     def _raise_non_finite(self, terms: dict[str, torch.Tensor]) -> None:
         values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
@@ -114,8 +152,11 @@ class ESETrainer(Trainer):
         """The Trainer's loop (eval loss on the dev pairs) plus the STS dev cosine Spearman ×100."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.sts_dev is not None:
-            model = self.accelerator.unwrap_model(self.model)
-            score = evaluate_sts(model, self.processing_class, {"dev": self.sts_dev}, self.pooling,
-                                 self.max_seq_length, self.eval_batch_size, show_progress=False)["dev"]
-            output.metrics[f"{metric_key_prefix}_{STS_DEV_METRIC}"] = score
+            # Scored once, on the main process, and shared so every process selects the same best model.
+            score = [None]
+            if self.accelerator.is_main_process:
+                model = self.accelerator.unwrap_model(self.model)
+                score[0] = evaluate_sts(model, self.processing_class, {"dev": self.sts_dev}, self.pooling,
+                                        self.max_seq_length, self.eval_batch_size, show_progress=False)["dev"]
+            output.metrics[f"{metric_key_prefix}_{STS_DEV_METRIC}"] = broadcast_object_list(score)[0]
         return output

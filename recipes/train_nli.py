@@ -10,6 +10,7 @@ the data counts and a loss-curve plot.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +48,21 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def prepare_training_arguments(training_args: TrainingArguments, data_args: DataArguments) -> None:
+def prepare_training_arguments(training_args: TrainingArguments, data_args: DataArguments,
+                               loss_args: LossArguments) -> None:
     """Settings the recipe relies on, whatever the config says."""
     # The collator reads the raw text columns.
     training_args.remove_unused_columns = False
     training_args.prediction_loss_only = True
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != training_args.world_size:
+        raise ConfigError(
+            f"launched {launched} processes but the Trainer sees {training_args.world_size}: on CPU, set "
+            "ACCELERATE_USE_CPU=1 (accelerate launch sets it only for single-process CPU runs) or use_cpu: true"
+        )
+    if training_args.world_size > 1 or loss_args.gather_across_devices:
+        # Equal batches on every process: all-gather needs them, and a short last batch has fewer negatives.
+        training_args.dataloader_drop_last = True
     if "test" in Path(data_args.sts_dev).name.lower() or data_args.sts_dev_split == "test":
         raise ConfigError(f"sts_dev={data_args.sts_dev!r} ({data_args.sts_dev_split}) looks like a test split: "
                           "model selection must use a dev split")
@@ -61,7 +72,7 @@ def prepare_training_arguments(training_args: TrainingArguments, data_args: Data
 
 def run(argv: list[str]) -> dict:
     model_args, data_args, loss_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
-    prepare_training_arguments(training_args, data_args)
+    prepare_training_arguments(training_args, data_args, loss_args)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     is_main = training_args.process_index == 0
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -100,6 +111,16 @@ def run(argv: list[str]) -> dict:
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_resolved_config(output_dir, model_args, data_args, loss_args, training_args)
+        contrastive_batch = training_args.per_device_train_batch_size * (
+            training_args.world_size if loss_args.gather_across_devices else 1)
+        save_json(output_dir / "run_info.json", {
+            "world_size": training_args.world_size,
+            "global_train_batch_size": training_args.per_device_train_batch_size * training_args.world_size,
+            "pairs_per_optimizer_step": training_args.per_device_train_batch_size * training_args.world_size
+            * training_args.gradient_accumulation_steps,
+            "contrastive_batch_pairs": contrastive_batch,
+            "distributed_type": str(training_args.distributed_state.distributed_type),
+        })
         save_json(output_dir / "data_counts.json", {"train": counts.to_dict(), "sts_dev_pairs": len(sts_dev),
                                                      "sts_test_pairs": {name: len(p) for name, p in suite.items()}})
         if suite and data_args.suite_before_training:

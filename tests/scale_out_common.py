@@ -1,0 +1,40 @@
+"""One SGD step of a tiny BERT through ESETrainer, shared by the in-process and 2-process scale-out tests."""
+
+import tempfile
+
+from transformers import AutoTokenizer, TrainingArguments
+
+from ese_trainer.arguments import LossArguments
+from ese_trainer.collator import PairCollator
+from ese_trainer.data import load_nli_pairs
+from ese_trainer.hub_models import resolve_model_path
+from ese_trainer.trainer import ESETrainer
+from tests.conftest import EMBEDDED_DATA, MINILM_ID, build_tiny_bert
+
+PAIRS_PER_PROCESS = 6
+LEARNING_RATE = 0.5
+
+
+def one_sgd_step(per_device_pairs: int, **loss_options) -> dict:
+    """Parameters' change and logged loss after one plain-SGD step on the first pairs of SNLI dev.
+
+    With plain SGD (no momentum, no decay, no clipping) the change is ``-lr · gradient``, so comparing
+    changes compares gradients.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
+    model = build_tiny_bert(len(tokenizer), seed=0)
+    pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=64, seed=5)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=per_device_pairs, max_steps=1,
+            learning_rate=LEARNING_RATE, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+            max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False,
+            train_sampling_strategy="sequential", use_cpu=True, seed=0, dataloader_pin_memory=False,
+            dataloader_drop_last=True, disable_tqdm=True, ddp_find_unused_parameters=False,
+        )
+        trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 64),
+                             processing_class=tokenizer, loss_args=LossArguments(**loss_options), pooling="mean")
+        trainer.train()
+    deltas = {name: (parameter.detach() - before[name]) for name, parameter in model.named_parameters()}
+    return {"loss": trainer.state.log_history[0]["loss"], "deltas": deltas, "log": trainer.state.log_history[0]}

@@ -1,0 +1,96 @@
+"""Global-batch negatives: 2 gloo processes with gathering, and GradCache, each equal one full batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ese_trainer.grad_cache import RandomState
+from tests.conftest import REPO
+from tests.scale_out_common import PAIRS_PER_PROCESS, one_sgd_step
+
+CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
+
+
+def accelerate_launch(*args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "ACCELERATE_USE_CPU": "1"}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+                           *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_step(result, reference, tolerance=1e-5):
+    assert result["loss"] == pytest.approx(reference["loss"], abs=1e-4)
+    for name, delta in reference["deltas"].items():
+        difference = (result["deltas"][name] - delta).abs().max().item()
+        assert difference < tolerance, f"{name}: {difference}"
+
+
+@pytest.fixture(scope="module")
+def full_batch_step():
+    """One process holding the whole global batch (2 x PAIRS_PER_PROCESS pairs)."""
+    return one_sgd_step(per_device_pairs=2 * PAIRS_PER_PROCESS)
+
+
+def test_two_processes_with_gathering_equal_one_full_batch(full_batch_step, tmp_path):
+    outputs = {}
+    for mode in ("gather", "local"):
+        result = accelerate_launch(str(REPO / "tests" / "scale_out_worker.py"), str(tmp_path / mode), mode)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[mode] = torch.load(tmp_path / mode)
+    assert outputs["gather"]["world_size"] == 2
+    assert_same_step(outputs["gather"], full_batch_step)
+    # Without gathering each process only sees its own pairs as negatives: a different step.
+    with pytest.raises(AssertionError):
+        assert_same_step(outputs["local"], full_batch_step)
+
+
+@pytest.mark.parametrize("minibatch", [5, 12])
+def test_grad_cache_equals_full_batch(full_batch_step, minibatch):
+    cached = one_sgd_step(per_device_pairs=2 * PAIRS_PER_PROCESS, ibn_cache=True, cache_minibatch_size=minibatch)
+    assert_same_step(cached, full_batch_step)
+    assert {"loss_cosine", "loss_ibn", "loss_angle"} <= set(cached["log"])
+
+
+def test_random_state_replays_dropout():
+    dropout = torch.nn.Dropout(0.5)
+    x = torch.ones(1000)
+    state = RandomState(x)
+    first = dropout(x)
+    dropout(x)  # the generator moves on
+    with state.restored():
+        replay = dropout(x)
+    assert torch.equal(first, replay)
+
+
+def test_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir):
+    output_dir = tmp_path / "out"
+    result = accelerate_launch(
+        str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+        "--max_steps", "5", "--max_train_samples", "200", "--per_device_train_batch_size", "8",
+        "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark", "--sts_data_dir", str(senteval_dir),
+        "--eval_on_start", "false", "--logging_steps", "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("STS (cosine Spearman") == 1  # evaluated and reported once, by the main process
+    info = json.loads((output_dir / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["global_train_batch_size"] == 16
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+    assert all("loss_ibn" in entry for entry in state["log_history"] if "loss" in entry)
+    assert set(json.loads((output_dir / "eval_results.json").read_text())) >= {"before", "after"}
+
+
+def test_two_processes_that_the_trainer_would_not_see_are_refused(tmp_path):
+    """Without ACCELERATE_USE_CPU each CPU process would train alone and race on the output folder."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+                             str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml",
+                             "--output_dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "launched 2 processes but the Trainer sees 1" in result.stderr
