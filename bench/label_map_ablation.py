@@ -1,13 +1,13 @@
 """Ablation: the smoke recipe with the NLI label map vs. with raw NLI class ids fed as scores.
 
-    python bench/label_map_ablation.py [--sts_data_dir ../shared/data/senteval] [extra recipe overrides]
+    python bench/label_map_ablation.py [--tag NAME] [--sts_data_dir ../shared/data/senteval] [recipe overrides]
 
 "raw" reproduces the original bug exactly, within the recipe's [0, 1] score range: raw ids 0/1/2
 (entailment/neutral/contradiction) as scores give the ranking terms (CoSENT, AnglE — which depend only on
 the order of the scores) the order of the map {entailment: 0, neutral: 0.5, contradiction: 1}, and give the
 in-batch-negative term AnglE's ``int(label) != 0`` positives (neutral and contradiction), i.e. threshold 0.5.
 Both runs share the data, seed, steps and the base model's "before" row. Results go to
-``bench/results/label_map_ablation.{json,md}``.
+``bench/results/label_map_ablation[_TAG].{json,md}``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ def train(name: str, extra: list[str], output_dir: Path) -> dict:
 
 def main() -> None:
     overrides = sys.argv[1:]
+    tag = ""
+    if "--tag" in overrides:
+        position = overrides.index("--tag")
+        tag = "_" + overrides[position + 1]
+        del overrides[position:position + 2]
     runs = {}
     for index, (name, extra) in enumerate(VARIANTS.items()):
-        runs[name] = train(name, extra + overrides, REPO / "outputs" / f"label_map_ablation_{index}")
+        runs[name] = train(name, extra + overrides, REPO / "outputs" / f"label_map_ablation{tag}_{index}")
     before = next(run["before"] for run in runs.values() if run["before"])
     header = list(before)
     lines = ["| run | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|",
@@ -59,12 +64,12 @@ def main() -> None:
     for name, run in runs.items():
         lines.append(f"| {name} | " + " | ".join(f"{run['after'][k]:.2f}" for k in header) + " |")
     mapped, raw = (run["after"]["avg"] for run in runs.values())
-    command = "python bench/label_map_ablation.py " + " ".join(overrides)
+    command = "python bench/label_map_ablation.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     payload = {"command": command.strip(), "machine": machine, "config": "configs/smoke.yaml", "before": before,
                "runs": runs, "avg_gap_mapped_minus_raw": round(mapped - raw, 2)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "label_map_ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"label_map_ablation{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
     summary = "\n".join([
         "# Label map ablation (smoke recipe, cosine Spearman x100)", "",
         f"Command: `{command.strip()}`  ", f"Machine: {machine}", "", *lines, "",
@@ -74,7 +79,7 @@ def main() -> None:
         *(f"- {name}: " + ", ".join(f"step {step}: {value:.2f}" for step, value in run["sts_dev_by_step"].items())
           for name, run in runs.items()),
     ])
-    (RESULTS / "label_map_ablation.md").write_text(summary + "\n")
+    (RESULTS / f"label_map_ablation{tag}.md").write_text(summary + "\n")
     print(summary)
 
 

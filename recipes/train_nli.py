@@ -26,6 +26,7 @@ from ese_trainer.data import DataError, load_nli_pairs, load_sts_pairs, load_sts
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import save_sentence_transformer
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.model_card import write_model_card
 from ese_trainer.plots import plot_loss_curves
 from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
 from ese_trainer.trainer import STS_DEV_METRIC, ESETrainer, NonFiniteLossError
@@ -120,6 +121,7 @@ def run(argv: list[str]) -> dict:
             * training_args.gradient_accumulation_steps,
             "contrastive_batch_pairs": contrastive_batch,
             "distributed_type": str(training_args.distributed_state.distributed_type),
+            "embedding_dimension": model.config.hidden_size,
         })
         save_json(output_dir / "data_counts.json", {"train": counts.to_dict(), "sts_dev_pairs": len(sts_dev),
                                                      "sts_test_pairs": {name: len(p) for name, p in suite.items()}})
@@ -153,6 +155,8 @@ def run(argv: list[str]) -> dict:
             tables["after"] = run_suite(best_model)
             table = save_sts_results(output_dir, tables, model_args.model_name_or_path)
             print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
+        trainer.save_state()
+        write_model_card(output_dir)
         if trainer.state.best_model_checkpoint:
             print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
                   f"({trainer.state.best_metric:.2f})")
