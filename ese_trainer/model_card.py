@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ese_trainer.data.nli import NLI_LABEL_NAMES
 from ese_trainer.data.sts import STS_TASKS
 from ese_trainer.evaluation import markdown_table
 
@@ -99,7 +100,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         model_name=config.get("hub_model_id") or output_dir.name,
         eval_results=_eval_results(tables.get("after", {})) or None,
     )
-    label_map = ", ".join(f"{name} → {score}" for name, score in config["label_map"].items())
+    label_map = ", ".join(f"{name} → {config['label_map'][name]}" for name in NLI_LABEL_NAMES
+                          if name in config["label_map"])
     steps = state.get("global_step")
     body = [
         f"# {card_data.model_name}",

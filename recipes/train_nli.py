@@ -26,6 +26,7 @@ from ese_trainer.data import DataError, load_nli_pairs, load_sts_pairs, load_sts
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import save_sentence_transformer
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from ese_trainer.model_card import write_model_card
 from ese_trainer.plots import plot_loss_curves
 from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
@@ -75,6 +76,8 @@ def run(argv: list[str]) -> dict:
     model_args, data_args, loss_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
     prepare_training_arguments(training_args, data_args, loss_args)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if training_args.push_to_hub:  # before anything slow: offline, no token or no Hub fails now
+        check_push_ready(training_args.hub_model_id, training_args.hub_token)
     is_main = training_args.process_index == 0
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if is_main else logging.WARNING)
@@ -157,6 +160,10 @@ def run(argv: list[str]) -> dict:
             print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
         trainer.save_state()
         write_model_card(output_dir)
+        if training_args.push_to_hub:
+            url = push_model_dir(output_dir, training_args.hub_model_id, training_args.hub_private_repo,
+                                 training_args.hub_token)
+            print(f"pushed to the Hub: {url}")
         if trainer.state.best_model_checkpoint:
             print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
                   f"({trainer.state.best_metric:.2f})")
@@ -168,7 +175,7 @@ def run(argv: list[str]) -> dict:
 def main() -> None:
     try:
         run(sys.argv[1:])
-    except (ConfigError, DataError, ModelNotFoundError, NonFiniteLossError) as error:
+    except (ConfigError, DataError, ModelNotFoundError, NonFiniteLossError, PushError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2 if isinstance(error, ConfigError) else 1)
     finally:

@@ -86,3 +86,20 @@ def test_missing_model_path_is_named(tmp_path):
                         "--output_dir", str(tmp_path))
     assert result.returncode == 1
     assert "error: model path './models/missing' does not exist" in result.stderr
+
+
+def test_model_card_renders_the_runs_numbers(finished_run):
+    from huggingface_hub import ModelCard
+
+    output_dir, _ = finished_run
+    card = ModelCard.load(output_dir / "README.md")
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.library_name == "sentence-transformers"
+    [result] = card.data.eval_results
+    assert (result.dataset_name, result.metric_value) == ("STSBenchmark", round(results["after"]["STSBenchmark"], 2))
+    table = (output_dir / "eval_results.md").read_text().split("\n\n", 1)[1].strip()
+    assert table in card.text  # the same before/after table as eval_results.md
+    assert "entailment → 1.0, neutral → 0.5, contradiction → 0.0" in card.text
+    assert "| in-batch negatives (InfoNCE) | 1.0 | 20.0 |" in card.text
+    assert "@inproceedings{li2025ese" in card.text and "9842 kept, 96 used" in card.text
