@@ -45,7 +45,7 @@ def worker(mode: str, batch: int, minibatch: int, steps: int) -> dict:
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     model.pooler.requires_grad_(False)
-    pairs, _ = load_nli_pairs(str(REPO / "data" / "snli"), split="test", max_samples=batch, seed=0)
+    pairs, _ = load_nli_pairs(str(REPO / "data" / "SNLI"), split="test", max_samples=batch, seed=0)
     collator = PairCollator(tokenizer, 128)
     inputs = collator([pairs[i] for i in range(batch)])
     loss_args = LossArguments(ibn_cache=mode == "cached", cache_minibatch_size=minibatch)

@@ -44,7 +44,8 @@ def train(name: str, extra: list[str], output_dir: Path) -> dict:
     dev = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
            if "eval_sts_dev_spearman" in entry}
     return {"before": results.get("before"), "after": results["after"], "sts_dev_by_step": dev,
-            "best_checkpoint": str(Path(state["best_model_checkpoint"]).relative_to(REPO)), "seconds": round(time.perf_counter() - started, 1)}
+            "best_checkpoint": str(Path(state["best_model_checkpoint"]).relative_to(REPO)),
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_dataset: str = field(
-        default="data/snli",
+        default="data/SNLI",
         metadata={"help": "NLI pairs: Hub id (sentence-transformers/all-nli, stanfordnlp/snli, nyu-mll/multi_nli), "
                   "a jsonl/csv/tsv file or a SentEval SNLI folder (s1.*, s2.*, labels.*)."},
     )
@@ -40,7 +40,7 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Random subset size (seeded)."})
     sts_dev: str = field(
-        default="data/stsb/sts-dev.csv",
+        default="data/STS/STSBenchmark/sts-dev.csv",
         metadata={"help": "STS-B dev pairs for model selection: a file or a Hub id (e.g. mteb/stsbenchmark-sts)."},
     )
     sts_dev_split: str = field(default="validation", metadata={"help": "Split of sts_dev when it is a Hub id."})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,15 @@ from transformers import PreTrainedTokenizerBase
 # Scores travel under this key, never ``labels``: with ``labels`` in the batch transformers 5 assumes the
 # model already divided the loss by gradient accumulation and skips its own division.
 SCORES_KEY = "scores"
+# 64-bit hashes of the 2B texts (equal texts, equal ids), for masking duplicate texts as negatives.
+TEXT_IDS_KEY = "text_ids"
+# Batch entries that are not model inputs.
+NON_MODEL_KEYS = (SCORES_KEY, TEXT_IDS_KEY, "return_loss")
+
+
+def text_id(text: str) -> int:
+    """A stable 64-bit id of ``text`` (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 @dataclass
@@ -28,6 +38,7 @@ class PairCollator:
         batch = dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
                                     return_tensors="pt"))
         batch[SCORES_KEY] = torch.tensor([float(feature["score"]) for feature in features], dtype=torch.float32)
+        batch[TEXT_IDS_KEY] = torch.tensor([text_id(text) for text in texts], dtype=torch.int64)
         batch["return_loss"] = True
         return batch
 

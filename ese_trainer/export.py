@@ -45,13 +45,19 @@ def save_sentence_transformer(
     The folder loads with ``SentenceTransformer(output_dir)`` and embeds exactly as training did.
     """
     check_pooling(pooling)
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    return add_sentence_transformer_files(output_dir, pooling, max_seq_length)
+
+
+def add_sentence_transformer_files(output_dir: str | Path, pooling: str, max_seq_length: int) -> SentenceTransformer:
+    """Turn a folder holding a saved HF model and tokenizer into an ST folder with our ``pooling``."""
+    check_pooling(pooling)
     output_dir = str(output_dir)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
     transformer = Transformer(output_dir, max_seq_length=max_seq_length)
-    sentence_transformer = SentenceTransformer(
-        modules=[transformer, *pooling_modules(pooling, model.config.hidden_size)], device="cpu"
-    )
+    dimension = transformer.model.config.hidden_size
+    sentence_transformer = SentenceTransformer(modules=[transformer, *pooling_modules(pooling, dimension)],
+                                               device="cpu")
     sentence_transformer.save(output_dir)
     return sentence_transformer
 

@@ -35,14 +35,16 @@ def pair_minibatches(inputs: dict[str, torch.Tensor], num_pairs: int, minibatch_
                      ) -> list[dict[str, torch.Tensor]]:
     """Split a 2B-row pair batch (rows i and B+i are pair i) into mini-batches of pairs.
 
-    Each mini-batch keeps the 2b-row layout and is trimmed to its own longest text.
+    Each mini-batch keeps the 2b-row layout and is trimmed to the columns its texts use (left or right
+    padding).
     """
     minibatches = []
     for start in range(0, num_pairs, minibatch_size):
         pairs = torch.arange(start, min(start + minibatch_size, num_pairs), device=inputs["input_ids"].device)
         rows = torch.cat([pairs, pairs + num_pairs])
-        length = int(inputs["attention_mask"][rows].sum(dim=1).max())
-        minibatches.append({key: value[rows, :length] for key, value in inputs.items()})
+        used = torch.nonzero(inputs["attention_mask"][rows].any(dim=0)).flatten()
+        columns = slice(int(used[0]), int(used[-1]) + 1)
+        minibatches.append({key: value[rows, columns] for key, value in inputs.items()})
     return minibatches
 
 

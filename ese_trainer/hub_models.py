@@ -18,6 +18,8 @@ from pathlib import Path
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 
+from ese_trainer.cli import describe_error
+
 logger = logging.getLogger(__name__)
 
 # Files a sentence-embedding model needs; skips ONNX/OpenVINO/TF/Flax copies of the weights.
@@ -38,6 +40,9 @@ BUNDLED_MODELS = {
 }
 
 
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".parquet")
+
+
 class ModelNotFoundError(OSError):
     """A model id or path could not be resolved; the message lists every source tried."""
 
@@ -46,8 +51,10 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1
+def looks_like_local_path(name: str) -> bool:
+    """True for names that can only be paths (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.csv``), never Hub ids."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1
+            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES)
 
 
 def bundled_model_dir(model_id: str) -> Path | None:
@@ -104,7 +111,7 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (local / "config.json").is_file():
             raise ModelNotFoundError(f"model path {str(local)!r} exists but holds no config.json")
         return str(local)
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise ModelNotFoundError(f"model path {name_or_path!r} does not exist")
 
     tried = []
@@ -114,7 +121,7 @@ def resolve_model_path(name_or_path: str) -> str:
         try:
             return snapshot_download(name_or_path, allow_patterns=MODEL_FILE_PATTERNS)
         except Exception as error:  # noqa: BLE001 - every Hub failure falls through to the next source
-            tried.append(f"the Hugging Face Hub ({type(error).__name__}: {str(error).splitlines()[0]})")
+            tried.append(f"the Hugging Face Hub ({describe_error(error)})")
     try:
         return snapshot_download(name_or_path, allow_patterns=MODEL_FILE_PATTERNS, local_files_only=True)
     except Exception:  # noqa: BLE001

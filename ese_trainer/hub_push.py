@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from ese_trainer.cli import describe_error
 from ese_trainer.hub_models import hub_offline
 
 # Trainer state that is not part of the released model.
@@ -18,10 +19,6 @@ IGNORED_FOR_RELEASE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "training_a
 
 class PushError(RuntimeError):
     """Pushing is impossible or failed; the message says why and how to retry, never the token."""
-
-
-def _without_token(message: str, token: str | None) -> str:
-    return message.replace(token, "***") if token else message
 
 
 def check_push_ready(hub_model_id: str | None, token: str | None = None) -> str:
@@ -36,9 +33,8 @@ def check_push_ready(hub_model_id: str | None, token: str | None = None) -> str:
     try:
         account = HfApi(token=token).whoami()
     except Exception as error:  # noqa: BLE001 - any failure means we cannot push
-        reason = _without_token(str(error).splitlines()[0] if str(error) else "", token)
-        raise PushError(f"push_to_hub: the Hub is not reachable with your token ({type(error).__name__}: "
-                        f"{reason}); check the network and the token, or set push_to_hub: false") from None
+        raise PushError(f"push_to_hub: the Hub is not reachable with your token ({describe_error(error, token)}); "
+                        "check the network and the token, or set push_to_hub: false") from None
     return account.get("name", "")
 
 
@@ -57,7 +53,6 @@ def push_model_dir(model_dir: str | Path, hub_model_id: str, private: bool | Non
         commit = api.upload_folder(repo_id=hub_model_id, folder_path=str(model_dir), repo_type="model",
                                    ignore_patterns=IGNORED_FOR_RELEASE, commit_message=commit_message)
     except Exception as error:  # noqa: BLE001 - reported with the way to retry
-        reason = _without_token(str(error).splitlines()[0] if str(error) else "", token)
-        raise PushError(f"pushing {model_dir} to {hub_model_id} failed ({type(error).__name__}: {reason}); "
+        raise PushError(f"pushing {model_dir} to {hub_model_id} failed ({describe_error(error, token)}); "
                         f"the local folder is intact. Retry with: {retry}") from None
     return str(getattr(commit, "commit_url", commit))

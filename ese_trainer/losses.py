@@ -82,6 +82,7 @@ def in_batch_negative_loss(
     scores: Tensor,
     scale: float = 20.0,
     positive_threshold: float = 1.0,
+    text_ids: Tensor | None = None,
 ) -> Tensor:
     """Symmetric in-batch-negative InfoNCE over every text of the batch (AnglE's ibn; SimCSE, Gao et al. 2021).
 
@@ -96,6 +97,9 @@ def in_batch_negative_loss(
     chosen by a score threshold, so fractional scores never become spurious targets. With every pair
     positive this equals the mean of sentence-transformers' ``MultipleNegativesRankingLoss`` with
     ``directions=("query_to_doc", "query_to_query")`` applied to (a, b) and to (b, a).
+
+    ``text_ids`` (2B, equal ids for equal texts, e.g. an NLI premise shared by several pairs) removes false
+    negatives: copies of the anchor and copies of its positive are left out of the anchor's softmax.
     Returns 0 (with a graph) when the batch holds no positive pair.
     """
     _check_pair_inputs(emb_a, emb_b, scores)
@@ -108,4 +112,10 @@ def in_batch_negative_loss(
         return logits.new_zeros(()) + 0.0 * texts.sum()
     anchors = torch.cat([positive_rows, positive_rows + batch_size])
     targets = torch.cat([positive_rows + batch_size, positive_rows])
-    return F.cross_entropy(logits[anchors], targets)
+    anchor_logits = logits[anchors]
+    if text_ids is not None:
+        same_text = text_ids[:, None] == text_ids[None, :]
+        duplicates = same_text[anchors] | same_text[targets]
+        duplicates[torch.arange(len(targets), device=duplicates.device), targets] = False
+        anchor_logits = anchor_logits.masked_fill(duplicates, float("-inf"))
+    return F.cross_entropy(anchor_logits, targets)

@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ese_trainer.data.nli import NLI_LABEL_NAMES
 from ese_trainer.data.sts import STS_TASKS
 from ese_trainer.evaluation import markdown_table
+from ese_trainer.hub_models import looks_like_local_path
 
 CITATIONS = {
     "AnglE": """@inproceedings{li-li-2024-aoe,
@@ -50,7 +51,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    return not looks_like_local_path(name) and not Path(name).exists()
 
 
 def _eval_results(after: dict[str, float]) -> list[EvalResult]:
@@ -149,7 +150,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "",
         f"Model selection: the checkpoint with the best STS-B **dev** cosine Spearman ({config['sts_dev']}): "
         f"`{Path(state['best_model_checkpoint']).name}` ({state['best_metric']:.2f})."
-        if state.get("best_model_checkpoint") else "Model selection: the final weights (no checkpoint was scored).",
+        if state.get("best_model_checkpoint") and config.get("load_best_model_at_end")
+        else "Model selection: none; these are the final weights.",
         "",
         "## Citation",
         "",

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
 from ese_trainer.arguments import LossArguments
-from ese_trainer.collator import SCORES_KEY
+from ese_trainer.collator import NON_MODEL_KEYS, SCORES_KEY, TEXT_IDS_KEY
 from ese_trainer.data import STSPairs
 from ese_trainer.distributed import gather_with_grad, gather_without_grad
 from ese_trainer.evaluation import evaluate_sts
@@ -53,16 +53,23 @@ class ESETrainer(Trainer):
         self.eval_batch_size = eval_batch_size
         # The loss is a per-micro-batch mean: let the Trainer divide it by gradient accumulation.
         self.model_accepts_loss_kwargs = False
+        if self.loss_args.ibn_cache and self.is_deepspeed_enabled:
+            # DeepSpeed steps the optimizer inside every backward; GradCache needs several backwards per step.
+            raise ValueError("ibn_cache is not supported under DeepSpeed; use DDP or FSDP, or gather_across_devices")
         self._logged_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    @staticmethod
+    def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
 
     def embed_pairs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled embeddings of both sides (``B x D`` each) from one forward pass over the 2B texts."""
-        model_inputs = {key: value for key, value in inputs.items() if key not in (SCORES_KEY, "return_loss")}
-        hidden = model(**model_inputs).last_hidden_state
+        hidden = model(**self.model_inputs(inputs)).last_hidden_state
         embeddings = pool(hidden, inputs["attention_mask"], self.pooling)
         return embeddings.chunk(2, dim=0)
 
-    def loss_terms(self, emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor,
+                   text_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The unweighted terms whose weight is non-zero, keyed by their log name."""
         args = self.loss_args
         terms = {}
@@ -70,7 +77,7 @@ class ESETrainer(Trainer):
             terms["loss_cosine"] = cosine_loss(emb_a, emb_b, scores, args.cosine_scale)
         if args.ibn_w:
             terms["loss_ibn"] = in_batch_negative_loss(
-                emb_a, emb_b, scores, args.ibn_scale, args.ibn_positive_threshold
+                emb_a, emb_b, scores, args.ibn_scale, args.ibn_positive_threshold, text_ids
             )
         if args.angle_w:
             terms["loss_angle"] = angle_loss(emb_a, emb_b, scores, args.angle_scale)
@@ -81,12 +88,18 @@ class ESETrainer(Trainer):
                    "loss_angle": self.loss_args.angle_w}
         return sum(weights[name] * value for name, value in terms.items())
 
-    def pair_loss(self, emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor, record: bool) -> torch.Tensor:
+    def pair_loss(self, emb_a: torch.Tensor, emb_b: torch.Tensor, inputs: dict[str, torch.Tensor],
+                  record: bool) -> torch.Tensor:
         """The combined loss of this batch's pairs, over the global batch with ``gather_across_devices``."""
-        scores = scores.to(emb_a.device)
+        scores = inputs[SCORES_KEY].to(emb_a.device)
+        text_ids = inputs.get(TEXT_IDS_KEY)
         if self.loss_args.gather_across_devices:
             emb_a, emb_b, scores = gather_with_grad(emb_a), gather_with_grad(emb_b), gather_without_grad(scores)
-        terms = self.loss_terms(emb_a, emb_b, scores)
+            if text_ids is not None:
+                batch = len(text_ids) // 2  # keep the gathered layout: all first sides, then all second sides
+                sides = [gather_without_grad(side) for side in (text_ids[:batch], text_ids[batch:])]
+                text_ids = torch.cat(sides)
+        terms = self.loss_terms(emb_a, emb_b, scores, text_ids)
         loss = self.combine(terms)
         if not torch.isfinite(loss):
             self._raise_non_finite(terms)
@@ -97,7 +110,7 @@ class ESETrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         emb_a, emb_b = self.embed_pairs(model, inputs)
-        loss = self.pair_loss(emb_a, emb_b, inputs[SCORES_KEY], record=model.training)
+        loss = self.pair_loss(emb_a, emb_b, inputs, record=model.training)
         if return_outputs:
             return loss, {"embeddings_a": emb_a, "embeddings_b": emb_b}
         return loss
@@ -110,20 +123,17 @@ class ESETrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
-        scores = inputs[SCORES_KEY]
-        model_inputs = {key: value for key, value in inputs.items() if key not in (SCORES_KEY, "return_loss")}
         accumulation = self.current_gradient_accumulation_steps
-        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        backward_kwargs = {"scale_wrt_gas": False} if deepspeed else {}  # we scale by accumulation ourselves
 
         def backward(surrogate: torch.Tensor) -> None:
-            self.accelerator.backward(surrogate / accumulation, **backward_kwargs)
+            self.accelerator.backward(surrogate / accumulation)
 
+        num_pairs = inputs[SCORES_KEY].shape[0]
         with self.compute_loss_context_manager():
             loss = cached_backward(
                 embed=lambda minibatch: self.embed_pairs(model, minibatch),
-                loss_of_embeddings=lambda emb_a, emb_b: self.pair_loss(emb_a, emb_b, scores, record=True),
-                minibatches=pair_minibatches(model_inputs, scores.shape[0], self.loss_args.cache_minibatch_size),
+                loss_of_embeddings=lambda emb_a, emb_b: self.pair_loss(emb_a, emb_b, inputs, record=True),
+                minibatches=pair_minibatches(self.model_inputs(inputs), num_pairs, self.loss_args.cache_minibatch_size),
                 backward=backward,
                 no_sync=lambda: self.accelerator.no_sync(model),
             )
@@ -152,10 +162,12 @@ class ESETrainer(Trainer):
         """The Trainer's loop (eval loss on the dev pairs) plus the STS dev cosine Spearman ×100."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.sts_dev is not None:
-            # Scored once, on the main process, and shared so every process selects the same best model.
+            # Scored by the main process and shared, so every process selects the same best model. A sharded
+            # model (FSDP, DeepSpeed) needs every process in its forward pass: all of them encode then.
+            sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
             score = [None]
-            if self.accelerator.is_main_process:
-                model = self.accelerator.unwrap_model(self.model)
+            if sharded or self.accelerator.is_main_process:
+                model = self.model_wrapped if sharded else self.accelerator.unwrap_model(self.model)
                 score[0] = evaluate_sts(model, self.processing_class, {"dev": self.sts_dev}, self.pooling,
                                         self.max_seq_length, self.eval_batch_size, show_progress=False)["dev"]
             output.metrics[f"{metric_key_prefix}_{STS_DEV_METRIC}"] = broadcast_object_list(score)[0]

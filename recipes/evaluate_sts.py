@@ -8,13 +8,13 @@ Markdown table next to each other (``--output_file``).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
-from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.cli import run_cli
+from ese_trainer.config import parse_config
 from ese_trainer.data import STS_TASKS, DataError, load_sts_task
 from ese_trainer.evaluation import evaluate_sts, markdown_table
 from ese_trainer.export import saved_pooling
@@ -61,13 +61,5 @@ def run(argv: list[str]) -> dict[str, float]:
     return results
 
 
-def main() -> None:
-    try:
-        run(sys.argv[1:])
-    except (ConfigError, DataError, ModelNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(run, (DataError, ModelNotFoundError))

@@ -7,10 +7,10 @@ The card is regenerated from the run's own files first (``--regenerate_card fals
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
-from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.cli import run_cli
+from ese_trainer.config import parse_config
 from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from ese_trainer.model_card import write_model_card
 
@@ -33,13 +33,5 @@ def run(argv: list[str]) -> str:
     return url
 
 
-def main() -> None:
-    try:
-        run(sys.argv[1:])
-    except (ConfigError, PushError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(run, (PushError, FileNotFoundError))

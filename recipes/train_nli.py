@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -20,11 +19,12 @@ from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ese_trainer.arguments import DataArguments, LossArguments, ModelArguments
+from ese_trainer.cli import run_cli
 from ese_trainer.collator import PairCollator, add_length_column
 from ese_trainer.config import ConfigError, parse_config
 from ese_trainer.data import DataError, load_nli_pairs, load_sts_pairs, load_sts_task
 from ese_trainer.evaluation import evaluate_sts
-from ese_trainer.export import save_sentence_transformer
+from ese_trainer.export import add_sentence_transformer_files
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
 from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from ese_trainer.model_card import write_model_card
@@ -70,6 +70,14 @@ def prepare_training_arguments(training_args: TrainingArguments, data_args: Data
                           "model selection must use a dev split")
     if training_args.metric_for_best_model and "test" in training_args.metric_for_best_model:
         raise ConfigError("metric_for_best_model must not be a test metric")
+    best_score = max(data_args.label_map.values())
+    if loss_args.ibn_w and best_score < loss_args.ibn_positive_threshold:
+        raise ConfigError(f"ibn_positive_threshold={loss_args.ibn_positive_threshold} is above every label_map score "
+                          f"(max {best_score}): the in-batch-negative term would have no positive pair")
+    if training_args.hub_token:
+        # Handed to huggingface_hub through the environment, so that training_args.bin never holds it.
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
 
 
 def run(argv: list[str]) -> dict:
@@ -77,7 +85,7 @@ def run(argv: list[str]) -> dict:
     prepare_training_arguments(training_args, data_args, loss_args)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.push_to_hub:  # before anything slow: offline, no token or no Hub fails now
-        check_push_ready(training_args.hub_model_id, training_args.hub_token)
+        check_push_ready(training_args.hub_model_id)
     is_main = training_args.process_index == 0
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if is_main else logging.WARNING)
@@ -91,6 +99,7 @@ def run(argv: list[str]) -> dict:
     if getattr(model, "pooler", None) is not None:
         # Sentence embeddings come from our pooling; a frozen pooler keeps DDP from waiting on its gradients.
         model.pooler.requires_grad_(False)
+    model.to(training_args.device)
 
     with training_args.main_process_first(desc="loading data"):
         train_dataset, counts = load_nli_pairs(
@@ -149,13 +158,16 @@ def run(argv: list[str]) -> dict:
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
 
+    # Every process: FSDP/DeepSpeed gather the full weights here. (_internal_call: no push yet; the
+    # finished folder, with its card, is pushed below.)
+    trainer.save_model(str(output_dir), _internal_call=True)
     if trainer.is_world_process_zero():
-        best_model = trainer.accelerator.unwrap_model(trainer.model)
-        save_sentence_transformer(best_model, tokenizer, output_dir, model_args.pooling, model_args.max_seq_length)
+        add_sentence_transformer_files(output_dir, model_args.pooling, model_args.max_seq_length)
         plot_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png", f"eval_{STS_DEV_METRIC}")
         if suite:
-            logger.info("STS suite after training")
-            tables["after"] = run_suite(best_model)
+            logger.info("STS suite after training (the saved model, as released)")
+            released = AutoModel.from_pretrained(output_dir).to(training_args.device)
+            tables["after"] = run_suite(released)
             table = save_sts_results(output_dir, tables, model_args.model_name_or_path)
             print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
         trainer.save_state()
@@ -172,17 +184,5 @@ def run(argv: list[str]) -> dict:
     return tables
 
 
-def main() -> None:
-    try:
-        run(sys.argv[1:])
-    except (ConfigError, DataError, ModelNotFoundError, NonFiniteLossError, PushError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(run, (DataError, ModelNotFoundError, NonFiniteLossError, PushError))

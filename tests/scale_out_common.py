@@ -23,7 +23,7 @@ def one_sgd_step(per_device_pairs: int, **loss_options) -> dict:
     """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
     model = build_tiny_bert(len(tokenizer), seed=0)
-    pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=64, seed=5)
+    pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=64, seed=5)
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(

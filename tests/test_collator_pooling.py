@@ -41,3 +41,10 @@ def test_pooling_formulas():
     assert pool(hidden, mask, "last").tolist() == [[2, 3], [10, 11]]
     with pytest.raises(ValueError, match="unknown pooling"):
         pool(hidden, mask, "median")
+
+
+def test_collator_gives_equal_texts_equal_ids(tokenizer):
+    features = [{"sentence1": "A dog runs.", "sentence2": "An animal runs.", "score": 1.0},
+                {"sentence1": "A dog runs.", "sentence2": "A cat sleeps.", "score": 0.0}]
+    ids = PairCollator(tokenizer)(features)["text_ids"]
+    assert ids.shape == (4,) and ids[0] == ids[1] and len(set(ids.tolist())) == 3

@@ -16,8 +16,8 @@ def write_jsonl(path, rows):
 
 
 def test_senteval_snli_layout_maps_every_label(tmp_path):
-    dataset, counts = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev")
-    labels = (EMBEDDED_DATA / "snli" / "labels.dev").read_text().split()
+    dataset, counts = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev")
+    labels = (EMBEDDED_DATA / "SNLI" / "labels.dev").read_text().split()
     assert counts.rows_read == len(labels) == 9842
     assert counts.kept == len(dataset) == 9842
     assert counts.label_counts == {name: labels.count(name) for name in ("entailment", "neutral", "contradiction")}
@@ -58,9 +58,9 @@ def test_custom_label_map_and_csv_columns(tmp_path):
 
 
 def test_max_samples_is_a_seeded_random_subset():
-    first, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=50, seed=1)
-    again, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=50, seed=1)
-    other, counts = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=50, seed=2)
+    first, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=50, seed=1)
+    again, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=50, seed=1)
+    other, counts = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=50, seed=2)
     assert first["sentence2"] == again["sentence2"] != other["sentence2"]
     assert counts.used_after_max_samples == 50 and counts.kept == 9842
 
@@ -122,3 +122,23 @@ def test_hub_style_dataset_repo_with_class_label_ids(tmp_path):
                                                                ("An animal runs.", 1.0)]
     validation, counts = load_nli_pairs(str(repo), split="validation")
     assert counts.kept == 2 and counts.dropped_unlabelled == 1
+
+
+def test_class_label_names_decide_the_score(tmp_path):
+    """A 2-class dataset's id 1 is its own ``not_entailment``, not our neutral: unknown, dropped, counted."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"premise": Value("string"), "hypothesis": Value("string"),
+                         "label": ClassLabel(names=["entailment", "not_entailment"])})
+    repo = tmp_path / "rte_like"
+    Dataset.from_dict({"premise": ["A dog runs.", "A dog runs."], "hypothesis": ["An animal runs.", "It rains."],
+                       "label": [0, 1]}, features=features).to_parquet(str(repo / "data" / "train-0.parquet"))
+    dataset, counts = load_nli_pairs(str(repo))
+    assert dataset["score"] == [1.0] and counts.unknown_labels == {"not_entailment": 1}
+
+
+def test_snli_dash_label_and_utf8_bom(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes("\ufeffsentence1\tsentence2\tlabel\nA dog.\tA puppy.\tentailment\nA dog.\tA cat.\t-\n".encode())
+    dataset, counts = load_nli_pairs(str(path))
+    assert dataset["score"] == [1.0] and counts.dropped_unlabelled == 1

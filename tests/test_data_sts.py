@@ -8,7 +8,7 @@ from .conftest import EMBEDDED_DATA
 
 
 def test_stsb_dev_scores_normalised():
-    pairs = load_sts_pairs(str(EMBEDDED_DATA / "stsb" / "sts-dev.csv"))
+    pairs = load_sts_pairs(str(EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv"))
     assert len(pairs) == 1500
     assert min(pairs.scores) == 0.0 and max(pairs.scores) == 1.0
     assert pairs.scores[0] == pytest.approx(5.0 / 5) and pairs.sentences1[0] == "a man with a hard hat is dancing ."
@@ -34,7 +34,7 @@ def test_test_sets(senteval_dir, task, size):
 
 @pytest.mark.parametrize("bad", ["6.0", "nan", "-0.5", "high"])
 def test_bad_gold_names_file_and_row(tmp_path, bad):
-    lines = (EMBEDDED_DATA / "stsb" / "sts-dev.csv").read_text().splitlines()[:5]
+    lines = (EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv").read_text().splitlines()[:5]
     fields = lines[3].split("\t")
     fields[4] = bad
     lines[3] = "\t".join(fields)

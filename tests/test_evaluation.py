@@ -12,7 +12,7 @@ from .conftest import EMBEDDED_DATA
 
 @pytest.fixture(scope="module")
 def stsb_test():
-    return load_sts_pairs(str(EMBEDDED_DATA / "stsb" / "sts-test.csv"), name="STSBenchmark")
+    return load_sts_pairs(str(EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-test.csv"), name="STSBenchmark")
 
 
 def test_stsb_test_reproduces_published_minilm_score(minilm, tokenizer, stsb_test):

@@ -105,3 +105,22 @@ def test_shape_errors_are_clear():
         cosine_loss(torch.randn(4, 8), torch.randn(4, 8), torch.ones(3))
     with pytest.raises(ValueError, match="embeddings"):
         angle_loss(torch.randn(4, 8), torch.randn(4, 6), torch.ones(4))
+
+
+def test_ibn_leaves_copies_of_anchor_and_positive_out_of_the_softmax(pairs):
+    emb_a, emb_b, scores = pairs
+    emb_a = emb_a.clone()
+    emb_a[1] = emb_a[0]  # pair 1 shares pair 0's premise (as SNLI premises do)
+    ids = torch.arange(32)
+    ids[1] = ids[0]
+    masked = in_batch_negative_loss(emb_a, emb_b, scores, text_ids=ids)
+    unmasked = in_batch_negative_loss(emb_a, emb_b, scores)
+    assert masked < unmasked  # the copy no longer competes with the positive at cos = 1
+    # With distinct ids nothing changes.
+    assert torch.allclose(in_batch_negative_loss(emb_a, emb_b, scores, text_ids=torch.arange(32)), unmasked)
+    # Pair 0 whose two sides are the same text keeps its positive.
+    same = emb_b.clone()
+    same[0] = emb_a[0]
+    same_ids = torch.arange(32)
+    same_ids[16] = same_ids[0]
+    assert torch.isfinite(in_batch_negative_loss(emb_a, same, scores, text_ids=same_ids))

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 from huggingface_hub import HfApi
+from huggingface_hub.utils import filter_repo_objects
 
 from ese_trainer.export import save_sentence_transformer
-from ese_trainer.hub_push import IGNORED_FOR_RELEASE, PushError, check_push_ready, push_model_dir
+from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from tests.conftest import REPO
 
 SECRET = "hf_notARealTokenButSecret123"
@@ -50,7 +51,10 @@ def test_push_sends_the_folder_without_checkpoints(model_dir, monkeypatch):
     (_, repo, create_kwargs), (_, upload_repo, upload_kwargs) = hub.calls
     assert repo == upload_repo == "me/minilm" and create_kwargs["private"] is True
     assert upload_kwargs["folder_path"] == str(model_dir)
-    assert upload_kwargs["ignore_patterns"] == IGNORED_FOR_RELEASE and "checkpoint-*" in IGNORED_FOR_RELEASE
+    sent = set(filter_repo_objects([path.relative_to(model_dir).as_posix() for path in model_dir.rglob("*")
+                                    if path.is_file()], ignore_patterns=upload_kwargs["ignore_patterns"]))
+    assert {"modules.json", "model.safetensors", "README.md", "1_Pooling/config.json"} <= sent
+    assert not any(name.startswith("checkpoint-") for name in sent)
 
 
 def test_failed_push_keeps_the_folder_and_says_how_to_retry(model_dir, monkeypatch):

@@ -18,7 +18,7 @@ from .conftest import EMBEDDED_DATA
 
 @pytest.fixture(scope="module")
 def pairs():
-    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "snli"), split="dev", max_samples=16, seed=3)
+    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=16, seed=3)
     return dataset
 
 
@@ -48,14 +48,17 @@ def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_
 
 
 def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, pairs, tmp_path):
-    reference = copy.deepcopy(tiny_bert)
+    reference = copy.deepcopy(tiny_bert).eval()  # no dropout in the tiny BERT; eval() keeps terms out of the logs
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, gradient_accumulation_steps=2)
     collate = PairCollator(tokenizer, 64)
-    micro_losses = []
+    micro_losses, micro_cosine = [], []
     for start in (0, 4):
-        loss = trainer.compute_loss(reference, collate([pairs[i] for i in range(start, start + 4)]))
+        batch = collate([pairs[i] for i in range(start, start + 4)])
+        loss = trainer.compute_loss(reference, batch)
         (loss / 2).backward()
         micro_losses.append(loss.item())
+        emb_a, emb_b = trainer.embed_pairs(reference, batch)
+        micro_cosine.append(cosine_loss(emb_a, emb_b, batch["scores"]).item())
     before = {name: p.detach().clone() for name, p in tiny_bert.named_parameters()}
     trainer.train()
     logged = trainer.state.log_history[0]
@@ -64,6 +67,7 @@ def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, 
         expected_step = -0.5 * dict(reference.named_parameters())[name].grad
         assert torch.allclose(parameter.detach() - before[name], expected_step, atol=1e-6), name
     assert {"loss_cosine", "loss_ibn", "loss_angle"} <= set(logged)
+    assert logged["loss_cosine"] == pytest.approx(sum(micro_cosine) / 2, rel=1e-4)
 
 
 def test_only_weighted_terms_are_logged(tiny_bert, tokenizer, pairs, tmp_path):

@@ -18,7 +18,7 @@ def read_utf8_lines(path: str | Path) -> list[str]:
     lines = []
     for line_number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            lines.append(raw.decode("utf-8"))
+            lines.append(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
         except UnicodeDecodeError as error:
             raise DataError(
                 f"{path}:{line_number}: not valid UTF-8 (byte {error.start}: {raw[error.start:error.start + 4]!r})"
@@ -52,7 +52,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
     elif suffix in (".csv", ".tsv"):
         delimiter = "\t" if suffix == ".tsv" else ","
         reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter=delimiter)
-        rows = [(line_number, row) for line_number, row in enumerate(reader, start=2)]
+        rows = [(reader.line_num, row) for row in reader]  # line_num: the row's last physical line
         return list(reader.fieldnames or []), rows
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .tsv)")
@@ -61,6 +61,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
             raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
     columns = list(dict.fromkeys(key for _, row in rows for key in row))
     return columns, rows
+
+
+def normalise_text(text) -> str:
+    """Whitespace-normalised text (split and re-joined, as SentEval does); "" for None."""
+    return " ".join(str(text).split()) if text is not None else ""
 
 
 def require_columns(source: str, available: list[str], wanted: list[str]) -> None:

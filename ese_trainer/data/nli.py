@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import ClassLabel, Dataset, load_dataset
 
 from ese_trainer.data.errors import DataError
-from ese_trainer.data.files import read_table, read_utf8_lines, require_columns
+from ese_trainer.data.files import normalise_text, read_table, read_utf8_lines, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,11 @@ def _read_hub(dataset_id: str, subset: str | None, split: str, text_columns, lab
     dataset = load_dataset(dataset_id, subset, split=split)
     first, second = _pick_text_columns(f"{dataset_id}[{split}]", dataset.column_names, text_columns)
     require_columns(f"{dataset_id}[{split}]", dataset.column_names, [label_column])
-    return {"premise": dataset[first], "hypothesis": dataset[second], "label": dataset[label_column]}
+    labels = dataset[label_column]
+    label_feature = dataset.features[label_column]
+    if isinstance(label_feature, ClassLabel):  # ids mean what the dataset's own names say, not our order
+        labels = [label_feature.names[label] if label is not None and label >= 0 else label for label in labels]
+    return {"premise": dataset[first], "hypothesis": dataset[second], "label": labels}
 
 
 def read_nli_rows(
@@ -135,10 +139,6 @@ def read_nli_rows(
             raise DataError(f"{path}: file not found")
         return _read_local_file(path, text_columns, label_column)
     return _read_hub(source, subset, split, text_columns, label_column)
-
-
-def _text(value) -> str:
-    return " ".join(str(value).split()) if value is not None else ""
 
 
 def load_nli_pairs(
@@ -171,7 +171,7 @@ def load_nli_pairs(
             counts.dropped_unknown_label += 1
             unknown[str(label)] += 1
             continue
-        premise, hypothesis = _text(premise), _text(hypothesis)
+        premise, hypothesis = normalise_text(premise), normalise_text(hypothesis)
         if not premise or not hypothesis:
             counts.dropped_empty_text += 1
             continue

@@ -15,7 +15,8 @@ from pathlib import Path
 from datasets import load_dataset
 
 from ese_trainer.data.errors import DataError
-from ese_trainer.data.files import read_table, read_utf8_lines, require_columns
+from ese_trainer.data.files import normalise_text, read_table, read_utf8_lines, require_columns
+from ese_trainer.hub_models import looks_like_local_path
 
 MAX_GOLD_SCORE = 5.0
 
@@ -56,10 +57,6 @@ STS_TASKS = {
     "STSBenchmark": STSTask("STS/STSBenchmark/sts-test.csv", hub_id="mteb/stsbenchmark-sts"),
     "SICKRelatedness": STSTask("SICK/SICK_test_annotated.txt", hub_id="mteb/sickr-sts"),
 }
-
-
-def normalise_text(text: str) -> str:
-    return " ".join(text.split())
 
 
 def parse_gold(value, source: str, row: int | str) -> float:
@@ -178,7 +175,7 @@ def load_sts_pairs(source: str, split: str = "test", name: str | None = None) ->
         if path.name.startswith("SICK"):
             return read_sick(path, name or path.stem)
         return read_sts_table(path, name)
-    if path.suffix or source.startswith((".", "/", "~")):
+    if looks_like_local_path(source):
         raise DataError(f"{source}: file not found")
     return read_hub_sts(source, split, name)
 
