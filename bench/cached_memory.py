@@ -53,6 +53,7 @@ def worker(mode: str, batch: int, minibatch: int, steps: int) -> dict:
         args = TrainingArguments(output_dir=output_dir, use_cpu=True, report_to="none", remove_unused_columns=False)
         trainer = ESETrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
                              loss_args=loss_args, pooling="mean")
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); we call training_step directly
         trainer.training_step(model, inputs)  # warm-up: allocator pools, lazy initialisation
         model.zero_grad(set_to_none=True)
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
@@ -104,8 +105,10 @@ def main() -> None:
         for mode in ("plain", "cached"):  # alternating, so drift affects both modes alike
             command = [sys.executable, __file__, "--worker", mode, str(batch), "--minibatch", str(args.minibatch),
                        "--steps", str(args.steps)]
-            output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
+            result = subprocess.run(command, env=env, capture_output=True, text=True)
+            if result.returncode:
+                raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     by_key = {(row["mode"], row["batch_pairs"]): row for row in rows}
     lines = ["| batch (pairs) | plain peak MiB | cached peak MiB | cached/plain memory | plain step s | "
