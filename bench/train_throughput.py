@@ -9,8 +9,8 @@ tokens), fp32, AdamW, for a fixed number of steps, alternating (ours, ST, bare) 
 - **ST**: ``SentenceTransformerTrainer`` with ``CoSENTLoss + AnglELoss + MultipleNegativesRankingLoss``
   (directions query→doc and query→query, both ways) on one embedding of each column — the same terms,
   except that MNRL takes every pair as a positive where ours takes entailment pairs only;
-- **bare**: a plain PyTorch loop over our collated batches (forward, pooling, the same loss, backward,
-  AdamW step), no Trainer: the floor our loop's overhead is measured against.
+- **bare**: a plain PyTorch loop over our collated batches (the same length-sorted forward passes and
+  pooling, the same loss, backward, AdamW step), no Trainer: the floor our loop's overhead is measured against.
 
 Reports pairs/second (median over repeats) and the ratios, in ``bench/results/train_throughput.{json,md}``.
 """
@@ -115,7 +115,7 @@ def run_bare(pairs, batch: int, steps: int) -> float:
     from ese_trainer.collator import NON_MODEL_KEYS, PairCollator
     from ese_trainer.hub_models import resolve_model_path
     from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
-    from ese_trainer.pooling import pool
+    from ese_trainer.pooling import pooled_embeddings
 
     path = resolve_model_path(MODEL_ID)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
@@ -126,8 +126,8 @@ def run_bare(pairs, batch: int, steps: int) -> float:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
     started = time.perf_counter()
     for inputs in batches:
-        hidden = model(**{k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}).last_hidden_state
-        emb_a, emb_b = pool(hidden, inputs["attention_mask"], "mean").chunk(2)
+        model_inputs = {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
+        emb_a, emb_b = pooled_embeddings(model, model_inputs, "mean", chunks=2).chunk(2)
         scores = inputs["scores"]
         loss = (cosine_loss(emb_a, emb_b, scores) + angle_loss(emb_a, emb_b, scores)
                 + in_batch_negative_loss(emb_a, emb_b, scores, text_ids=inputs["text_ids"]))

@@ -17,9 +17,15 @@ class ModelArguments:
     )
     pooling: str = field(default="mean", metadata={"help": "cls, mean, cls_avg, max or last (all masked)."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    forward_chunks: int = field(
+        default=2, metadata={"help": "Training forward passes per batch, over length-sorted groups of its texts "
+                             "(less padding; 1 = one pass over the whole padded batch)."}
+    )
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if self.forward_chunks < 1:
+            raise ValueError(f"forward_chunks must be >= 1, got {self.forward_chunks}")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}")
 

@@ -40,3 +40,24 @@ def pool(hidden_states: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
         last_index = (attention_mask.bool() * positions).argmax(dim=1)
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_index]
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+
+
+def pooled_embeddings(model: torch.nn.Module, inputs: dict[str, Tensor], mode: str, chunks: int = 1) -> Tensor:
+    """Pooled embeddings (``N x D``) of every row of a padded batch, in row order.
+
+    With ``chunks > 1`` the rows are sorted by length and run through ``model`` in that many groups, each
+    trimmed to the columns its rows use: in a batch of pairs whose sides differ in length (NLI premises
+    are about twice as long as hypotheses) this removes most of the padding compute. Each row's embedding
+    does not depend on its neighbours, so the result equals the single pass up to float rounding.
+    """
+    mask = inputs["attention_mask"]
+    if chunks <= 1:
+        return pool(model(**inputs).last_hidden_state, mask, mode)
+    order = torch.argsort(mask.sum(dim=1), descending=True, stable=True)
+    pooled = []
+    for rows in order.chunk(chunks):
+        used = torch.nonzero(mask[rows].any(dim=0)).flatten()
+        columns = slice(int(used[0]), int(used[-1]) + 1)
+        group = {key: value[rows, columns] for key, value in inputs.items()}
+        pooled.append(pool(model(**group).last_hidden_state, group["attention_mask"], mode))
+    return torch.cat(pooled)[torch.argsort(order)]

@@ -17,7 +17,7 @@ from ese_trainer.distributed import gather_with_grad, gather_without_grad
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.grad_cache import cached_backward, pair_minibatches
 from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
-from ese_trainer.pooling import check_pooling, pool
+from ese_trainer.pooling import check_pooling, pooled_embeddings
 
 STS_DEV_METRIC = "sts_dev_spearman"
 
@@ -43,6 +43,7 @@ class ESETrainer(Trainer):
         sts_dev: STSPairs | None = None,
         max_seq_length: int = 128,
         eval_batch_size: int = 128,
+        forward_chunks: int = 2,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +52,7 @@ class ESETrainer(Trainer):
         self.sts_dev = sts_dev
         self.max_seq_length = max_seq_length
         self.eval_batch_size = eval_batch_size
+        self.forward_chunks = forward_chunks
         # The loss is a per-micro-batch mean: let the Trainer divide it by gradient accumulation.
         self.model_accepts_loss_kwargs = False
         if self.loss_args.ibn_cache and self.is_deepspeed_enabled:
@@ -63,9 +65,9 @@ class ESETrainer(Trainer):
         return {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
 
     def embed_pairs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled embeddings of both sides (``B x D`` each) from one forward pass over the 2B texts."""
-        hidden = model(**self.model_inputs(inputs)).last_hidden_state
-        embeddings = pool(hidden, inputs["attention_mask"], self.pooling)
+        """Pooled embeddings of both sides (``B x D`` each) of the 2B texts, run in ``forward_chunks``
+        length-sorted groups (see :func:`ese_trainer.pooling.pooled_embeddings`)."""
+        embeddings = pooled_embeddings(model, self.model_inputs(inputs), self.pooling, self.forward_chunks)
         return embeddings.chunk(2, dim=0)
 
     def loss_terms(self, emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor,

@@ -153,6 +153,7 @@ def run(argv: list[str]) -> dict:
         sts_dev=sts_dev,
         max_seq_length=model_args.max_seq_length,
         eval_batch_size=data_args.eval_batch_size,
+        forward_chunks=model_args.forward_chunks,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", train_result.metrics)

@@ -33,8 +33,11 @@ def one_sgd_step(per_device_pairs: int, **loss_options) -> dict:
             train_sampling_strategy="sequential", use_cpu=True, seed=0, dataloader_pin_memory=False,
             dataloader_drop_last=True, disable_tqdm=True, ddp_find_unused_parameters=False,
         )
+        # One forward pass per (mini-)batch: the comparisons below are about gathering and caching, and
+        # length-sorted chunks (tested on their own) would add summation-order rounding on top.
         trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 64),
-                             processing_class=tokenizer, loss_args=LossArguments(**loss_options), pooling="mean")
+                             processing_class=tokenizer, loss_args=LossArguments(**loss_options), pooling="mean",
+                             forward_chunks=1)
         trainer.train()
     deltas = {name: (parameter.detach() - before[name]) for name, parameter in model.named_parameters()}
     return {"loss": trainer.state.log_history[0]["loss"], "deltas": deltas, "log": trainer.state.log_history[0]}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ese_trainer.collator import SCORES_KEY, PairCollator
-from ese_trainer.pooling import POOLING_MODES, pool
+from ese_trainer.pooling import POOLING_MODES, pool, pooled_embeddings
 
 
 def test_collator_tokenises_both_sides_with_dynamic_padding(tokenizer):
@@ -48,3 +48,14 @@ def test_collator_gives_equal_texts_equal_ids(tokenizer):
                 {"sentence1": "A dog runs.", "sentence2": "A cat sleeps.", "score": 0.0}]
     ids = PairCollator(tokenizer)(features)["text_ids"]
     assert ids.shape == (4,) and ids[0] == ids[1] and len(set(ids.tolist())) == 3
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_length_sorted_chunks_equal_one_padded_pass(tokenizer, minilm, chunks):
+    sentences = ["A dog.", "Two children play football in a park on a sunny afternoon.", "Rain.",
+                 "A man is slicing a tomato in the kitchen."]
+    batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        single = pooled_embeddings(minilm, batch, "mean", chunks=1)
+        chunked = pooled_embeddings(minilm, batch, "mean", chunks=chunks)
+    assert torch.allclose(single, chunked, atol=1e-5)
