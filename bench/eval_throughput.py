@@ -70,7 +70,8 @@ def main() -> None:
     per_second = {name: sentences / statistics.median(times) for name, times in seconds.items()}
     largest_gap = max(abs(scores["ours"][task] - scores["sentence-transformers"][task]) for task in tasks)
     ratio = per_second["ours"] / per_second["sentence-transformers"]
-    command = (f"python -m bench.eval_throughput --sts_data_dir {args.sts_data_dir} --tasks {' '.join(args.tasks)} "
+    data_dir = os.path.relpath(args.sts_data_dir, REPO)
+    command = (f"python -m bench.eval_throughput --sts_data_dir {data_dir} --tasks {' '.join(args.tasks)} "
                f"--repeats {args.repeats}")
     machine = describe_machine()
     RESULTS.mkdir(parents=True, exist_ok=True)

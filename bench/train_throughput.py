@@ -3,7 +3,8 @@
     python -m bench.train_throughput [--steps 20] [--batch 32] [--repeats 3]
 
 All three train all-MiniLM-L6-v2 on the same ``steps x batch`` real SNLI pairs (one epoch, so the same
-tokens), fp32, AdamW, for a fixed number of steps, alternating (ours, ST, bare) ``repeats`` times:
+tokens; ours and bare in the same batches, ST in its own shuffled ones), fp32, AdamW, for a fixed number of
+steps, alternating (ours, ST, bare) ``repeats`` times:
 
 - **ours**: ``ESETrainer`` (CoSENT + in-batch negatives + AnglE, weights 1.0, scale 20);
 - **ST**: ``SentenceTransformerTrainer`` with ``CoSENTLoss + AnglELoss + MultipleNegativesRankingLoss``
@@ -58,6 +59,7 @@ def run_ours(pairs, batch: int, steps: int) -> float:
         args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps,
                                  learning_rate=LEARNING_RATE, save_strategy="no", report_to="none",
                                  remove_unused_columns=False, disable_tqdm=True, logging_steps=steps,
+                                 train_sampling_strategy="sequential",  # the bare loop's batches, in its order
                                  dataloader_drop_last=True, use_cpu=True, seed=0, dataloader_pin_memory=False)
         trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 128),
                              processing_class=tokenizer, pooling="mean")
@@ -123,7 +125,9 @@ def run_bare(pairs, batch: int, steps: int) -> float:
     model.train()
     collate = PairCollator(tokenizer, 128)
     batches = [collate([pairs[i] for i in range(start, start + batch)]) for start in range(0, steps * batch, batch)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    # The Trainer's default optimizer on torch >= 2.8 (adamw_torch_fused), with its default weight decay 0.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE,
+                                  weight_decay=0.0, fused=True)
     started = time.perf_counter()
     for inputs in batches:
         model_inputs = {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
