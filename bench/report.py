@@ -18,6 +18,7 @@ RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs"
 SECTIONS = [  # (results file stem, heading)
     ("train_throughput", "Training throughput vs. sentence-transformers"),
+    ("train_throughput_chunks4", "Training throughput vs. sentence-transformers, 4 forward chunks"),
     ("eval_throughput", "STS evaluation throughput vs. sentence-transformers"),
     ("cached_memory", "Cached (GradCache) vs. plain contrastive batches"),
     ("label_map_ablation", "Label map vs. raw NLI ids (smoke settings)"),

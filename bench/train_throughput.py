@@ -13,7 +13,8 @@ steps, alternating (ours, ST, bare) ``repeats`` times:
 - **bare**: a plain PyTorch loop over our collated batches (the same length-sorted forward passes and
   pooling, the same loss, backward, AdamW step), no Trainer: the floor our loop's overhead is measured against.
 
-Reports pairs/second (median over repeats) and the ratios, in ``bench/results/train_throughput.{json,md}``.
+Reports pairs/second (median over repeats) and the ratios, in ``bench/results/train_throughput.{json,md}``
+(``--forward_chunks N`` for ours and bare; the default 2 is the recipe's).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def load_pairs(count: int):
     return pairs
 
 
+FORWARD_CHUNKS = 2
+
+
 def run_ours(pairs, batch: int, steps: int) -> float:
     from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
@@ -62,7 +66,7 @@ def run_ours(pairs, batch: int, steps: int) -> float:
                                  train_sampling_strategy="sequential",  # the bare loop's batches, in its order
                                  dataloader_drop_last=True, use_cpu=True, seed=0, dataloader_pin_memory=False)
         trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 128),
-                             processing_class=tokenizer, pooling="mean")
+                             processing_class=tokenizer, pooling="mean", forward_chunks=FORWARD_CHUNKS)
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
@@ -131,7 +135,7 @@ def run_bare(pairs, batch: int, steps: int) -> float:
     started = time.perf_counter()
     for inputs in batches:
         model_inputs = {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
-        emb_a, emb_b = pooled_embeddings(model, model_inputs, "mean", chunks=2).chunk(2)
+        emb_a, emb_b = pooled_embeddings(model, model_inputs, "mean", chunks=FORWARD_CHUNKS).chunk(2)
         scores = inputs["scores"]
         loss = (cosine_loss(emb_a, emb_b, scores) + angle_loss(emb_a, emb_b, scores)
                 + in_batch_negative_loss(emb_a, emb_b, scores, text_ids=inputs["text_ids"]))
@@ -146,7 +150,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--forward_chunks", type=int, default=2, help="ours and bare: length-sorted passes per batch")
     args = parser.parse_args()
+    global FORWARD_CHUNKS
+    FORWARD_CHUNKS = args.forward_chunks
     pairs = load_pairs(args.steps * args.batch)
     runners = {"ours": run_ours, "sentence-transformers": run_sentence_transformers, "bare": run_bare}
     seconds: dict[str, list[float]] = {name: [] for name in runners}
