@@ -124,14 +124,13 @@ def run(argv: list[str]) -> dict:
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_resolved_config(output_dir, model_args, data_args, loss_args, training_args)
-        contrastive_batch = training_args.per_device_train_batch_size * (
-            training_args.world_size if loss_args.gather_across_devices else 1)
+        global_batch = training_args.per_device_train_batch_size * training_args.world_size
         save_json(output_dir / "run_info.json", {
             "world_size": training_args.world_size,
-            "global_train_batch_size": training_args.per_device_train_batch_size * training_args.world_size,
-            "pairs_per_optimizer_step": training_args.per_device_train_batch_size * training_args.world_size
-            * training_args.gradient_accumulation_steps,
-            "contrastive_batch_pairs": contrastive_batch,
+            "global_train_batch_size": global_batch,
+            "pairs_per_optimizer_step": global_batch * training_args.gradient_accumulation_steps,
+            "contrastive_batch_pairs": global_batch if loss_args.gather_across_devices
+            else training_args.per_device_train_batch_size,
             "distributed_type": str(training_args.distributed_state.distributed_type),
             "embedding_dimension": model.config.hidden_size,
         })
@@ -163,19 +162,16 @@ def run(argv: list[str]) -> dict:
     # finished folder, with its card, is pushed below.)
     trainer.save_model(str(output_dir), _internal_call=True)
     if trainer.is_world_process_zero():
-        add_sentence_transformer_files(output_dir, model_args.pooling, model_args.max_seq_length)
+        released = add_sentence_transformer_files(output_dir, model_args.pooling, model_args.max_seq_length)
         plot_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png", f"eval_{STS_DEV_METRIC}")
         if suite:
             logger.info("STS suite after training (the saved model, as released)")
-            released = AutoModel.from_pretrained(output_dir).to(training_args.device)
-            tables["after"] = run_suite(released)
+            tables["after"] = run_suite(released[0].model.to(training_args.device))
             table = save_sts_results(output_dir, tables, model_args.model_name_or_path)
             print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
-        trainer.save_state()
         write_model_card(output_dir)
-        if training_args.push_to_hub:
-            url = push_model_dir(output_dir, training_args.hub_model_id, training_args.hub_private_repo,
-                                 training_args.hub_token)
+        if training_args.push_to_hub:  # the token, if given, was moved to HF_TOKEN by prepare_training_arguments
+            url = push_model_dir(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
             print(f"pushed to the Hub: {url}")
         if trainer.state.best_model_checkpoint:
             print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
