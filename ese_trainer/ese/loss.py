@@ -1,0 +1,263 @@
+"""ESE (Espresso Sentence Embeddings; Li et al., arXiv 2402.14776, ICLR 2025) training terms.
+
+An encoder with ``n`` transformer layers is trained so that (i) the first ``k`` dims of an embedding work on their
+own (compression) and (ii) earlier layers already give usable embeddings (layer learning). Notation: ``e_ℓ`` is
+the pooled embedding of ``hidden_states[ℓ]`` for both sides of the ``B`` pairs (``B x D`` each); ``e_ℓ^k`` its
+first ``k`` dims; ``L_sim`` the trainer's combined pair loss (cosine/ibn/angle) of two ``B x d`` tensors;
+``t_ℓ = sg(target(e_ℓ))`` the stop-gradient compression target (``2B x k``, default
+:func:`~ese_trainer.ese.compression.pca_target`) of the ``2B`` stacked embeddings; ``L_dist(s, t) = MSE(s, t) +
+τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` (:func:`~ese_trainer.ese.distillation.distillation_loss`) on the ``2B``
+stacked first-``k`` dims; students ``ℓ ∈ S ⊆ {1..n−1}`` with weights ``w_ℓ``
+(:func:`~ese_trainer.ese.layer_weights.layer_weights`)::
+
+    loss_ese_last_compressed = L_sim(e_n^k)
+    loss_ese_distill_last    = L_dist(e_n^k, t_n)
+    loss_ese_prior           = Σ_{ℓ∈S} w_ℓ [L_sim(e_ℓ) + L_sim(e_ℓ^k)] / Σ_{ℓ∈S} w_ℓ
+    loss_ese_distill_prior   = Σ_{ℓ∈S} w_ℓ L_dist(e_ℓ^k, t_ℓ) / Σ_{ℓ∈S} w_ℓ
+
+    L_ESE = λ_last · (loss_ese_last_compressed + loss_ese_distill_last)
+          + λ_prior · (loss_ese_prior + loss_ese_distill_prior)
+
+The full last-layer term ``L_sim(e_n)`` is the trainer's main loss and is not part of these terms. The prior
+terms are normalised by ``Σ w_ℓ`` so the depth of the model does not change their scale; they are absent for a
+single-layer model or ``λ_prior = 0`` (the last-layer terms likewise for ``λ_last = 0``). With a learned target
+(:class:`~ese_trainer.ese.compression.MoECompressionHead`) two head-only terms are added, each the mean over the
+distilled layers: ``loss_ese_moe_reconstruction`` and ``loss_ese_moe_balance`` (weight ``moe_balance_weight``).
+
+Known defects of AnglE's ``AngleESETrainer`` and what we do instead:
+
+(a) Its student loop runs over ``hidden_states[0..n−2]``: it trains the embedding-layer output (not a
+    transformer layer; its "embedding" is a bag of word vectors) as a student and never the last-but-one layer.
+    We use the transformer layers ``1..n−1`` — the same layers the layer x dimension evaluation reports, so what
+    is trained is what is measured. Layer 0 raises.
+(b) Its KL term is scaled by ``T``; Hinton et al. (2015) scale by ``T²`` because the softened KL's gradient
+    shrinks as ``1/T²``, so with ``T`` the term's effect fades as ``T`` grows. We scale by ``τ²``.
+(c) Its teacher alignment term (``teacher_name_or_path``: the last layer distilled toward an external teacher
+    model) is computed *and added to the loss* inside ``torch.no_grad()``, so it is a constant and no gradient
+    from it reaches the last layer. (In the versions we read, its in-model teacher terms — the pair loss of the
+    last layer's first k dims and their PCA distillation — do keep their gradients; only ``pca_compress`` is
+    ``no_grad``, which is right for a target.) Our rule: every teacher term keeps its gradient with respect to
+    the embedding it trains — ``L_sim(e_n^k)`` and ``L_dist(e_n^k, t_n)`` reach ``e_n[:, :k]`` (tested) — and
+    only the target ``t`` is a stop-gradient (a target that moved toward the student would make the distillation
+    vacuous).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, pca_target
+from ese_trainer.ese.distillation import distillation_loss
+from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS, layer_weights
+
+LAST_COMPRESSED = "loss_ese_last_compressed"
+DISTILL_LAST = "loss_ese_distill_last"
+PRIOR = "loss_ese_prior"
+DISTILL_PRIOR = "loss_ese_distill_prior"
+MOE_RECONSTRUCTION = "loss_ese_moe_reconstruction"
+MOE_BALANCE = "loss_ese_moe_balance"
+COMPRESSION_TARGETS = ("pca", "moe")
+
+PairLoss = Callable[[Tensor, Tensor], Tensor]
+TargetFn = Callable[[int, Tensor], "Tensor | CompressionOutput"]
+
+
+def _check_inputs(layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], num_layers: int, compression_size: int,
+                  kl_temperature: float) -> None:
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    if not layer_embeddings:
+        raise ValueError("layer_embeddings is empty")
+    if not (kl_temperature > 0 and math.isfinite(kl_temperature)):
+        raise ValueError(f"kl_temperature must be a finite number > 0, got {kl_temperature}")
+    for layer, pair in layer_embeddings.items():
+        if layer == 0:
+            raise ValueError("layer 0 is hidden_states[0], the embedding-layer output, not a transformer layer; "
+                             f"ESE layers are 1..{num_layers}")
+        if not 1 <= layer <= num_layers:
+            raise ValueError(f"layer {layer} outside 1..{num_layers} (num_layers={num_layers})")
+        if len(pair) != 2:
+            raise ValueError(f"layer {layer}: expected a pair (emb_a, emb_b), got {len(pair)} tensors")
+        emb_a, emb_b = pair
+        if emb_a.dim() != 2 or emb_a.shape != emb_b.shape:
+            raise ValueError(f"layer {layer}: expected two B x D embeddings of equal shape, got "
+                             f"{tuple(emb_a.shape)} and {tuple(emb_b.shape)}")
+        dim = emb_a.shape[-1]
+        if not 1 <= compression_size < dim:
+            raise ValueError(f"compression_size={compression_size} must be in 1..D-1 (D={dim}, layer {layer}): "
+                             "k >= D leaves nothing to compress")
+
+
+def _compression_targets(stacked: dict[int, Tensor], k: int,
+                         targets: TargetFn | None) -> tuple[dict[int, Tensor], list[CompressionOutput]]:
+    """``t_ℓ`` (detached) for every layer in ``stacked``, and the head outputs when the target is learned."""
+    if not stacked:
+        return {}, []
+    if targets is None:
+        shapes = {tensor.shape for tensor in stacked.values()}
+        if len(shapes) == 1:  # one batched SVD for all layers
+            batched = pca_target(torch.stack(list(stacked.values())), k)
+            return dict(zip(stacked, batched.unbind(0))), []
+        return {layer: pca_target(tensor, k) for layer, tensor in stacked.items()}, []
+    target_of, head_outputs = {}, []
+    for layer, tensor in stacked.items():
+        output = targets(layer, tensor)
+        if isinstance(output, CompressionOutput):
+            head_outputs.append(output)
+            output = output.target
+        if output.shape != (tensor.shape[0], k):
+            raise ValueError(f"layer {layer}: the target must be {tensor.shape[0]} x {k}, got {tuple(output.shape)}")
+        target_of[layer] = output.detach()
+    return target_of, head_outputs
+
+
+def _distill(student: Tensor, target: Tensor, temperature: float) -> Tensor:
+    parts = distillation_loss(student, target, temperature)
+    return parts["mse"] + parts["kl"]
+
+
+def ese_terms(
+    layer_embeddings: Mapping[int, tuple[Tensor, Tensor]],
+    num_layers: int,
+    pair_loss: PairLoss,
+    compression_size: int,
+    kl_temperature: float,
+    layer_weighting: str = "log",
+    last_layer_weight: float = 1.0,
+    prior_layers_weight: float = 1.0,
+    targets: TargetFn | None = None,
+) -> dict[str, Tensor]:
+    """The unweighted ESE terms (module docstring), keyed by their log name.
+
+    ``layer_embeddings`` maps a transformer layer ``ℓ ∈ 1..n`` (``hidden_states[ℓ]``) to the pooled embeddings
+    of both sides of the pairs; layer ``n`` is the teacher and every other key a student. ``pair_loss(emb_a,
+    emb_b)`` is the trainer's combined pair loss (the pair scores bound in). ``targets(ℓ, 2B x D) -> 2B x k``
+    (or a :class:`CompressionOutput`) replaces :func:`pca_target`; its result is always detached.
+    """
+    if layer_weighting not in LAYER_WEIGHTINGS:
+        raise ValueError(f"unknown layer weighting {layer_weighting!r}; choose one of {', '.join(LAYER_WEIGHTINGS)}")
+    _check_inputs(layer_embeddings, num_layers, compression_size, kl_temperature)
+    k = compression_size
+    use_last = last_layer_weight != 0
+    if use_last and num_layers not in layer_embeddings:
+        raise ValueError(f"the last layer ({num_layers}) is missing from layer_embeddings (layers "
+                         f"{sorted(layer_embeddings)}); it is needed with last_layer_weight != 0")
+    students = sorted(layer for layer in layer_embeddings if layer != num_layers) if prior_layers_weight != 0 else []
+    weights = layer_weights(students, layer_weighting, num_layers)
+    distilled = ([num_layers] if use_last else []) + students
+    stacked = {layer: torch.cat(layer_embeddings[layer], dim=0) for layer in distilled}
+    target_of, head_outputs = _compression_targets(stacked, k, targets)
+
+    terms: dict[str, Tensor] = {}
+    if use_last:
+        emb_a, emb_b = layer_embeddings[num_layers]
+        terms[LAST_COMPRESSED] = pair_loss(emb_a[:, :k], emb_b[:, :k])
+        terms[DISTILL_LAST] = _distill(stacked[num_layers][:, :k], target_of[num_layers], kl_temperature)
+    if students:
+        total_weight = sum(weights.values())
+        prior, distill_prior = [], []
+        for layer in students:
+            emb_a, emb_b = layer_embeddings[layer]
+            prior.append(weights[layer] * (pair_loss(emb_a, emb_b) + pair_loss(emb_a[:, :k], emb_b[:, :k])))
+            distill_prior.append(weights[layer] * _distill(stacked[layer][:, :k], target_of[layer], kl_temperature))
+        terms[PRIOR] = torch.stack(prior).sum() / total_weight
+        terms[DISTILL_PRIOR] = torch.stack(distill_prior).sum() / total_weight
+    if head_outputs:
+        terms[MOE_RECONSTRUCTION] = torch.stack([output.reconstruction_loss for output in head_outputs]).mean()
+        terms[MOE_BALANCE] = torch.stack([output.load_balancing_loss for output in head_outputs]).mean()
+    return terms
+
+
+def combine_ese_terms(terms: Mapping[str, Tensor], last_layer_weight: float, prior_layers_weight: float,
+                      moe_balance_weight: float = 0.1) -> Tensor:
+    """``λ_last·(last_compressed + distill_last) + λ_prior·(prior + distill_prior)`` over the terms present.
+
+    With a learned target, ``loss_ese_moe_reconstruction + moe_balance_weight · loss_ese_moe_balance`` is added
+    (Switch used ``α = 0.01`` beside an LM loss of a few nats; our reconstruction loss is a fraction of variance
+    in [0, 1], and 0.01 let experts die, see :class:`MoECompressionHead`). These depend on the heads' parameters
+    only (their input is detached), so they do not change the encoder's gradient. Returns a 0-dim zero when no
+    term is present.
+    """
+    parts = []
+    if LAST_COMPRESSED in terms:
+        parts.append(last_layer_weight * (terms[LAST_COMPRESSED] + terms[DISTILL_LAST]))
+    if PRIOR in terms:
+        parts.append(prior_layers_weight * (terms[PRIOR] + terms[DISTILL_PRIOR]))
+    if MOE_RECONSTRUCTION in terms:
+        parts.append(terms[MOE_RECONSTRUCTION] + moe_balance_weight * terms[MOE_BALANCE])
+    return torch.stack(parts).sum() if parts else torch.zeros(())
+
+
+class ESELoss(nn.Module):
+    """The ESE terms with their configuration, owning the MoE heads when ``compression_target="moe"``.
+
+    ``student_layers`` defaults to ``1..n−1`` (none when ``prior_layers_weight == 0``); :attr:`layers` is what the
+    caller must pool (``hidden_states[ℓ]``, ``ℓ`` in it). ``forward(layer_embeddings, pair_loss)`` returns
+    :func:`ese_terms`, :meth:`combine` their weighted sum. With ``"moe"`` one
+    :class:`MoECompressionHead` per distilled layer is created (``moe_kwargs`` go to it); its parameters are
+    this module's parameters and are not part of the encoder: they need their own optimizer param group.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        compression_size: int = 128,
+        kl_temperature: float = 1.0,
+        layer_weighting: str = "log",
+        last_layer_weight: float = 1.0,
+        prior_layers_weight: float = 1.0,
+        compression_target: str = "pca",
+        student_layers: list[int] | None = None,
+        moe_kwargs: Mapping | None = None,
+        moe_balance_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if compression_target not in COMPRESSION_TARGETS:
+            raise ValueError(f"unknown compression_target {compression_target!r}; "
+                             f"choose one of {', '.join(COMPRESSION_TARGETS)}")
+        if not 1 <= compression_size < hidden_size:
+            raise ValueError(f"compression_size={compression_size} must be in 1..D-1 (D={hidden_size})")
+        if not (kl_temperature > 0 and math.isfinite(kl_temperature)):
+            raise ValueError(f"kl_temperature must be a finite number > 0, got {kl_temperature}")
+        if student_layers is None:
+            student_layers = list(range(1, num_layers)) if prior_layers_weight != 0 else []
+        layer_weights(student_layers, layer_weighting, num_layers)  # validates the scheme and the layers
+        self.num_layers, self.hidden_size, self.compression_size = num_layers, hidden_size, compression_size
+        self.kl_temperature, self.layer_weighting = kl_temperature, layer_weighting
+        self.last_layer_weight, self.prior_layers_weight = last_layer_weight, prior_layers_weight
+        self.compression_target, self.moe_balance_weight = compression_target, moe_balance_weight
+        self.student_layers = sorted(student_layers) if prior_layers_weight != 0 else []
+        self.layers = self.student_layers + ([num_layers] if last_layer_weight != 0 else [])
+        self.heads = nn.ModuleDict()
+        if compression_target == "moe":
+            for layer in self.layers:
+                self.heads[str(layer)] = MoECompressionHead(hidden_size, compression_size, **(moe_kwargs or {}))
+
+    def _head_target(self, layer: int, embeddings: Tensor) -> CompressionOutput:
+        if str(layer) not in self.heads:
+            raise ValueError(f"no MoE compression head for layer {layer} (heads: {sorted(map(int, self.heads))})")
+        return self.heads[str(layer)](embeddings)
+
+    def forward(self, layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], pair_loss: PairLoss) -> dict[str, Tensor]:
+        """:func:`ese_terms` of ``layer_embeddings`` restricted to :attr:`layers`."""
+        missing = [layer for layer in self.layers if layer not in layer_embeddings]
+        if missing:
+            raise ValueError(f"layer_embeddings lacks layers {missing} (needs {self.layers})")
+        _check_inputs(layer_embeddings, self.num_layers, self.compression_size, self.kl_temperature)
+        selected = {layer: layer_embeddings[layer] for layer in self.layers}
+        if not selected:
+            return {}
+        return ese_terms(
+            selected, self.num_layers, pair_loss, self.compression_size, self.kl_temperature, self.layer_weighting,
+            self.last_layer_weight, self.prior_layers_weight,
+            targets=self._head_target if self.compression_target == "moe" else None,
+        )
+
+    def combine(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """:func:`combine_ese_terms` with this loss's weights."""
+        return combine_ese_terms(terms, self.last_layer_weight, self.prior_layers_weight, self.moe_balance_weight)
