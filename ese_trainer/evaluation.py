@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import evaluate
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
 from ese_trainer.metrics import STS_SPEARMAN_PATH
@@ -19,6 +19,42 @@ AVERAGE_KEY = "avg"
 
 
 @torch.no_grad()
+def encode_batched(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: list[str],
+    embed: Callable[[nn.Module, BatchEncoding], torch.Tensor],
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    description: str = "encoding",
+) -> torch.Tensor:
+    """``embed(model, batch)`` of every sentence (``N x ...``, float32, CPU), in the order of ``sentences``.
+
+    Each distinct sentence is tokenised and encoded once; batches are formed by token length so padding is
+    minimal. ``embed`` gets each padded batch (on the model's device) and returns one row per sentence.
+    """
+    unique = list(dict.fromkeys(sentences))
+    token_ids = tokenizer(unique, truncation=True, max_length=max_seq_length)
+    order = sorted(range(len(unique)), key=lambda i: len(token_ids["input_ids"][i]), reverse=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    embeddings: list[torch.Tensor | None] = [None] * len(unique)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress,
+                          leave=False):
+            rows = order[start:start + batch_size]
+            features = [{key: values[i] for key, values in token_ids.items()} for i in rows]
+            batch = tokenizer.pad(features, return_tensors="pt").to(device)
+            for row, vector in zip(rows, embed(model, batch).float().cpu()):
+                embeddings[row] = vector
+    finally:
+        model.train(was_training)
+    index = {sentence: i for i, sentence in enumerate(unique)}
+    return torch.stack([embeddings[index[sentence]] for sentence in sentences])
+
+
 def encode(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -34,24 +70,11 @@ def encode(
     Each distinct sentence is tokenised and encoded once; batches are formed by token length so
     padding is minimal.
     """
-    unique = list(dict.fromkeys(sentences))
-    token_ids = tokenizer(unique, truncation=True, max_length=max_seq_length)
-    order = sorted(range(len(unique)), key=lambda i: len(token_ids["input_ids"][i]), reverse=True)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    embeddings: list[torch.Tensor | None] = [None] * len(unique)
-    for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress, leave=False):
-        rows = order[start:start + batch_size]
-        features = [{key: values[i] for key, values in token_ids.items()} for i in rows]
-        batch = tokenizer.pad(features, return_tensors="pt").to(device)
-        hidden = model(**batch).last_hidden_state
-        pooled = pool(hidden, batch["attention_mask"], pooling).float().cpu()
-        for row, vector in zip(rows, pooled):
-            embeddings[row] = vector
-    model.train(was_training)
-    index = {sentence: i for i, sentence in enumerate(unique)}
-    return torch.stack([embeddings[index[sentence]] for sentence in sentences])
+
+    def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
+        return pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling)
+
+    return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
 
 def cosine_spearman(embeddings1: torch.Tensor, embeddings2: torch.Tensor, gold: list[float]) -> float:

@@ -1,0 +1,226 @@
+"""ESE's "layer x dimension" evaluation: STS of every (transformer layer, leading dims) slice of one encoder.
+
+Espresso Sentence Embeddings (Li et al., arXiv 2402.14776) train an encoder so that shallow layers and
+the first dims of the embedding stay useful. Cell ``(L, d)`` embeds a sentence as the masked pooling of
+``hidden_states[L]`` (the output of transformer layer ``L``, 1-based) cut to its first ``d`` dims. One
+forward per batch with ``output_hidden_states=True`` gives every cell; :func:`truncate_layers` then makes
+a chosen depth actually cheaper to run.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+from ese_trainer.data import STSPairs
+from ese_trainer.evaluation import AVERAGE_KEY, cosine_spearman, encode, encode_batched
+from ese_trainer.plots import plot_layer_dim_heatmap
+from ese_trainer.pooling import pool
+from ese_trainer.run_io import save_json
+
+ENCODE_SECONDS_KEY = "encode_seconds"
+
+
+def check_layers(layers: Sequence[int | str] | str | None, num_layers: int) -> list[int]:
+    """Transformer layers as sorted ints in ``1..num_layers``; ``"all"`` (or ``["all"]``) is every layer.
+
+    ``None`` means the last layer only. Layer 0 (the embedding output) is not a transformer layer and is refused.
+    """
+    valid = f"transformer layers are numbered 1..{num_layers} (0, the embedding output, is not allowed)"
+    if layers is None:
+        return [num_layers]
+    if isinstance(layers, str):
+        layers = [layers]
+    if [str(layer).strip().lower() for layer in layers] == ["all"]:
+        return list(range(1, num_layers + 1))
+    if not layers:
+        raise ValueError(f"layers: none given; {valid}, or 'all'")
+    checked = []
+    for layer in layers:
+        try:
+            value = layer if isinstance(layer, int) and not isinstance(layer, bool) else int(str(layer).strip())
+        except ValueError:
+            raise ValueError(f"layers: {layer!r} is not a layer number or 'all'; {valid}") from None
+        if not 1 <= value <= num_layers:
+            raise ValueError(f"layers: {value} is outside 1..{num_layers}; {valid}")
+        if value in checked:
+            raise ValueError(f"layers: {value} is given twice")
+        checked.append(value)
+    return sorted(checked)
+
+
+def check_dims(dims: Sequence[int] | None, hidden_size: int) -> list[int]:
+    """Embedding sizes (leading dims kept), strictly ascending, each in ``1..hidden_size``; None = full size."""
+    if dims is None:
+        return [hidden_size]
+    dims = list(dims)
+    if not dims:
+        raise ValueError(f"dims: none given; each must be in 1..{hidden_size}")
+    for dim in dims:
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= hidden_size:
+            raise ValueError(f"dims: {dim!r} is outside 1..{hidden_size} (the model's hidden size)")
+    if any(later <= earlier for earlier, later in zip(dims, dims[1:])):
+        raise ValueError(f"dims must be strictly ascending, got {dims}")
+    return dims
+
+
+@torch.no_grad()
+def encode_layers(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: list[str],
+    pooling: str,
+    layers: list[int],
+    max_dim: int,
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    description: str = "encoding",
+) -> torch.Tensor:
+    """``N x len(layers) x max_dim``: the pooled ``hidden_states[L]`` of each sentence, first ``max_dim`` dims.
+
+    One forward per batch (``output_hidden_states=True``) serves every layer.
+    """
+
+    def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
+        states = model(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"]
+        return torch.stack([pool(states[layer], mask, pooling)[:, :max_dim] for layer in layers], dim=1)
+
+    return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
+
+
+def evaluate_layer_dim_grid(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Mapping[str, STSPairs],
+    pooling: str,
+    layers: Sequence[int | str] | str | None,
+    dims: Sequence[int] | None,
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> dict:
+    """Cosine Spearman x100 of every ``(layer, dim)`` cell on every task.
+
+    Returns ``{"layers": [...], "dims": [...], "tasks": {task: {str(L): {str(d): score}}},
+    "avg": {str(L): {str(d): mean over tasks}}}``; with one task ``avg`` is that task's grid. Cell
+    ``(num_layers, hidden_size)`` is exactly :func:`ese_trainer.evaluation.evaluate_sts`'s score.
+    """
+    layers = check_layers(layers, model.config.num_hidden_layers)
+    dims = check_dims(dims, model.config.hidden_size)
+    per_task: dict[str, dict[str, dict[str, float]]] = {}
+    for name, pairs in tasks.items():
+        embeddings = encode_layers(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, layers, dims[-1],
+                                   max_seq_length, batch_size, show_progress, description=name)
+        first, second = embeddings[: len(pairs)], embeddings[len(pairs):]
+        per_task[name] = {
+            str(layer): {str(dim): cosine_spearman(first[:, i, :dim], second[:, i, :dim], pairs.scores) for dim in dims}
+            for i, layer in enumerate(layers)
+        }
+    average = {
+        str(layer): {str(dim): sum(grid[str(layer)][str(dim)] for grid in per_task.values()) / len(per_task)
+                     for dim in dims}
+        for layer in layers
+    }
+    return {"layers": layers, "dims": dims, "tasks": per_task, AVERAGE_KEY: average}
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no encoder.layer ModuleList to truncate")
+    return layers
+
+
+def truncate_layers(model: nn.Module, num_layers: int) -> nn.Module:
+    """``model`` cut IN PLACE to its first ``num_layers`` transformer layers (so it only runs those); returned.
+
+    ``config.num_hidden_layers`` follows; a list-valued ``config.moe_layers`` (0-based indices of
+    Mixture-of-Experts layers) keeps only the indices that remain. Patterns (``"all"``, ``"every_2"``) are
+    positional and stay valid as they are.
+    """
+    layers = _encoder_layers(model)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(layers):
+        raise ValueError(f"cannot truncate to {num_layers!r} layers: the model has layers 1..{len(layers)}")
+    model.encoder.layer = layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    moe_layers = getattr(model.config, "moe_layers", None)
+    if isinstance(moe_layers, list) and all(isinstance(index, int) for index in moe_layers):
+        model.config.moe_layers = [index for index in moe_layers if index < num_layers]
+    return model
+
+
+def encode_time_per_depth(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: list[str],
+    pooling: str,
+    layers: Sequence[int | str] | str | None,
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    repeats: int = 2,
+) -> dict[str, float]:
+    """Wall-clock seconds (median of ``repeats``) to encode ``sentences`` with a copy of ``model`` cut to each depth.
+
+    ``model`` itself is left whole; tokenisation is included, as it is in any real use of the truncated model.
+    The repeats go round all depths in turn (a fresh copy each time, warmed up on one batch first), so that a
+    slow spell of a shared machine spreads over the depths instead of landing on one of them.
+    """
+    layers = check_layers(layers, model.config.num_hidden_layers)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    times: dict[str, list[float]] = {str(layer): [] for layer in layers}
+    for _ in range(repeats):
+        for layer in layers:
+            truncated = truncate_layers(copy.deepcopy(model), layer)
+            encode(truncated, tokenizer, sentences[:batch_size], pooling, max_seq_length, batch_size,
+                   show_progress=False)
+            start = time.perf_counter()
+            encode(truncated, tokenizer, sentences, pooling, max_seq_length, batch_size, show_progress=False)
+            times[str(layer)].append(time.perf_counter() - start)
+            del truncated
+    return {layer: statistics.median(values) for layer, values in times.items()}
+
+
+def grid_markdown(grid: Mapping, scores: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """Markdown table: one row per layer, one column per dim (``scores``, default the average grid).
+
+    With ``grid["encode_seconds"]`` two columns follow: encode seconds and the speed-up over the deepest timed layer.
+    """
+    scores = grid[AVERAGE_KEY] if scores is None else scores
+    dims, times = grid["dims"], grid.get(ENCODE_SECONDS_KEY) or {}
+    deepest = times[max(times, key=int)] if times else None
+    header = ["layer \\ dim", *map(str, dims)] + (["encode s", "speed-up"] if times else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for layer in grid["layers"]:
+        cells = [str(layer)] + [f"{scores[str(layer)][str(dim)]:.2f}" for dim in dims]
+        if times:
+            seconds = times.get(str(layer))
+            cells += [f"{seconds:.2f}", f"{deepest / seconds:.2f}x"] if seconds else ["–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_grid(grid: Mapping, path_stem: str | Path, title: str) -> list[Path]:
+    """``<stem>.json`` (the whole grid), ``<stem>.md`` (average table, then one per task) and ``<stem>.png``."""
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = (path_stem.with_name(path_stem.name + suffix) for suffix in (".json", ".md", ".png"))
+    save_json(json_path, grid)
+    tasks = grid.get("tasks", {})
+    label = "average over " + ", ".join(tasks) if len(tasks) > 1 else ", ".join(tasks)
+    sections = [f"# {title}", f"Cosine Spearman x100, {label}.\n\n{grid_markdown(grid)}"]
+    if len(tasks) > 1:
+        sections += [f"## {name}\n\n{grid_markdown(grid, scores)}" for name, scores in tasks.items()]
+    md_path.write_text("\n\n".join(sections) + "\n")
+    values = [[grid[AVERAGE_KEY][str(layer)][str(dim)] for dim in grid["dims"]] for layer in grid["layers"]]
+    plot_layer_dim_heatmap(values, grid["layers"], grid["dims"], png_path, title)
+    return [json_path, md_path, png_path]
