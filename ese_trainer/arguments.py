@@ -114,3 +114,112 @@ class LossArguments:
         for name in ("cosine_scale", "ibn_scale", "angle_scale", "cache_minibatch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def _set_fields(arguments: object, prefix: str) -> list[str]:
+    return [name for name in arguments.__dataclass_fields__
+            if name.startswith(prefix) and name != f"{prefix}enabled" and getattr(arguments, name) is not None]
+
+
+@dataclass
+class MoEArguments:
+    """The ``moe:`` section: convert the (dense BERT) checkpoint into a Mixture-of-Experts encoder
+    (:func:`ese_trainer.modeling.build_moe`). Unset keys take :class:`~ese_trainer.modeling.MoEBertConfig`'s
+    defaults (4 experts, top-2, every layer, upcycled)."""
+
+    moe_enabled: bool = field(default=False, metadata={"help": "Build an MoE encoder from model_name_or_path."})
+    moe_num_experts: int | None = field(default=None, metadata={"help": "Experts per MoE layer (4)."})
+    moe_num_experts_per_tok: int | None = field(default=None, metadata={"help": "Top-k experts per token (2)."})
+    moe_layers: list[str] | None = field(
+        default=None, metadata={"help": "all, every_2 (layers 1, 3, ...) or 0-based layer indices (all)."}
+    )
+    moe_type: str | None = field(default=None, metadata={"help": "upcycled or residual (upcycled)."})
+    moe_expert_intermediate_size: int | None = field(default=None, metadata={"help": "Expert width."})
+    moe_norm_topk_prob: bool | None = field(default=None, metadata={"help": "Renormalise top-k weights (true)."})
+    moe_router_jitter_noise: float | None = field(default=None, metadata={"help": "Router input jitter (0)."})
+    moe_router_aux_loss_coef: float | None = field(default=None, metadata={"help": "Load-balancing weight (0.1)."})
+    moe_router_z_loss_coef: float | None = field(default=None, metadata={"help": "Router z-loss weight (0.001)."})
+    moe_router_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the (freshly initialised) routers; default: learning_rate. "
+                                "Fine-tuning rates leave a new router near its random start."}
+    )
+
+    def __post_init__(self) -> None:
+        stray = _set_fields(self, "moe_")
+        if stray and not self.moe_enabled:
+            keys = ", ".join("moe." + name.removeprefix("moe_") for name in stray)
+            raise ValueError(f"{keys} set but moe.enabled is false: enable MoE or remove the key(s)")
+
+    def moe_settings(self) -> dict:
+        """The set keys as :class:`~ese_trainer.modeling.MoEBertConfig` fields."""
+        settings = {}
+        for name in _set_fields(self, "moe_"):
+            if name == "moe_router_learning_rate":  # an optimizer setting, not part of the model
+                continue
+            value = getattr(self, name)
+            if name == "moe_layers":
+                value = value[0] if len(value) == 1 and not value[0].lstrip("-").isdigit() else [int(v) for v in value]
+                settings["moe_layers"] = value
+            elif name == "moe_type":
+                settings["moe_type"] = value
+            else:
+                settings[name.removeprefix("moe_")] = value
+        return settings
+
+
+ESE_LAYER_WEIGHTINGS = ("uniform", "log", "linear")
+ESE_COMPRESSION_TARGETS = ("pca", "moe")
+
+
+@dataclass
+class ESEArguments:
+    """The ``ese:`` section: Espresso Sentence Embeddings (Li et al., arXiv 2402.14776) training terms
+    (see :mod:`ese_trainer.ese`)."""
+
+    ese_enabled: bool = field(default=False, metadata={"help": "Add the ESE layer and compression terms."})
+    ese_compression_size: int | None = field(default=None, metadata={"help": "k: the leading dims to train (128)."})
+    ese_kl_temperature: float | None = field(default=None, metadata={"help": "Distillation temperature (1.0)."})
+    ese_layer_weighting: str | None = field(default=None, metadata={"help": "uniform, log or linear (log)."})
+    ese_last_layer_weight: float | None = field(default=None, metadata={"help": "Weight of last-layer terms (1)."})
+    ese_prior_layers_weight: float | None = field(default=None, metadata={"help": "Weight of prior layers (1)."})
+    ese_compression_target: str | None = field(default=None, metadata={"help": "pca or moe (pca)."})
+    ese_moe_num_experts: int | None = field(default=None, metadata={"help": "Experts of the moe target head (4)."})
+    ese_moe_expert_hidden: int | None = field(default=None, metadata={"help": "Their hidden width (512)."})
+    ese_moe_top_k: int | None = field(default=None, metadata={"help": "Experts per embedding (2)."})
+    ese_moe_aux_loss_coef: float | None = field(default=None, metadata={"help": "Head load-balancing weight (0.1)."})
+
+    DEFAULTS = {"ese_compression_size": 128, "ese_kl_temperature": 1.0, "ese_layer_weighting": "log",
+                "ese_last_layer_weight": 1.0, "ese_prior_layers_weight": 1.0, "ese_compression_target": "pca",
+                "ese_moe_num_experts": 4, "ese_moe_expert_hidden": 512, "ese_moe_top_k": 2,
+                "ese_moe_aux_loss_coef": 0.1}
+
+    def __post_init__(self) -> None:
+        stray = _set_fields(self, "ese_")
+        if stray and not self.ese_enabled:
+            keys = ", ".join("ese." + name.removeprefix("ese_") for name in stray)
+            raise ValueError(f"{keys} set but ese.enabled is false: enable ESE or remove the key(s)")
+        if not self.ese_enabled:
+            return
+        for name, default in self.DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.ese_layer_weighting not in ESE_LAYER_WEIGHTINGS:
+            raise ValueError(f"ese.layer_weighting must be one of {ESE_LAYER_WEIGHTINGS}, "
+                             f"got {self.ese_layer_weighting!r}")
+        if self.ese_compression_target not in ESE_COMPRESSION_TARGETS:
+            raise ValueError(f"ese.compression_target must be one of {ESE_COMPRESSION_TARGETS}, "
+                             f"got {self.ese_compression_target!r}")
+        if self.ese_compression_size <= 0:
+            raise ValueError(f"ese.compression_size must be > 0, got {self.ese_compression_size}")
+        if self.ese_kl_temperature <= 0:
+            raise ValueError(f"ese.kl_temperature must be > 0, got {self.ese_kl_temperature}")
+        if self.ese_last_layer_weight < 0 or self.ese_prior_layers_weight < 0:
+            raise ValueError("ese.last_layer_weight and ese.prior_layers_weight must be >= 0")
+        if not 1 <= self.ese_moe_top_k <= self.ese_moe_num_experts:
+            raise ValueError(f"ese.moe_top_k must be in 1..ese.moe_num_experts ({self.ese_moe_num_experts})")
+
+    def check_model(self, hidden_size: int, num_layers: int) -> None:
+        """Errors that need the encoder's shape: before training starts."""
+        if self.ese_enabled and not 0 < self.ese_compression_size < hidden_size:
+            raise ValueError(f"ese.compression_size={self.ese_compression_size} must be in 1..{hidden_size - 1} "
+                             f"(the model's hidden size is {hidden_size})")

@@ -65,10 +65,27 @@ def _split_cli(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
                 raise ConfigError("--config needs a file path")
         else:
             if token.startswith("--"):
-                keys.append(token[2:].split("=", 1)[0])
+                key = token[2:].split("=", 1)[0]
+                # --moe.num_experts 4 == --moe_num_experts 4 (the YAML section moe: {num_experts: 4})
+                token = "--" + key.replace(".", "_") + token[2 + len(key):]
+                keys.append(key.replace(".", "_"))
             rest.append(token)
         index += 1
     return config_path, keys, rest
+
+
+def flatten_sections(values: dict[str, Any], valid: list[str], source: str) -> dict[str, Any]:
+    """``moe: {num_experts: 4}`` -> ``moe_num_experts: 4`` for the sectioned argument groups (``moe``, ``ese``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in valid and any(name.startswith(f"{key}_") for name in valid):
+            for sub_key, sub_value in value.items():
+                flat[f"{key}_{sub_key}"] = sub_value
+        elif isinstance(value, dict) and key in ("moe", "ese"):
+            raise ConfigError(f"{source}: section {key!r} is not used by this script")
+        else:
+            flat[key] = value
+    return flat
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -92,8 +109,8 @@ def parse_config(argv: list[str], dataclass_types: tuple[type, ...]) -> tuple[An
     """
     config_path, override_keys, override_argv = _split_cli(argv)
     valid = valid_keys(dataclass_types)
-    file_values = load_yaml_config(config_path) if config_path else {}
     source = str(config_path) if config_path else "command line"
+    file_values = flatten_sections(load_yaml_config(config_path), valid, source) if config_path else {}
     unknown = [key for key in file_values if key not in valid]
     if unknown:
         raise _unknown_key_error(unknown, str(config_path), valid)

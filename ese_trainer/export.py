@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,8 +11,11 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.dense import Dense
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+import ese_trainer.modeling  # noqa: F401  (registers the MoE encoder with AutoConfig/AutoModel for ST's loader)
+from ese_trainer.hub_models import resolve_model_path
+from ese_trainer.layer_grid import check_dims, check_layers, truncate_layers
 from ese_trainer.pooling import ST_POOLING_MODES, check_pooling
 
 _LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
@@ -39,27 +43,68 @@ def save_sentence_transformer(
     output_dir: str | Path,
     pooling: str,
     max_seq_length: int,
+    truncate_dim: int | None = None,
 ) -> SentenceTransformer:
     """Write ``model`` + ``tokenizer`` + the training pooling as an ST folder; returns the loaded ST model.
 
-    The folder loads with ``SentenceTransformer(output_dir)`` and embeds exactly as training did.
+    The folder loads with ``SentenceTransformer(output_dir)`` and embeds exactly as training did (cut to the
+    first ``truncate_dim`` dims when given).
     """
     check_pooling(pooling)
     model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
-    return add_sentence_transformer_files(output_dir, pooling, max_seq_length)
+    return add_sentence_transformer_files(output_dir, pooling, max_seq_length, truncate_dim)
 
 
-def add_sentence_transformer_files(output_dir: str | Path, pooling: str, max_seq_length: int) -> SentenceTransformer:
-    """Turn a folder holding a saved HF model and tokenizer into an ST folder with our ``pooling``."""
+def add_sentence_transformer_files(
+    output_dir: str | Path, pooling: str, max_seq_length: int, truncate_dim: int | None = None
+) -> SentenceTransformer:
+    """Turn a folder holding a saved HF model and tokenizer into an ST folder with our ``pooling``.
+
+    ``truncate_dim`` is stored in ``config_sentence_transformers.json``, which ``SentenceTransformer(path)``
+    reads back: its ``encode`` then keeps the first ``truncate_dim`` dims of each embedding.
+    """
     check_pooling(pooling)
     output_dir = str(output_dir)
     transformer = Transformer(output_dir, max_seq_length=max_seq_length)
     dimension = transformer.model.config.hidden_size
+    if truncate_dim is not None and not 1 <= truncate_dim <= dimension:
+        raise ValueError(f"truncate_dim {truncate_dim} is outside 1..{dimension} (the model's hidden size)")
     sentence_transformer = SentenceTransformer(modules=[transformer, *pooling_modules(pooling, dimension)],
-                                               device="cpu")
+                                               device="cpu", truncate_dim=truncate_dim)
     sentence_transformer.save(output_dir)
     return sentence_transformer
+
+
+def export_slice(
+    model_dir_or_model: str | Path | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    output_dir: str | Path,
+    pooling: str,
+    layer: int,
+    dim: int,
+    max_seq_length: int = 128,
+) -> SentenceTransformer:
+    """Save the ``(layer, dim)`` cell of the layer x dim grid as an ST folder; returns the loaded ST model.
+
+    The saved transformer holds only the first ``layer`` layers (``config.num_hidden_layers = layer``) and the
+    folder stores ``truncate_dim = dim``, so ``SentenceTransformer(output_dir).encode`` gives
+    ``pool(hidden_states[layer])[:, :dim]`` of the full model. A model object is copied, never modified; from a
+    folder (or Hub id) the model loads with ``trust_remote_code=True`` and ``tokenizer=None`` loads its tokenizer.
+    """
+    check_pooling(pooling)
+    if isinstance(model_dir_or_model, (str, Path)):
+        model_path = resolve_model_path(str(model_dir_or_model))
+        model = AutoModel.from_pretrained(model_path, trust_remote_code=True)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
+    else:
+        model = copy.deepcopy(model_dir_or_model)
+        if tokenizer is None:
+            raise ValueError("export_slice: a tokenizer is needed with a model object")
+    [layer] = check_layers([layer], model.config.num_hidden_layers)
+    [dim] = check_dims([dim], model.config.hidden_size)
+    truncate_layers(model, layer)
+    return save_sentence_transformer(model, tokenizer, output_dir, pooling, max_seq_length, truncate_dim=dim)
 
 
 def saved_pooling(model_dir: str | Path) -> str | None:

@@ -42,6 +42,37 @@ CITATIONS = {
   year = {2019}
 }""",
 }
+MOE_CITATIONS = {
+    "Sparse upcycling": """@inproceedings{komatsuzaki2023sparse,
+  title = {Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints},
+  author = {Komatsuzaki, Aran and Puigcerver, Joan and Lee-Thorp, James and Riquelme, Carlos and Mustafa, Basil
+            and Ainslie, Joshua and Tay, Yi and Dehghani, Mostafa and Houlsby, Neil},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2023},
+  note = {arXiv:2212.05055}
+}""",
+    "Switch Transformer": """@article{fedus2022switch,
+  title = {Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient Sparsity},
+  author = {Fedus, William and Zoph, Barret and Shazeer, Noam},
+  journal = {Journal of Machine Learning Research},
+  volume = {23},
+  year = {2022},
+  note = {arXiv:2101.03961}
+}""",
+    "ST-MoE": """@misc{zoph2022stmoe,
+  title = {{ST-MoE}: Designing Stable and Transferable Sparse Expert Models},
+  author = {Zoph, Barret and Bello, Irwan and Kumar, Sameer and Du, Nan and Huang, Yanping and Dean, Jeff
+            and Shazeer, Noam and Fedus, William},
+  year = {2022},
+  note = {arXiv:2202.08906}
+}""",
+}
+MOE_CARD_KEYS = ("moe_type", "moe_num_experts", "moe_num_experts_per_tok", "moe_layers", "moe_expert_intermediate_size",
+                 "moe_norm_topk_prob", "moe_router_jitter_noise", "moe_router_aux_loss_coef", "moe_router_z_loss_coef",
+                 "moe_router_learning_rate")
+ESE_CARD_KEYS = ("ese_compression_size", "ese_kl_temperature", "ese_layer_weighting", "ese_last_layer_weight",
+                 "ese_prior_layers_weight", "ese_compression_target", "ese_moe_num_experts", "ese_moe_expert_hidden",
+                 "ese_moe_top_k", "ese_moe_aux_loss_coef")
 
 RUN_FILES = ("resolved_config.yaml", "eval_results.json", "data_counts.json")
 
@@ -75,6 +106,51 @@ def _loss_section(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _settings_table(config: dict[str, Any], keys: tuple[str, ...], prefix: str) -> list[str]:
+    rows = [f"| {prefix}.{key.removeprefix(prefix + '_')} | {config[key]} |" for key in keys
+            if config.get(key) is not None]
+    return ["| setting | value |", "|---|---|", *rows] if rows else ["_Defaults of the model config._"]
+
+
+def _moe_section(config: dict[str, Any], output_dir: Path) -> list[str]:
+    if not config.get("moe_enabled"):
+        return []
+    utilisation = _read_json(output_dir / "expert_utilization.json")
+    lines = ["## Mixture of Experts", "",
+             "The encoder is a BERT whose feed-forward blocks are routed Mixture-of-Experts layers, converted from "
+             f"`{config['model_name_or_path']}` (function-preserving: `upcycled` experts start as copies of the dense "
+             "FFN, `residual` experts start at zero beside it) and trained with a Switch load-balancing loss and a "
+             "router z-loss. Load it with `trust_remote_code=True` (the folder carries its modelling code).", "",
+             *_settings_table(config, MOE_CARD_KEYS, "moe")]
+    if utilisation:
+        final = utilisation["final"]
+        lines += ["", f"Expert utilisation in the last logged window (step {final['step']}; share of routed tokens, "
+                  f"balanced = {utilisation['balanced_share']:.2f}):", "",
+                  "| layer | " + " | ".join(f"expert {e}" for e in range(utilisation["num_experts"])) + " | entropy |",
+                  "|---" * (utilisation["num_experts"] + 2) + "|"]
+        lines += [f"| {layer} | " + " | ".join(f"{share:.3f}" for share in values["shares"])
+                  + f" | {values['entropy']:.3f} |" for layer, values in final["layers"].items()]
+    return lines + [""]
+
+
+def _ese_section(config: dict[str, Any], output_dir: Path) -> list[str]:
+    if not config.get("ese_enabled"):
+        return []
+    grid = output_dir / "ese_grid.md"
+    lines = ["## Espresso Sentence Embeddings (ESE)", "",
+             "Trained so that shallower layers and the leading dimensions are embeddings of their own: every "
+             "transformer layer's pooled embedding and its first k dims under the same loss (weighted by depth), "
+             "and the first k dims distilled toward a compression target of the full embedding.", "",
+             *_settings_table(config, ESE_CARD_KEYS, "ese")]
+    if grid.is_file():
+        lines += ["", "STS average (cosine Spearman ×100) of each (layer, leading dims) slice of this model:", "",
+                  grid.read_text().strip(), "",
+                  "A slice is released with `recipes/export_slice.py --layer L --dim d`: the folder keeps only the "
+                  "first L layers and sets `truncate_dim`; or use the full model with "
+                  "`SentenceTransformer(path, truncate_dim=d)`."]
+    return lines + [""]
+
+
 def build_model_card(output_dir: str | Path) -> ModelCard:
     """The card of the run in ``output_dir``, from ``resolved_config.yaml``, ``eval_results.json``,
     ``data_counts.json``, ``run_info.json`` and ``trainer_state.json``."""
@@ -97,7 +173,9 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
         language="en",
-        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "ese-trainer", "cosent", "angle"],
+        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "ese-trainer", "cosent", "angle",
+              *(["mixture-of-experts"] if config.get("moe_enabled") else []),
+              *(["espresso-sentence-embeddings"] if config.get("ese_enabled") else [])],
         model_name=config.get("hub_model_id") or output_dir.name,
         eval_results=_eval_results(tables.get("after", {})) or None,
     )
@@ -116,7 +194,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "```python",
         "from sentence_transformers import SentenceTransformer",
         "",
-        f'model = SentenceTransformer("{config.get("hub_model_id") or output_dir}")',
+        f'model = SentenceTransformer("{config.get("hub_model_id") or output_dir}"'
+        + (", trust_remote_code=True)" if config.get("moe_enabled") else ")"),
         'embeddings = model.encode(["A man is playing a guitar.", "Someone plays music."])',
         "print(model.similarity(embeddings[0], embeddings[1]))",
         "```",
@@ -139,6 +218,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "",
         *_loss_section(config),
         "",
+        *_moe_section(config, output_dir),
+        *_ese_section(config, output_dir),
         "| hyper-parameter | value |",
         "|---|---|",
         *(f"| {key} | {config[key]} |" for key in ("learning_rate", "per_device_train_batch_size",
@@ -156,7 +237,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "## Citation",
         "",
         "```bibtex",
-        "\n\n".join(CITATIONS.values()),
+        "\n\n".join(citation for name, citation in CITATIONS.items() if name != "ESE" or config.get("ese_enabled")),
+        *(["", "\n\n".join(MOE_CITATIONS.values())] if config.get("moe_enabled") else []),
         "```",
         "",
     ]

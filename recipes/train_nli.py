@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ese_trainer.arguments import DataArguments, LossArguments, ModelArguments
+from ese_trainer.arguments import DataArguments, ESEArguments, LossArguments, ModelArguments, MoEArguments
 from ese_trainer.cli import run_cli
 from ese_trainer.collator import PairCollator, add_length_column
 from ese_trainer.config import ConfigError, parse_config
@@ -27,13 +27,17 @@ from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import add_sentence_transformer_files
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
 from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
+from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
 from ese_trainer.model_card import write_model_card
+from ese_trainer.modeling import MoEConversionError, MoELoadingError, build_moe, is_moe_model
+from ese_trainer.moe_stats import save_expert_utilisation
 from ese_trainer.plots import plot_loss_curves
 from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
 from ese_trainer.trainer import STS_DEV_METRIC, ESETrainer, NonFiniteLossError
 
 logger = logging.getLogger("train_nli")
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, TrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, TrainingArguments)
+ESE_GRID_FILE = "ese_grid"
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
@@ -51,11 +55,19 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
 
 
 def prepare_training_arguments(training_args: TrainingArguments, data_args: DataArguments,
-                               loss_args: LossArguments) -> None:
+                               loss_args: LossArguments, moe_args: MoEArguments | None = None,
+                               ese_args: ESEArguments | None = None) -> None:
     """Settings the recipe relies on, whatever the config says."""
     # The collator reads the raw text columns.
     training_args.remove_unused_columns = False
     training_args.prediction_loss_only = True
+    if training_args.ddp_find_unused_parameters is None:
+        # Every trainable parameter is in every graph: the pooler is frozen and each MoE expert runs even on
+        # 0 tokens, so DDP need not search the graph for unused ones.
+        training_args.ddp_find_unused_parameters = False
+    if loss_args.ibn_cache and ((moe_args and moe_args.moe_enabled) or (ese_args and ese_args.ese_enabled)):
+        raise ConfigError("ibn_cache (GradCache) covers the pair loss only: it cannot be combined with moe or ese; "
+                          "use gather_across_devices for a larger contrastive batch")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != training_args.world_size:
         raise ConfigError(
@@ -81,8 +93,8 @@ def prepare_training_arguments(training_args: TrainingArguments, data_args: Data
 
 
 def run(argv: list[str]) -> dict:
-    model_args, data_args, loss_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
-    prepare_training_arguments(training_args, data_args, loss_args)
+    model_args, data_args, loss_args, moe_args, ese_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
+    prepare_training_arguments(training_args, data_args, loss_args, moe_args, ese_args)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.push_to_hub:  # before anything slow: offline, no token or no Hub fails now
         check_push_ready(training_args.hub_model_id)
@@ -95,7 +107,11 @@ def run(argv: list[str]) -> dict:
     model_path = resolve_model_path(model_args.model_name_or_path)
     logger.info("model %s -> %s", model_args.model_name_or_path, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path)
+    model = load_encoder(model_path, moe_args)
+    try:
+        ese_args.check_model(model.config.hidden_size, model.config.num_hidden_layers)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if getattr(model, "pooler", None) is not None:
         # Sentence embeddings come from our pooling; a frozen pooler keeps DDP from waiting on its gradients.
         model.pooler.requires_grad_(False)
@@ -123,7 +139,7 @@ def run(argv: list[str]) -> dict:
     tables: dict[str, dict[str, float]] = {}
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(output_dir, model_args, data_args, loss_args, training_args)
+        save_resolved_config(output_dir, model_args, data_args, loss_args, moe_args, ese_args, training_args)
         global_batch = training_args.per_device_train_batch_size * training_args.world_size
         save_json(output_dir / "run_info.json", {
             "world_size": training_args.world_size,
@@ -133,6 +149,8 @@ def run(argv: list[str]) -> dict:
             else training_args.per_device_train_batch_size,
             "distributed_type": str(training_args.distributed_state.distributed_type),
             "embedding_dimension": model.config.hidden_size,
+            "model_type": model.config.model_type,
+            "parameters": sum(parameter.numel() for parameter in model.parameters()),
         })
         save_json(output_dir / "data_counts.json", {"train": counts.to_dict(), "sts_dev_pairs": len(sts_dev),
                                                      "sts_test_pairs": {name: len(p) for name, p in suite.items()}})
@@ -153,6 +171,8 @@ def run(argv: list[str]) -> dict:
         max_seq_length=model_args.max_seq_length,
         eval_batch_size=data_args.eval_batch_size,
         forward_chunks=model_args.forward_chunks,
+        ese_args=ese_args,
+        router_learning_rate=moe_args.moe_router_learning_rate,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_metrics("train", train_result.metrics)
@@ -164,11 +184,25 @@ def run(argv: list[str]) -> dict:
     if trainer.is_world_process_zero():
         released = add_sentence_transformer_files(output_dir, model_args.pooling, model_args.max_seq_length)
         plot_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png", f"eval_{STS_DEV_METRIC}")
+        if trainer.moe_config is not None:
+            save_expert_utilisation(trainer.state.log_history, output_dir, trainer.moe_config.num_experts,
+                                    trainer.moe_config.num_experts_per_tok)
+        if trainer.ese_heads is not None:
+            save_expert_utilisation(trainer.state.log_history, output_dir, ese_args.ese_moe_num_experts,
+                                    ese_args.ese_moe_top_k, prefix="ese_head", name="ese_head_utilization")
         if suite:
             logger.info("STS suite after training (the saved model, as released)")
-            tables["after"] = run_suite(released[0].model.to(training_args.device))
+            released_encoder = released[0].model.to(training_args.device)
+            tables["after"] = run_suite(released_encoder)
             table = save_sts_results(output_dir, tables, model_args.model_name_or_path)
             print(f"\nSTS (cosine Spearman x100, {model_args.pooling} pooling)\n{table}\n")
+            if ese_args.ese_enabled:
+                logger.info("ESE layer x dimension grid of the released model")
+                hidden = model.config.hidden_size
+                dims = sorted({ese_args.ese_compression_size // 2, ese_args.ese_compression_size, hidden // 2, hidden})
+                grid = evaluate_layer_dim_grid(released_encoder, tokenizer, suite, model_args.pooling, "all", dims,
+                                               model_args.max_seq_length, data_args.eval_batch_size)
+                save_grid(grid, output_dir / ESE_GRID_FILE, f"{output_dir.name}: STS avg by layer x dims")
         write_model_card(output_dir)
         if training_args.push_to_hub:  # the token, if given, was moved to HF_TOKEN by prepare_training_arguments
             url = push_model_dir(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
@@ -181,5 +215,17 @@ def run(argv: list[str]) -> dict:
     return tables
 
 
+def load_encoder(model_path: str, moe_args: MoEArguments) -> torch.nn.Module:
+    """The encoder to train: the checkpoint as is, or converted to an MoE encoder (``moe.enabled``)."""
+    if not moe_args.moe_enabled:
+        return AutoModel.from_pretrained(model_path)
+    if is_moe_model(model_path):
+        raise ConfigError(f"{model_path} is already an MoE model: train it without the moe section")
+    try:
+        return build_moe(model_path, **moe_args.moe_settings())
+    except MoEConversionError as error:
+        raise ConfigError(str(error)) from None
+
+
 if __name__ == "__main__":
-    run_cli(run, (DataError, ModelNotFoundError, NonFiniteLossError, PushError))
+    run_cli(run, (DataError, ModelNotFoundError, NonFiniteLossError, PushError, MoELoadingError))

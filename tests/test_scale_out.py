@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
 
 from ese_trainer.grad_cache import RandomState
 from tests.conftest import REPO
@@ -66,11 +67,14 @@ def test_random_state_replays_dropout():
     assert torch.equal(first, replay)
 
 
-def test_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir):
+def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir):
+    """The recipe with an MoE encoder under DDP (2 gloo processes, find_unused_parameters off: every expert is
+    in every graph), gathering across processes; the saved folder loads through sentence-transformers."""
     output_dir = tmp_path / "out"
     result = accelerate_launch(
-        str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+        str(REPO / "recipes" / "train_nli.py"), "--config", "configs/moe_smoke.yaml", "--output_dir", str(output_dir),
         "--max_steps", "5", "--max_train_samples", "200", "--per_device_train_batch_size", "8",
+        "--moe.num_experts", "8", "--moe.num_experts_per_tok", "1", "--moe.layers", "every_2",
         "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark", "--sts_data_dir", str(senteval_dir),
         "--eval_on_start", "false", "--logging_steps", "1",
     )
@@ -78,10 +82,24 @@ def test_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir):
     assert result.stdout.count("STS (cosine Spearman") == 1  # evaluated and reported once, by the main process
     info = json.loads((output_dir / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["global_train_batch_size"] == 16
+    assert info["model_type"] == "ese_moe_bert"
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 5
-    assert all("loss_ibn" in entry for entry in state["log_history"] if "loss" in entry)
+    train_logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert all({"loss_ibn", "loss_router_aux", "loss_router_z"} <= set(entry) for entry in train_logs)
+    utilisation = json.loads((output_dir / "expert_utilization.json").read_text())
+    assert set(utilisation["final"]["layers"]) == {"1", "3", "5"}
+    for layer in utilisation["final"]["layers"].values():
+        assert len(layer["shares"]) == 8 and abs(sum(layer["shares"]) - 1) < 1e-3
+    assert (output_dir / "expert_utilization.png").stat().st_size > 10_000
     assert set(json.loads((output_dir / "eval_results.json").read_text())) >= {"before", "after"}
+    model = SentenceTransformer(str(output_dir), trust_remote_code=True, device="cpu")
+    assert type(model[0].auto_model).__name__ == "MoEBertModel"
+    card = (output_dir / "README.md").read_text()
+    assert "## Mixture of Experts" in card and "trust_remote_code=True" in card and "| moe.num_experts | 8 |" in card
+    shares = utilisation["final"]["layers"]["3"]["shares"]
+    assert "| 3 | " + " | ".join(f"{share:.3f}" for share in shares) in card
+    assert "Switch Transformers" in card and "ESE" not in card.split("## Citation")[1]
 
 
 def test_two_processes_that_the_trainer_would_not_see_are_refused(tmp_path):

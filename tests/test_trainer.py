@@ -22,7 +22,8 @@ def pairs():
     return dataset
 
 
-def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, **overrides):
+def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, ese_args=None, router_learning_rate=None,
+                 **overrides):
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=0.5,
                     optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
                     logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False,
@@ -30,7 +31,8 @@ def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, **override
     settings.update(overrides)
     return ESETrainer(model=model, args=TrainingArguments(**settings), train_dataset=dataset,
                       data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
-                      loss_args=loss_args or LossArguments(), pooling="mean")
+                      loss_args=loss_args or LossArguments(), pooling="mean", ese_args=ese_args,
+                      router_learning_rate=router_learning_rate)
 
 
 def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_path):

@@ -1,0 +1,25 @@
+"""The Mixture-of-Experts BERT encoder: config, model, conversion from a dense BERT checkpoint.
+
+Importing this package registers the model with ``AutoConfig``/``AutoModel`` in-process; saved models also
+carry the code (``register_for_auto_class``) for ``trust_remote_code=True`` loading elsewhere.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from ese_trainer.modeling.configuration_moe_bert import MOE_MODEL_TYPE, MOE_TYPES, MoEBertConfig
+from ese_trainer.modeling.convert import MoEConversionError, build_moe, is_moe_model
+from ese_trainer.modeling.modeling_moe_bert import (
+    MoEBertModel,
+    MoEBertModelOutput,
+    MoELoadingError,
+    load_balancing_loss,
+    router_z_loss,
+)
+
+AutoConfig.register(MOE_MODEL_TYPE, MoEBertConfig, exist_ok=True)
+AutoModel.register(MoEBertConfig, MoEBertModel, exist_ok=True)
+
+__all__ = [
+    "MOE_MODEL_TYPE", "MOE_TYPES", "MoEBertConfig", "MoEBertModel", "MoEBertModelOutput", "MoEConversionError",
+    "MoELoadingError", "build_moe", "is_moe_model", "load_balancing_loss", "router_z_loss",
+]

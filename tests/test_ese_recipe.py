@@ -1,0 +1,39 @@
+"""The recipe with ESE on the real model and data: the terms are logged, the grid and the card are written."""
+
+import json
+
+from .conftest import EMBEDDED_DATA
+from .test_recipe import run_recipe
+
+ESE_RUN = ["--max_train_samples", "64", "--per_device_train_batch_size", "16", "--max_steps", "3",
+           "--eval_strategy", "no", "--eval_on_start", "false", "--load_best_model_at_end", "false",
+           "--save_strategy", "no", "--logging_steps", "1", "--sts_tasks", "STSBenchmark"]
+
+
+def test_ese_run_logs_its_terms_and_writes_the_grid(tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_recipe("--config", "configs/ese_smoke.yaml", "--output_dir", str(output_dir),
+                        "--sts_data_dir", str(EMBEDDED_DATA), "--ese.layer_weighting", "linear", *ESE_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    train_logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert all({"loss_cosine", "loss_ese", "loss_ese_last_compressed", "loss_ese_prior", "loss_ese_distill_last",
+                "loss_ese_distill_prior"} <= set(entry) for entry in train_logs)
+    grid = json.loads((output_dir / "ese_grid.json").read_text())
+    assert grid["layers"] == [1, 2, 3, 4, 5, 6] and grid["dims"] == [64, 128, 192, 384]
+    after = json.loads((output_dir / "eval_results.json").read_text())["after"]["STSBenchmark"]
+    assert abs(grid["tasks"]["STSBenchmark"]["6"]["384"] - after) < 0.01  # the full cell is the released model
+    assert grid["tasks"]["STSBenchmark"]["1"]["64"] < grid["tasks"]["STSBenchmark"]["6"]["384"]
+    assert (output_dir / "ese_grid.png").stat().st_size > 10_000
+    card = (output_dir / "README.md").read_text()
+    assert "## Espresso Sentence Embeddings (ESE)" in card and "| ese.layer_weighting | linear |" in card
+    assert (output_dir / "ese_grid.md").read_text().strip() in card
+    assert "Espresso Sentence Embeddings" in card.split("## Citation")[1]
+
+
+def test_compression_size_not_below_hidden_size_is_refused_before_training(tmp_path):
+    result = run_recipe("--config", "configs/ese_smoke.yaml", "--output_dir", str(tmp_path),
+                        "--ese.compression_size", "384")
+    assert result.returncode == 2
+    assert "ese.compression_size=384 must be in 1..383" in result.stderr
+    assert not (tmp_path / "trainer_state.json").exists()
