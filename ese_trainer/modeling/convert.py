@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, BertConfig
 
 from ese_trainer.hub_models import resolve_model_path
@@ -38,8 +39,9 @@ def moe_config_from_dense(dense_config: BertConfig, **moe_settings) -> MoEBertCo
             if key in BertConfig.__dataclass_fields__ and key != "model_type"}
     try:
         config = MoEBertConfig(**base, **moe_settings)
-    except (ValueError, TypeError) as error:
-        raise MoEConversionError(f"invalid MoE settings: {error}") from None
+    except (ValueError, TypeError, StrictDataclassClassValidationError) as error:
+        cause = error.__cause__ or error  # the config's validator wraps the ValueError that names the setting
+        raise MoEConversionError(f"invalid MoE settings: {cause}") from None
     if config.moe_type == "upcycled":
         if not config.norm_topk_prob:
             raise MoEConversionError("moe_type upcycled needs norm_topk_prob: true (the copies of the dense FFN sum "
