@@ -187,11 +187,15 @@ class ESEArguments:
     ese_moe_expert_hidden: int | None = field(default=None, metadata={"help": "Their hidden width (512)."})
     ese_moe_top_k: int | None = field(default=None, metadata={"help": "Experts per embedding (2)."})
     ese_moe_aux_loss_coef: float | None = field(default=None, metadata={"help": "Head load-balancing weight (0.1)."})
+    ese_moe_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the moe target heads (1e-3): they start from random "
+                                "initialisation, so the encoder's fine-tuning rate would leave them untrained."}
+    )
 
     DEFAULTS = {"ese_compression_size": 128, "ese_kl_temperature": 1.0, "ese_layer_weighting": "log",
                 "ese_last_layer_weight": 1.0, "ese_prior_layers_weight": 1.0, "ese_compression_target": "pca",
                 "ese_moe_num_experts": 4, "ese_moe_expert_hidden": 512, "ese_moe_top_k": 2,
-                "ese_moe_aux_loss_coef": 0.1}
+                "ese_moe_aux_loss_coef": 0.1, "ese_moe_learning_rate": 1e-3}
 
     def __post_init__(self) -> None:
         stray = _set_fields(self, "ese_")

@@ -72,7 +72,7 @@ MOE_CARD_KEYS = ("moe_type", "moe_num_experts", "moe_num_experts_per_tok", "moe_
                  "moe_router_learning_rate")
 ESE_CARD_KEYS = ("ese_compression_size", "ese_kl_temperature", "ese_layer_weighting", "ese_last_layer_weight",
                  "ese_prior_layers_weight", "ese_compression_target", "ese_moe_num_experts", "ese_moe_expert_hidden",
-                 "ese_moe_top_k", "ese_moe_aux_loss_coef")
+                 "ese_moe_top_k", "ese_moe_aux_loss_coef", "ese_moe_learning_rate")
 
 RUN_FILES = ("resolved_config.yaml", "eval_results.json", "data_counts.json")
 

@@ -280,7 +280,8 @@ class ESETrainer(Trainer):
                 "weight_decay": 0.0, "lr": self.router_learning_rate,
             })
         if self.ese_heads is not None:
-            optimizer.add_param_group({"params": list(self.ese_heads.parameters()), "weight_decay": 0.0})
+            optimizer.add_param_group({"params": list(self.ese_heads.parameters()), "weight_decay": 0.0,
+                                       "lr": self.ese_args.ese_moe_learning_rate})
         return optimizer
 
     def _save_checkpoint(self, model, trial) -> None:

@@ -210,7 +210,8 @@ def run(argv: list[str]) -> dict:
         if trainer.state.best_model_checkpoint:
             print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
                   f"({trainer.state.best_metric:.2f})")
-        print(f"model saved to {output_dir} (load with SentenceTransformer({str(output_dir)!r}))")
+        remote_code = ", trust_remote_code=True" if trainer.moe_config is not None else ""
+        print(f"model saved to {output_dir} (load with SentenceTransformer({str(output_dir)!r}{remote_code}))")
     trainer.accelerator.wait_for_everyone()
     return tables
 

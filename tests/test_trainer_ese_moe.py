@@ -52,6 +52,9 @@ def test_ese_moe_target_heads_are_trained_logged_and_checkpointed(tiny_bert, tok
     trainer.train()
     changed = [name for name, p in trainer.ese_heads.named_parameters() if not torch.equal(p, heads_before[name])]
     assert changed, "the target heads are not optimised"
+    [head_group] = [group for group in trainer.optimizer.param_groups
+                    if any(p is next(trainer.ese_heads.parameters()) for p in group["params"])]
+    assert trainer.lr_scheduler.base_lrs[trainer.optimizer.param_groups.index(head_group)] == 1e-3
     logged = trainer.state.log_history[0]
     assert {"loss_ese", "loss_ese_last_compressed", "loss_ese_distill_last", "loss_ese_prior",
             "loss_ese_distill_prior", "loss_ese_moe_reconstruction", "loss_ese_moe_balance"} <= set(logged)
