@@ -314,8 +314,9 @@ class ESETrainer(Trainer):
 
 
 class _SyncHeadGradients(TrainerCallback):
-    """Averages the ESE target heads' gradients over processes before each optimizer step (the heads are
-    outside the DDP-wrapped encoder, so nothing else synchronises them)."""
+    """The ESE target heads live outside the (DDP-wrapped) encoder, so the Trainer neither synchronises nor
+    clears their gradients: average them over processes before each optimizer step, clear them after it
+    (the Trainer's ``model.zero_grad()`` does not reach them; left alone they would sum over all steps)."""
 
     def __init__(self, trainer: ESETrainer) -> None:
         self.trainer = trainer
@@ -325,3 +326,6 @@ class _SyncHeadGradients(TrainerCallback):
             for parameter in self.trainer.ese_heads.parameters():
                 if parameter.grad is not None:
                     parameter.grad.copy_(self.trainer.accelerator.reduce(parameter.grad, reduction="mean"))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.ese_heads.zero_grad(set_to_none=True)

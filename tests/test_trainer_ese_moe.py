@@ -52,6 +52,8 @@ def test_ese_moe_target_heads_are_trained_logged_and_checkpointed(tiny_bert, tok
     trainer.train()
     changed = [name for name, p in trainer.ese_heads.named_parameters() if not torch.equal(p, heads_before[name])]
     assert changed, "the target heads are not optimised"
+    # cleared after each optimizer step, like the encoder's (else they would sum over all steps)
+    assert all(p.grad is None for p in trainer.ese_heads.parameters())
     [head_group] = [group for group in trainer.optimizer.param_groups
                     if any(p is next(trainer.ese_heads.parameters()) for p in group["params"])]
     assert trainer.lr_scheduler.base_lrs[trainer.optimizer.param_groups.index(head_group)] == 1e-3
