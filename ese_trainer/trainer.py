@@ -83,9 +83,10 @@ class ESETrainer(Trainer):
         self.ese_routing: RoutingTally | None = None
         if self.ese_args is not None:
             self.ese_args.check_model(config.hidden_size, self.num_layers)
-            self.ese_layers = list(range(1, self.num_layers))
+            # student layers: transformer layers 1..n-1 (never the embedding output), pooled when they are trained
+            self.ese_layers = list(range(1, self.num_layers)) if self.ese_args.ese_prior_layers_weight else []
             if self.ese_args.ese_compression_target == "moe":
-                head_layers = [*self.ese_layers, self.num_layers]
+                head_layers = [*self.ese_layers, *([self.num_layers] if self.ese_args.ese_last_layer_weight else [])]
                 self.ese_heads = nn.ModuleDict({
                     str(layer): MoECompressionHead(config.hidden_size, self.ese_args.ese_compression_size,
                                                    self.ese_args.ese_moe_num_experts,
