@@ -317,7 +317,9 @@ def main() -> None:
                 "loss": "cosine + in_batch_negative + angle (weights 1, scale 20) + router aux 0.01 + router z 0.001",
                 "optimizer": "AdamW", "fused_adamw": fused, "lr": LEARNING_RATE,
                 "torch_threads": torch.get_num_threads(), "target_overhead": TARGET_OVERHEAD, "batch": batch_info}
-    command = " ".join(["python -m bench.moe_step", *sys.argv[1:]])
+    # thread settings from the environment change what is measured: keep them in the recorded command
+    env = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ]
+    command = " ".join([*env, "python -m bench.moe_step", *sys.argv[1:]])
     payload = {"machine": describe_machine(), "settings": settings, "command": command, "results": results,
                "phases_median_s": {c.name: {phase: median(times) for phase, times in c.phases.items()}
                                    for c in contenders}}
