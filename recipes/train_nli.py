@@ -199,7 +199,8 @@ def run(argv: list[str]) -> dict:
             if ese_args.ese_enabled:
                 logger.info("ESE layer x dimension grid of the released model")
                 hidden = model.config.hidden_size
-                dims = sorted({ese_args.ese_compression_size // 2, ese_args.ese_compression_size, hidden // 2, hidden})
+                k = ese_args.ese_compression_size
+                dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden) if dim >= 1})
                 grid = evaluate_layer_dim_grid(released_encoder, tokenizer, suite, model_args.pooling, "all", dims,
                                                model_args.max_seq_length, data_args.eval_batch_size)
                 save_grid(grid, output_dir / ESE_GRID_FILE, f"{output_dir.name}: STS avg by layer x dims")
