@@ -6,12 +6,16 @@ import json
 from dataclasses import dataclass, field
 
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
-from ese_trainer.data.sts import STS_TASKS
+from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
 from ese_trainer.pooling import check_pooling
 
 
 @dataclass
 class ModelArguments:
+    """The encoder: which checkpoint, how its token states are pooled, how long its inputs may be."""
+
+    _argument_group_name = "model"
+
     model_name_or_path: str = field(
         default="sentence-transformers/all-MiniLM-L6-v2", metadata={"help": "Hub id or local folder of the encoder."}
     )
@@ -32,6 +36,10 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """Training pairs, the dev set for model selection and the STS test suite run before and after training."""
+
+    _argument_group_name = "data"
+
     train_dataset: str = field(
         default="data/SNLI",
         metadata={"help": "NLI pairs: Hub id (sentence-transformers/all-nli, stanfordnlp/snli, nyu-mll/multi_nli), "
@@ -50,14 +58,14 @@ class DataArguments:
         metadata={"help": "STS-B dev pairs for model selection: a file or a Hub id (e.g. mteb/stsbenchmark-sts)."},
     )
     sts_dev_split: str = field(default="validation", metadata={"help": "Split of sts_dev when it is a Hub id."})
-    sts_data_dir: str | None = field(
-        default=None,
-        metadata={"help": "SentEval data folder for the test suite; unset: the mteb/*-sts Hub datasets."},
+    sts_data_dir: str = field(
+        default=EMBEDDED_DATA_DIR,
+        metadata={"help": "SentEval-layout data folder of the STS test suite (default: the embedded "
+                  f"{EMBEDDED_DATA_DIR}/ folder); '{HUB_STS_SOURCE}': the mteb/*-sts Hub datasets."},
     )
     sts_tasks: list[str] = field(
         default_factory=lambda: list(STS_TASKS), metadata={"help": "STS test tasks run before and after training."}
     )
-    eval_batch_size: int = field(default=128, metadata={"help": "Batch size for STS encoding."})
     suite_before_training: bool = field(
         default=True, metadata={"help": "Also score the base model on the STS suite (the 'before' row)."}
     )
@@ -83,6 +91,8 @@ class DataArguments:
 @dataclass
 class LossArguments:
     """Weights and scales of ``cosine_w·CoSENT + ibn_w·InfoNCE + angle_w·AnglE`` (see ``ese_trainer.losses``)."""
+
+    _argument_group_name = "loss"
 
     cosine_w: float = field(default=1.0, metadata={"help": "Weight of the CoSENT (cosine) term."})
     ibn_w: float = field(default=1.0, metadata={"help": "Weight of the in-batch-negative term."})
@@ -175,6 +185,8 @@ ESE_COMPRESSION_TARGETS = ("pca", "moe")
 class ESEArguments:
     """The ``ese:`` section: Espresso Sentence Embeddings (Li et al., arXiv 2402.14776) training terms
     (see :mod:`ese_trainer.ese`)."""
+
+    _argument_group_name = "ese (YAML section ese:, or --ese.key)"
 
     ese_enabled: bool = field(default=False, metadata={"help": "Add the ESE layer and compression terms."})
     ese_compression_size: int | None = field(default=None, metadata={"help": "k: the leading dims to train (128)."})

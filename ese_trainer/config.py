@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser
@@ -16,9 +17,29 @@ class ConfigError(ValueError):
     """A config file or command line that cannot be used; the message names the key and its source."""
 
 
+# Keys that were renamed: the old name is refused with a message naming the new one.
+RENAMED_KEYS = {"eval_batch_size": "per_device_eval_batch_size"}
+HELP_FLAGS = ("-h", "--help")
+
+
 class _RaisingArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` that raises :class:`ConfigError` instead of exiting, and lists every dataclass's
+    fields under a heading of its own in ``--help``."""
+
     def error(self, message: str) -> None:  # argparse would print usage and exit(2)
         raise ConfigError(message)
+
+    def _add_dataclass_arguments(self, dtype) -> None:
+        # A group per dataclass (TrainingArguments too), so --help reads section by section.
+        heading = getattr(dtype, "_argument_group_name", dtype.__name__)
+        summary = " ".join((dtype.__doc__ or "").strip().split("\n\n")[0].split())
+        generated = summary.startswith(f"{dtype.__name__}(")  # dataclasses' default __doc__ is the signature
+        group = self.add_argument_group(heading, None if generated else summary or None)
+        hints = get_type_hints(dtype)
+        for dataclass_field in fields(dtype):
+            if dataclass_field.init:
+                dataclass_field.type = hints[dataclass_field.name]
+                self._parse_dataclass_field(group, dataclass_field)
 
 
 def valid_keys(dataclass_types: tuple[type, ...]) -> list[str]:
@@ -26,6 +47,10 @@ def valid_keys(dataclass_types: tuple[type, ...]) -> list[str]:
 
 
 def _unknown_key_error(keys: list[str], source: str, valid: list[str]) -> ConfigError:
+    renamed = [key for key in keys if RENAMED_KEYS.get(key) in valid]
+    if renamed:
+        return ConfigError(f"{source}: " + "; ".join(f"{key!r} was renamed to {RENAMED_KEYS[key]!r}"
+                                                     for key in renamed))
     hints = []
     for key in keys:
         close = difflib.get_close_matches(key, valid, n=1)
@@ -101,12 +126,27 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def parse_config(argv: list[str], dataclass_types: tuple[type, ...]) -> tuple[Any, ...]:
+def help_text(dataclass_types: tuple[type, ...], prog: str | None = None, description: str | None = None) -> str:
+    """The ``--help`` text: usage, ``description`` and every key with its help, grouped by dataclass."""
+    parser = _RaisingArgumentParser(dataclass_types, prog=prog, description=description,
+                                    usage="%(prog)s [--config FILE.yaml] [--key value ...]",
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value pairs; command-line keys "
+                        "override it. Sections (moe:, ese:) nest keys: moe: {num_experts: 4} is --moe.num_experts 4.")
+    return parser.format_help()
+
+
+def parse_config(argv: list[str], dataclass_types: tuple[type, ...], prog: str | None = None,
+                 description: str | None = None) -> tuple[Any, ...]:
     """Parse ``--config file.yaml [--key value ...]`` into one instance of each dataclass type.
 
     Command-line values override the file's. Unknown keys, wrong types and invalid values raise
-    :class:`ConfigError` naming the key and where it came from.
+    :class:`ConfigError` naming the key and where it came from. ``-h``/``--help`` prints
+    :func:`help_text` and exits 0.
     """
+    if any(token in HELP_FLAGS for token in argv):
+        print(help_text(dataclass_types, prog, description))
+        raise SystemExit(0)
     config_path, override_keys, override_argv = _split_cli(argv)
     valid = valid_keys(dataclass_types)
     source = str(config_path) if config_path else "command line"

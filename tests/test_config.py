@@ -76,3 +76,23 @@ def test_shipped_configs_parse(name):
                                             GROUPS)
     assert training.metric_for_best_model == "sts_dev_spearman" and training.load_best_model_at_end
     assert "test" not in data.sts_dev and model.model_name_or_path.count("/") <= 1
+
+
+def test_help_lists_grouped_keys_with_their_help_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--config", str(REPO / "configs" / "smoke.yaml"), "--help"], GROUPS, prog="train_nli.py",
+                     description="What the recipe does.")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: train_nli.py [--config FILE.yaml] [--key value ...]")
+    assert "What the recipe does." in text
+    sections = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert sections[:5] == ["options:", "model:", "data:", "loss:", "TrainingArguments:"]
+    assert "Weight of the in-batch-negative term." in text and "--learning_rate" in text
+
+
+def test_renamed_key_names_its_new_name(tmp_path):
+    with pytest.raises(ConfigError, match="'eval_batch_size' was renamed to 'per_device_eval_batch_size'"):
+        parse_config(["--config", write(tmp_path, "eval_batch_size: 64\n")], GROUPS)
+    with pytest.raises(ConfigError, match="command line: 'eval_batch_size' was renamed"):
+        parse_config(["--eval_batch_size", "64"], GROUPS)
