@@ -26,21 +26,34 @@ def read_utf8_lines(path: str | Path) -> list[str]:
     return lines
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Rows of a jsonl/json/csv/tsv file with a header, as ``(column names, [(row number, row)])``.
+JSON_SUFFIXES = (".jsonl", ".json")
 
-    Row numbers are the file's line numbers (the header is line 1 for csv/tsv).
+
+def table_delimiter(path: Path, header: str) -> str:
+    """``.tsv`` → tab, ``.csv`` → comma; any other name: tab when the header line holds one, else comma."""
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".csv"):
+        return "\t" if suffix == ".tsv" else ","
+    return "\t" if "\t" in header else ","
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Rows of a jsonl/json file, or of a delimited text file with a header, as ``(column names, [(row number,
+    row)])``. ``.tsv`` is tab-separated, ``.csv`` comma-separated; other names are read as tab-separated when
+    the header holds a tab, else as csv.
+
+    Row numbers are the file's line numbers (the header is line 1 for delimited files).
     """
     path = Path(path)
     lines = read_utf8_lines(path)
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json") and lines and lines[0].lstrip().startswith("["):
+    if suffix in JSON_SUFFIXES and lines and lines[0].lstrip().startswith("["):
         try:
             records = json.loads("\n".join(lines))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
         rows = list(enumerate(records, start=1))
-    elif suffix in (".jsonl", ".json"):
+    elif suffix in JSON_SUFFIXES:
         rows = []
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -49,13 +62,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
                 rows.append((line_number, json.loads(line)))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-    elif suffix in (".csv", ".tsv"):
-        delimiter = "\t" if suffix == ".tsv" else ","
+    else:
+        delimiter = table_delimiter(path, lines[0] if lines else "")
         reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter=delimiter)
         rows = [(reader.line_num, row) for row in reader]  # line_num: the row's last physical line
         return list(reader.fieldnames or []), rows
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .tsv)")
     for line_number, row in rows:
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")

@@ -1,9 +1,10 @@
 """STS evaluation pairs with gold scores normalised from [0, 5] to [0, 1].
 
 Readers for SentEval's STS12–16 folders ("all" setting: every subset of a year pooled, pairs without gold
-skipped, texts whitespace-normalised), STS-B's csv files, SICK, plain csv/tsv/jsonl files with
-``sentence1``, ``sentence2``, ``score`` columns, and ``mteb/*-sts`` Hub datasets. A gold score that is NaN
-or outside [0, 5] is an error naming the file and row, never clipped or skipped.
+skipped, texts whitespace-normalised), STS-B's tab layout, SICK, plain csv/tsv/jsonl files with
+``sentence1``, ``sentence2``, ``score`` columns, and ``mteb/*-sts`` Hub datasets. A file's layout is recognised
+from its content, whatever it is called (:func:`sniff_sts_layout`). A gold score that is NaN, non-numeric or
+outside [0, 5] is an error naming the file and row, never clipped or skipped.
 """
 
 from __future__ import annotations
@@ -15,10 +16,24 @@ from pathlib import Path
 from datasets import load_dataset
 
 from ese_trainer.data.errors import DataError
-from ese_trainer.data.files import normalise_text, read_table, read_utf8_lines, require_columns
+from ese_trainer.data.files import (
+    JSON_SUFFIXES,
+    normalise_text,
+    read_table,
+    read_utf8_lines,
+    require_columns,
+    table_delimiter,
+)
 from ese_trainer.hub_models import looks_like_local_path
 
 MAX_GOLD_SCORE = 5.0
+# The folder, relative to the repository root, holding the embedded SentEval-layout data (see data/README.md).
+EMBEDDED_DATA_DIR = "data"
+# ``sts_data_dir`` value that reads the test suite from the ``mteb/*-sts`` Hub datasets instead of a folder.
+HUB_STS_SOURCE = "hub"
+STSB_COLUMNS = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
+SICK_COLUMNS = ("sentence_A", "sentence_B", "relatedness_score")
+TABLE_COLUMNS = ("sentence1", "sentence2", "score")
 
 
 @dataclass
@@ -112,14 +127,16 @@ def read_senteval_year(directory: str | Path, subsets: tuple[str, ...], name: st
 
 
 def read_stsb_csv(path: str | Path, name: str = "STSBenchmark") -> STSPairs:
-    """STS-B's ``sts-*.csv``: tab-separated, score in column 5, texts in 6 and 7 (extra columns ignored)."""
+    """STS-B's headerless tab layout (``sts-*.csv``): genre, file, year, id, score, sentence1, sentence2 (extra
+    trailing columns ignored)."""
     path = Path(path)
 
     def rows():
         for line_number, line in enumerate(read_utf8_lines(path), start=1):
             fields = line.split("\t")
-            if len(fields) < 7:
-                raise DataError(f"{path}:{line_number}: expected at least 7 tab-separated columns, got {len(fields)}")
+            if len(fields) < len(STSB_COLUMNS):
+                raise DataError(f"{path}:{line_number}: expected at least {len(STSB_COLUMNS)} tab-separated columns "
+                                f"({', '.join(STSB_COLUMNS)}), got {len(fields)}")
             yield str(path), line_number, fields[5], fields[6], fields[4]
 
     return _collect(name, rows())
@@ -130,7 +147,7 @@ def read_sick(path: str | Path, name: str = "SICKRelatedness") -> STSPairs:
     path = Path(path)
     lines = read_utf8_lines(path)
     header = lines[0].split("\t") if lines else []
-    wanted = ["sentence_A", "sentence_B", "relatedness_score"]
+    wanted = list(SICK_COLUMNS)
     require_columns(str(path), header, wanted)
     index = [header.index(column) for column in wanted]
 
@@ -147,7 +164,7 @@ def read_sick(path: str | Path, name: str = "SICKRelatedness") -> STSPairs:
 def read_sts_table(path: str | Path, name: str | None = None) -> STSPairs:
     """A csv/tsv/jsonl file with ``sentence1``, ``sentence2`` and ``score`` (0–5) columns."""
     columns, rows = read_table(path)
-    require_columns(str(path), columns, ["sentence1", "sentence2", "score"])
+    require_columns(str(path), columns, list(TABLE_COLUMNS))
     return _collect(name or Path(path).stem, (
         (str(path), line, row.get("sentence1"), row.get("sentence2"), row.get("score")) for line, row in rows
     ))
@@ -164,15 +181,42 @@ def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None) 
     ))
 
 
+def sniff_sts_layout(path: Path) -> str:
+    """``"stsb"``, ``"sick"`` or ``"table"``: the layout of an STS file, from its first line, not its name.
+
+    - SICK: a tab-separated header with ``sentence_A``, ``sentence_B``, ``relatedness_score``;
+    - table: jsonl/json, or a header with ``sentence1``, ``sentence2``, ``score`` (tab or comma separated);
+    - STS-B: no such header and at least 7 tab-separated fields (genre, file, year, id, score, s1, s2).
+    """
+    if path.suffix.lower() in JSON_SUFFIXES:
+        return "table"
+    lines = read_utf8_lines(path)
+    first = lines[0] if lines else ""
+    header = {column.strip() for column in first.split(table_delimiter(path, first))}
+    if set(SICK_COLUMNS) <= header:
+        return "sick"
+    if set(TABLE_COLUMNS) <= header:
+        return "table"
+    if len(first.split("\t")) >= len(STSB_COLUMNS):
+        return "stsb"
+    raise DataError(
+        f"{path}: not a recognised STS file. Expected STS-B's tab layout ({', '.join(STSB_COLUMNS)}; no header), "
+        f"SICK's header ({', '.join(SICK_COLUMNS)}) or a csv/tsv/jsonl table with {', '.join(TABLE_COLUMNS)} "
+        f"columns; line 1 is {first[:120]!r}"
+    )
+
+
 def load_sts_pairs(source: str, split: str = "test", name: str | None = None) -> STSPairs:
-    """Pairs from a file (STS-B ``sts-*.csv``, SICK ``SICK_*.txt`` or a table) or a Hub dataset id."""
+    """Pairs from a file (layout recognised by :func:`sniff_sts_layout`) or a Hub dataset id / local dataset
+    repository."""
     path = Path(source).expanduser()
     if path.is_dir():  # a dataset repository on disk (e.g. a Hub snapshot)
         return read_hub_sts(str(path), split, name)
     if path.is_file():
-        if path.name.startswith("sts-") and path.suffix == ".csv":
+        layout = sniff_sts_layout(path)
+        if layout == "stsb":
             return read_stsb_csv(path, name or path.stem)
-        if path.name.startswith("SICK"):
+        if layout == "sick":
             return read_sick(path, name or path.stem)
         return read_sts_table(path, name)
     if looks_like_local_path(source):
@@ -180,16 +224,19 @@ def load_sts_pairs(source: str, split: str = "test", name: str | None = None) ->
     return read_hub_sts(source, split, name)
 
 
-def load_sts_task(task: str, data_dir: str | Path | None = None) -> STSPairs:
-    """A task of the standard suite, from a SentEval data folder when given, otherwise from the Hub."""
+def load_sts_task(task: str, data_dir: str | Path | None = EMBEDDED_DATA_DIR) -> STSPairs:
+    """A task of the standard suite, from a SentEval-layout data folder (default: the embedded ``data/``), or
+    from its ``mteb/*-sts`` Hub dataset when ``data_dir`` is ``"hub"`` (or None)."""
     if task not in STS_TASKS:
         raise DataError(f"unknown STS task {task!r}; choose from {list(STS_TASKS)}")
     spec = STS_TASKS[task]
-    if data_dir is None:
+    if data_dir is None or str(data_dir) == HUB_STS_SOURCE:
         return read_hub_sts(spec.hub_id, spec.hub_split, task)
     location = Path(data_dir).expanduser() / spec.senteval_path
     if not location.exists():
-        raise DataError(f"{task}: {location} not found in data folder {data_dir}")
+        raise DataError(f"{task}: {location} not found in data folder {data_dir} (the embedded folder is data/ at the "
+                        f"repository root; set sts_data_dir to a SentEval-layout folder, or to "
+                        f"'{HUB_STS_SOURCE}' for the mteb/*-sts datasets)")
     if spec.senteval_subsets:
         return read_senteval_year(location, spec.senteval_subsets, task)
     return load_sts_pairs(str(location), name=task)
