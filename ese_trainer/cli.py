@@ -1,7 +1,9 @@
-"""What the recipes share at their entry point: expected errors become one line and an exit code."""
+"""What the recipes share at their entry point: CPU threads, and expected errors as one line and an exit code."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -9,16 +11,43 @@ import torch
 
 from ese_trainer.config import ConfigError
 
+logger = logging.getLogger(__name__)
 
-def describe_error(error: BaseException, secret: str | None = None) -> str:
-    """``Type: first line of the message``, with ``secret`` (e.g. a token) masked."""
-    lines = str(error).splitlines()
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text.replace(secret, "***") if secret else text
+
+def mark_cpu_processes() -> bool:
+    """On a machine without GPUs, mark the processes of a multi-process launch as CPU processes (gloo).
+
+    ``accelerate launch`` sets ``ACCELERATE_USE_CPU`` only for a single process; without it the Trainer of each of
+    N CPU processes would train alone. Must run before ``TrainingArguments`` is built (it sets up the device).
+    Returns whether the mark was set.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+        return True
+    return False
+
+
+def use_cpu_cores() -> int:
+    """Give each process of a CPU run its share of the cores; returns the torch thread count.
+
+    ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` unless its config says ``use_cpu`` (and a plain ``accelerate
+    launch script.py`` on a machine without GPUs does not say so), which leaves all but one core idle. Under
+    accelerate (``ACCELERATE_DYNAMO_BACKEND`` is set), on a machine without GPUs and with ``OMP_NUM_THREADS=1``,
+    the thread count is raised to ``cores // LOCAL_WORLD_SIZE``; any other setting is left as it is.
+    """
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    if launched_by_accelerate and os.environ.get("OMP_NUM_THREADS") == "1" and not torch.cuda.is_available():
+        share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if share > torch.get_num_threads():
+            torch.set_num_threads(share)
+            logger.info("CPU run: %d threads per process (accelerate launch set OMP_NUM_THREADS=1)", share)
+    return torch.get_num_threads()
 
 
 def run_cli(run: Callable[[list[str]], object], expected: tuple[type[BaseException], ...]) -> None:
     """Call ``run(sys.argv[1:])``; an expected error prints ``error: …`` and exits 2 (config) or 1 (other)."""
+    mark_cpu_processes()
+    use_cpu_cores()
     try:
         run(sys.argv[1:])
     except (ConfigError, *expected) as error:

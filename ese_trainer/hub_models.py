@@ -12,13 +12,16 @@ import importlib
 import logging
 import os
 import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 
-from ese_trainer.cli import describe_error
+from ese_trainer.errors import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,31 @@ class ModelNotFoundError(OSError):
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def work_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
+    """Switch this process (and the processes it starts) to offline mode when the Hub cannot be reached.
+
+    Without this, every Hub call on a machine with no route to the Hub retries for about a minute before the
+    libraries fall back to their caches. One TCP connection to the Hub's endpoint (``timeout`` seconds) decides;
+    an explicit ``HF_HUB_OFFLINE`` (``0`` or ``1``) is respected and skips the check. Returns whether the
+    process now works offline.
+    """
+    if "HF_HUB_OFFLINE" in os.environ:
+        return hub_offline()
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return False
+    except OSError as error:
+        logger.warning("the Hugging Face Hub (%s) is unreachable (%s): working offline, from the local cache and "
+                       "bundled packages (set HF_HUB_OFFLINE=1 to skip this check)", host, describe_error(error))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True  # what huggingface_hub and transformers read
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:  # datasets copies the flag when it is imported
+        datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = True
+    return True
 
 
 def looks_like_local_path(name: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
-from ese_trainer.cli import describe_error
+from ese_trainer.errors import describe_error
 from ese_trainer.hub_models import hub_offline
 
 # Trainer state that is not part of the released model.
@@ -26,7 +26,8 @@ def check_push_ready(hub_model_id: str | None, token: str | None = None) -> str:
     if not hub_model_id:
         raise PushError("push_to_hub needs hub_model_id (e.g. your-name/model-name)")
     if hub_offline():
-        raise PushError("push_to_hub: HF_HUB_OFFLINE=1, the Hub cannot be reached; unset it or set push_to_hub: false")
+        raise PushError("push_to_hub: working offline (HF_HUB_OFFLINE=1, or the Hub is unreachable); "
+                        "connect and unset HF_HUB_OFFLINE, or set push_to_hub: false")
     token = token or get_token()
     if token is None:
         raise PushError("push_to_hub: no Hugging Face token found; run `hf auth login` or set HF_TOKEN")
