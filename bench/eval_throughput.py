@@ -1,6 +1,6 @@
 """STS evaluation throughput: our evaluator vs. ``SentenceTransformer.encode`` + ``EmbeddingSimilarityEvaluator``.
 
-    python -m bench.eval_throughput [--sts_data_dir ../shared/data/senteval] [--tasks ...] [--repeats 2]
+    python -m bench.eval_throughput [--sts_data_dir data] [--tasks ...] [--repeats 2]
 
 Both score all-MiniLM-L6-v2 (the same ST folder) on the same STS tasks, alternating ``repeats`` times;
 sentences/second counts every text of every pair (duplicates included, as both read them), and the scores
@@ -35,7 +35,7 @@ def main() -> None:
     from ese_trainer.hub_models import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sts_data_dir", default=str(REPO.parent / "shared" / "data" / "senteval"))
+    parser.add_argument("--sts_data_dir", default="data")
     parser.add_argument("--tasks", nargs="+", default=list(STS_TASKS))
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Ablation: the smoke recipe with the NLI label map vs. with raw NLI class ids fed as scores.
 
-    python bench/label_map_ablation.py [--tag NAME] [--sts_data_dir ../shared/data/senteval] [recipe overrides]
+    python bench/label_map_ablation.py [--tag NAME] [--sts_data_dir data] [recipe overrides]
 
 "raw" reproduces the original bug exactly, within the recipe's [0, 1] score range: raw ids 0/1/2
 (entailment/neutral/contradiction) as scores give the ranking terms (CoSENT, AnglE — which depend only on

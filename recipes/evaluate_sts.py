@@ -1,6 +1,6 @@
 """Score a model on the STS suite: cosine Spearman x100, with the model's own tokenizer.
 
-    python recipes/evaluate_sts.py --model_name_or_path outputs/smoke --sts_data_dir ../shared/data/senteval
+    python recipes/evaluate_sts.py --model_name_or_path outputs/smoke
 
 STS12–16 in SentEval's "all" setting, STS-B test and SICK-R test, and their average; writes JSON and a
 Markdown table next to each other (``--output_file``).
@@ -9,7 +9,7 @@ With ``--layers`` and/or ``--dims`` it scores ESE's layer x dimension grid inste
 pooled output, cut to each leading dim count), times encoding with the model truncated to each layer, and
 writes ``<stem>.json``, ``<stem>.md`` and a ``<stem>.png`` heatmap for ``--output_file <stem>.json``:
 
-    python recipes/evaluate_sts.py --model_name_or_path outputs/ese --sts_tasks STSBenchmark --sts_data_dir data \
+    python recipes/evaluate_sts.py --model_name_or_path outputs/ese --sts_tasks STSBenchmark \
         --layers all --dims 32 64 128 256 384 --output_file outputs/ese/grid.json
 """
 
@@ -23,9 +23,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from ese_trainer.cli import run_cli
 from ese_trainer.config import ConfigError, parse_config
 from ese_trainer.data import STS_TASKS, DataError, load_sts_task
+from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE
 from ese_trainer.evaluation import evaluate_sts, markdown_table
 from ese_trainer.export import saved_pooling
-from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
 from ese_trainer.layer_grid import (
     ENCODE_SECONDS_KEY,
     check_dims,
@@ -38,12 +39,16 @@ from ese_trainer.layer_grid import (
 from ese_trainer.pooling import check_pooling
 from ese_trainer.run_io import save_json
 
+PROG = "recipes/evaluate_sts.py"
+
 
 @dataclass
 class EvaluationArguments:
     model_name_or_path: str = field(metadata={"help": "Hub id or local folder (e.g. a training output folder)."})
     pooling: str | None = field(default=None, metadata={"help": "Default: the folder's saved pooling, else mean."})
-    sts_data_dir: str | None = field(default=None, metadata={"help": "SentEval data folder; unset: Hub datasets."})
+    sts_data_dir: str = field(default=EMBEDDED_DATA_DIR, metadata={
+        "help": f"SentEval-layout data folder (default: the embedded {EMBEDDED_DATA_DIR}/); "
+                f"'{HUB_STS_SOURCE}': the mteb/*-sts Hub datasets."})
     sts_tasks: list[str] = field(default_factory=lambda: list(STS_TASKS), metadata={"help": "Tasks to run."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
     batch_size: int = field(default=128, metadata={"help": "Encoding batch size."})
@@ -68,8 +73,12 @@ class EvaluationArguments:
             raise ValueError(f"time_sentences must be at least 1, got {self.time_sentences}")
 
 
+ARGUMENT_GROUPS = (EvaluationArguments,)
+
+
 def run(argv: list[str]) -> dict:
-    (args,) = parse_config(argv, (EvaluationArguments,))
+    (args,) = parse_config(argv, ARGUMENT_GROUPS, prog=PROG, description=__doc__)
+    work_offline_if_hub_unreachable()
     model_path = resolve_model_path(args.model_name_or_path)
     grid_mode = args.layers is not None or args.dims is not None
     if grid_mode:  # refuse bad layers / dims before loading data or weights

@@ -16,9 +16,11 @@ from transformers import AutoConfig
 from ese_trainer.cli import run_cli
 from ese_trainer.config import ConfigError, parse_config
 from ese_trainer.export import export_slice, saved_pooling
-from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
 from ese_trainer.layer_grid import check_dims, check_layers
 from ese_trainer.pooling import check_pooling
+
+PROG = "recipes/export_slice.py"
 
 
 @dataclass
@@ -35,8 +37,12 @@ class ExportSliceArguments:
             check_pooling(self.pooling)
 
 
+ARGUMENT_GROUPS = (ExportSliceArguments,)
+
+
 def run(argv: list[str]) -> str:
-    (args,) = parse_config(argv, (ExportSliceArguments,))
+    (args,) = parse_config(argv, ARGUMENT_GROUPS, prog=PROG, description=__doc__)
+    work_offline_if_hub_unreachable()
     model_path = resolve_model_path(args.model_name_or_path)
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
     try:  # before loading any weights

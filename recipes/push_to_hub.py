@@ -14,6 +14,8 @@ from ese_trainer.config import parse_config
 from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from ese_trainer.model_card import write_model_card
 
+PROG = "recipes/push_to_hub.py"
+
 
 @dataclass
 class PushArguments:
@@ -23,8 +25,11 @@ class PushArguments:
     regenerate_card: bool = field(default=True, metadata={"help": "Rewrite README.md from the run's files."})
 
 
+ARGUMENT_GROUPS = (PushArguments,)
+
+
 def run(argv: list[str]) -> str:
-    (args,) = parse_config(argv, (PushArguments,))
+    (args,) = parse_config(argv, ARGUMENT_GROUPS, prog=PROG, description=__doc__)
     if args.regenerate_card:
         write_model_card(args.model_dir)
     check_push_ready(args.hub_model_id)

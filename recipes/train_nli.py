@@ -25,7 +25,7 @@ from ese_trainer.config import ConfigError, parse_config
 from ese_trainer.data import DataError, load_nli_pairs, load_sts_pairs, load_sts_task
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import add_sentence_transformer_files
-from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
 from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
 from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
 from ese_trainer.model_card import write_model_card
@@ -38,6 +38,8 @@ from ese_trainer.trainer import STS_DEV_METRIC, ESETrainer, NonFiniteLossError
 logger = logging.getLogger("train_nli")
 ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, TrainingArguments)
 ESE_GRID_FILE = "ese_grid"
+
+PROG = "recipes/train_nli.py"
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
@@ -93,7 +95,9 @@ def prepare_training_arguments(training_args: TrainingArguments, data_args: Data
 
 
 def run(argv: list[str]) -> dict:
-    model_args, data_args, loss_args, moe_args, ese_args, training_args = parse_config(argv, ARGUMENT_GROUPS)
+    model_args, data_args, loss_args, moe_args, ese_args, training_args = parse_config(
+        argv, ARGUMENT_GROUPS, prog=PROG, description=__doc__)
+    work_offline_if_hub_unreachable()
     prepare_training_arguments(training_args, data_args, loss_args, moe_args, ese_args)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.push_to_hub:  # before anything slow: offline, no token or no Hub fails now
@@ -134,7 +138,7 @@ def run(argv: list[str]) -> dict:
 
     def run_suite(encoder: torch.nn.Module) -> dict[str, float]:
         return evaluate_sts(encoder, tokenizer, suite, model_args.pooling, model_args.max_seq_length,
-                            data_args.eval_batch_size)
+                            training_args.per_device_eval_batch_size)
 
     tables: dict[str, dict[str, float]] = {}
     if is_main:
@@ -169,7 +173,7 @@ def run(argv: list[str]) -> dict:
         pooling=model_args.pooling,
         sts_dev=sts_dev,
         max_seq_length=model_args.max_seq_length,
-        eval_batch_size=data_args.eval_batch_size,
+        eval_batch_size=training_args.per_device_eval_batch_size,
         forward_chunks=model_args.forward_chunks,
         ese_args=ese_args,
         router_learning_rate=moe_args.moe_router_learning_rate,
@@ -202,7 +206,7 @@ def run(argv: list[str]) -> dict:
                 k = ese_args.ese_compression_size
                 dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden) if dim >= 1})
                 grid = evaluate_layer_dim_grid(released_encoder, tokenizer, suite, model_args.pooling, "all", dims,
-                                               model_args.max_seq_length, data_args.eval_batch_size)
+                                               model_args.max_seq_length, training_args.per_device_eval_batch_size)
                 save_grid(grid, output_dir / ESE_GRID_FILE, f"{output_dir.name}: STS avg by layer x dims")
         write_model_card(output_dir)
         if training_args.push_to_hub:  # the token, if given, was moved to HF_TOKEN by prepare_training_arguments

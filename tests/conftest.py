@@ -17,7 +17,6 @@ from ese_trainer.hub_models import resolve_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_DATA = REPO / "data"
-SENTEVAL_DIR = Path(os.environ.get("ESE_SENTEVAL_DIR", REPO.parent / "shared" / "data" / "senteval"))
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -48,10 +47,3 @@ def build_tiny_bert(vocab_size: int, seed: int = 0) -> BertModel:
 @pytest.fixture
 def tiny_bert(tokenizer) -> BertModel:
     return build_tiny_bert(len(tokenizer))
-
-
-@pytest.fixture(scope="session")
-def senteval_dir() -> Path:
-    if not (SENTEVAL_DIR / "STS").is_dir():
-        pytest.skip(f"SentEval data not found at {SENTEVAL_DIR} (set ESE_SENTEVAL_DIR)")
-    return SENTEVAL_DIR

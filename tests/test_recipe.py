@@ -47,8 +47,10 @@ def test_outputs(finished_run):
     evaluations = [entry for entry in state["log_history"] if "eval_sts_dev_spearman" in entry]
     assert [entry["step"] for entry in evaluations] == [0, 2, 4]  # eval_on_start scores the base model
     assert state["best_metric"] == max(entry["eval_sts_dev_spearman"] for entry in evaluations[1:])
-    assert all({"loss_cosine", "loss_ibn", "loss_angle"} <= set(entry) for entry in state["log_history"]
-               if "loss" in entry)
+    train_logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert train_logs and all({"loss_cosine", "loss_ibn", "loss_angle"} <= set(entry) for entry in train_logs)
+    for entry in train_logs:  # the logged loss is the weighted sum of the logged terms (all weights 1 here)
+        assert entry["loss"] == pytest.approx(entry["loss_cosine"] + entry["loss_ibn"] + entry["loss_angle"], abs=2e-4)
     assert (output_dir / "loss_curves.png").stat().st_size > 10_000
     assert "learning_rate" in (output_dir / "resolved_config.yaml").read_text()
 

@@ -17,8 +17,9 @@ CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
 
 
 def accelerate_launch(*args, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "ACCELERATE_USE_CPU": "1"}
+    """``accelerate launch --config_file cpu_2proc.yaml ...`` as the README writes it: no ACCELERATE_USE_CPU."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("ACCELERATE_USE_CPU", None)
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
                            *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -67,7 +68,7 @@ def test_random_state_replays_dropout():
     assert torch.equal(first, replay)
 
 
-def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir):
+def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     """The recipe with an MoE encoder under DDP (2 gloo processes, find_unused_parameters off: every expert is
     in every graph), gathering across processes; the saved folder loads through sentence-transformers."""
     output_dir = tmp_path / "out"
@@ -75,7 +76,7 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir
         str(REPO / "recipes" / "train_nli.py"), "--config", "configs/moe_smoke.yaml", "--output_dir", str(output_dir),
         "--max_steps", "5", "--max_train_samples", "200", "--per_device_train_batch_size", "8",
         "--moe.num_experts", "8", "--moe.num_experts_per_tok", "1", "--moe.layers", "every_2",
-        "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark", "--sts_data_dir", str(senteval_dir),
+        "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark",
         "--eval_on_start", "false", "--logging_steps", "1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -100,15 +101,3 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path, senteval_dir
     shares = utilisation["final"]["layers"]["3"]["shares"]
     assert "| 3 | " + " | ".join(f"{share:.3f}" for share in shares) in card
     assert "Switch Transformers" in card and "ESE" not in card.split("## Citation")[1]
-
-
-def test_two_processes_that_the_trainer_would_not_see_are_refused(tmp_path):
-    """Without ACCELERATE_USE_CPU each CPU process would train alone and race on the output folder."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("ACCELERATE_USE_CPU", None)
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
-                             str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml",
-                             "--output_dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode != 0
-    assert "launched 2 processes but the Trainer sees 1" in result.stderr
