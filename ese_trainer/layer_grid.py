@@ -15,86 +15,16 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
-from transformers import BatchEncoding, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
-from ese_trainer.evaluation import AVERAGE_KEY, cosine_spearman, encode, encode_batched
+from ese_trainer.evaluation import AVERAGE_KEY, cosine_spearman, encode
 from ese_trainer.plots import plot_layer_dim_heatmap
-from ese_trainer.pooling import pool
 from ese_trainer.run_io import save_json
+from ese_trainer.slicing import check_dims, check_layers, truncate_layers
 
 ENCODE_SECONDS_KEY = "encode_seconds"
-
-
-def check_layers(layers: Sequence[int | str] | str | None, num_layers: int) -> list[int]:
-    """Transformer layers as sorted ints in ``1..num_layers``; ``"all"`` (or ``["all"]``) is every layer.
-
-    ``None`` means the last layer only. Layer 0 (the embedding output) is not a transformer layer and is refused.
-    """
-    valid = f"transformer layers are numbered 1..{num_layers} (0, the embedding output, is not allowed)"
-    if layers is None:
-        return [num_layers]
-    if isinstance(layers, str):
-        layers = [layers]
-    if [str(layer).strip().lower() for layer in layers] == ["all"]:
-        return list(range(1, num_layers + 1))
-    if not layers:
-        raise ValueError(f"layers: none given; {valid}, or 'all'")
-    checked = []
-    for layer in layers:
-        try:
-            value = layer if isinstance(layer, int) and not isinstance(layer, bool) else int(str(layer).strip())
-        except ValueError:
-            raise ValueError(f"layers: {layer!r} is not a layer number or 'all'; {valid}") from None
-        if not 1 <= value <= num_layers:
-            raise ValueError(f"layers: {value} is outside 1..{num_layers}; {valid}")
-        if value in checked:
-            raise ValueError(f"layers: {value} is given twice")
-        checked.append(value)
-    return sorted(checked)
-
-
-def check_dims(dims: Sequence[int] | None, hidden_size: int) -> list[int]:
-    """Embedding sizes (leading dims kept), strictly ascending, each in ``1..hidden_size``; None = full size."""
-    if dims is None:
-        return [hidden_size]
-    dims = list(dims)
-    if not dims:
-        raise ValueError(f"dims: none given; each must be in 1..{hidden_size}")
-    for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= hidden_size:
-            raise ValueError(f"dims: {dim!r} is outside 1..{hidden_size} (the model's hidden size)")
-    if any(later <= earlier for earlier, later in zip(dims, dims[1:])):
-        raise ValueError(f"dims must be strictly ascending, got {dims}")
-    return dims
-
-
-@torch.no_grad()
-def encode_layers(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    sentences: list[str],
-    pooling: str,
-    layers: list[int],
-    max_dim: int,
-    max_seq_length: int = 128,
-    batch_size: int = 64,
-    show_progress: bool = True,
-    description: str = "encoding",
-) -> torch.Tensor:
-    """``N x len(layers) x max_dim``: the pooled ``hidden_states[L]`` of each sentence, first ``max_dim`` dims.
-
-    One forward per batch (``output_hidden_states=True``) serves every layer.
-    """
-
-    def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
-        states = model(**batch, output_hidden_states=True).hidden_states
-        mask = batch["attention_mask"]
-        return torch.stack([pool(states[layer], mask, pooling)[:, :max_dim] for layer in layers], dim=1)
-
-    return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
 
 def evaluate_layer_dim_grid(
@@ -118,8 +48,8 @@ def evaluate_layer_dim_grid(
     dims = check_dims(dims, model.config.hidden_size)
     per_task: dict[str, dict[str, dict[str, float]]] = {}
     for name, pairs in tasks.items():
-        embeddings = encode_layers(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, layers, dims[-1],
-                                   max_seq_length, batch_size, show_progress, description=name)
+        embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,
+                            batch_size, show_progress, description=name, layers=layers, max_dim=dims[-1])
         first, second = embeddings[: len(pairs)], embeddings[len(pairs):]
         per_task[name] = {
             str(layer): {str(dim): cosine_spearman(first[:, i, :dim], second[:, i, :dim], pairs.scores) for dim in dims}
@@ -131,31 +61,6 @@ def evaluate_layer_dim_grid(
         for layer in layers
     }
     return {"layers": layers, "dims": dims, "tasks": per_task, AVERAGE_KEY: average}
-
-
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__} has no encoder.layer ModuleList to truncate")
-    return layers
-
-
-def truncate_layers(model: nn.Module, num_layers: int) -> nn.Module:
-    """``model`` cut IN PLACE to its first ``num_layers`` transformer layers (so it only runs those); returned.
-
-    ``config.num_hidden_layers`` follows; a list-valued ``config.moe_layers`` (0-based indices of
-    Mixture-of-Experts layers) keeps only the indices that remain. Patterns (``"all"``, ``"every_2"``) are
-    positional and stay valid as they are.
-    """
-    layers = _encoder_layers(model)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(layers):
-        raise ValueError(f"cannot truncate to {num_layers!r} layers: the model has layers 1..{len(layers)}")
-    model.encoder.layer = layers[:num_layers]
-    model.config.num_hidden_layers = num_layers
-    moe_layers = getattr(model.config, "moe_layers", None)
-    if isinstance(moe_layers, list) and all(isinstance(index, int) for index in moe_layers):
-        model.config.moe_layers = [index for index in moe_layers if index < num_layers]
-    return model
 
 
 def encode_time_per_depth(

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ese_trainer.evaluation import markdown_table
+from ese_trainer.tables import markdown_table
 
 
 def _plain(value: Any) -> Any:

@@ -17,8 +17,8 @@ from ese_trainer.cli import run_cli
 from ese_trainer.config import ConfigError, parse_config
 from ese_trainer.export import export_slice, saved_pooling
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
-from ese_trainer.layer_grid import check_dims, check_layers
 from ese_trainer.pooling import check_pooling
+from ese_trainer.slicing import check_dims, check_layers
 
 PROG = "recipes/export_slice.py"
 

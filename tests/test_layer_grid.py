@@ -19,14 +19,9 @@ from ese_trainer.config import ConfigError
 from ese_trainer.data import STSPairs, load_sts_pairs
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import export_slice, saved_pooling
-from ese_trainer.layer_grid import (
-    check_dims,
-    check_layers,
-    encode_time_per_depth,
-    evaluate_layer_dim_grid,
-    truncate_layers,
-)
+from ese_trainer.layer_grid import encode_time_per_depth, evaluate_layer_dim_grid
 from ese_trainer.pooling import pool
+from ese_trainer.slicing import check_dims, check_layers, truncate_layers
 
 from .conftest import EMBEDDED_DATA, REPO
 

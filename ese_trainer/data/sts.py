@@ -24,7 +24,7 @@ from ese_trainer.data.files import (
     require_columns,
     table_delimiter,
 )
-from ese_trainer.hub_models import looks_like_local_path
+from ese_trainer.paths import looks_like_local_path
 
 MAX_GOLD_SCORE = 5.0
 # The folder, relative to the repository root, holding the embedded SentEval-layout data (see data/README.md).
