@@ -35,10 +35,12 @@ def worker(mode: str, batch: int, minibatch: int, steps: int) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
-    from ese_trainer.arguments import LossArguments
+    from ese_trainer.arguments import ESEArguments, LossArguments
     from ese_trainer.collator import PairCollator
     from ese_trainer.data import load_nli_pairs
+    from ese_trainer.encoding import SentenceEncoder
     from ese_trainer.hub_models import resolve_model_path
+    from ese_trainer.model_loading import build_objective
     from ese_trainer.trainer import ESETrainer
 
     torch.manual_seed(0)
@@ -51,17 +53,18 @@ def worker(mode: str, batch: int, minibatch: int, steps: int) -> dict:
     loss_args = LossArguments(ibn_cache=mode == "cached", cache_minibatch_size=minibatch)
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(output_dir=output_dir, use_cpu=True, report_to="none", remove_unused_columns=False)
-        trainer = ESETrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
-                             loss_args=loss_args, pooling="mean")
+        trainer = ESETrainer(SentenceEncoder(model, "mean"), build_objective(loss_args, ESEArguments(), model.config),
+                             args=args, data_collator=collator, processing_class=tokenizer,
+                             cache_minibatch_size=minibatch if mode == "cached" else None)
         trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); we call training_step directly
-        trainer.training_step(model, inputs)  # warm-up: allocator pools, lazy initialisation
+        trainer.training_step(trainer.model, inputs)  # warm-up: allocator pools, lazy initialisation
         model.zero_grad(set_to_none=True)
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
         resident_before = _status_kib("VmRSS")
         times = []
         for _ in range(steps):
             started = time.perf_counter()
-            trainer.training_step(model, inputs)
+            trainer.training_step(trainer.model, inputs)
             times.append(time.perf_counter() - started)
             model.zero_grad(set_to_none=True)
         peak = _status_kib("VmHWM")

@@ -8,9 +8,10 @@ What is measured: one training step, on the *same* batch for every model: ``batc
 (``data/SNLI``, split ``dev``; ``2 x batch_size`` texts) tokenised by the model's own tokenizer
 (:class:`ese_trainer.collator.PairCollator`, max length 128, padded to the longest text), fp32 on CPU:
 
-- forward of both sides in one pass (:func:`ese_trainer.pooling.encode_batch`, mean pooling, 1 chunk);
-- the combined loss ``cosine_loss + in_batch_negative_loss + angle_loss`` (weights 1, scale 20), plus for the
-  MoE encoder ``router_aux_loss_coef · load_balancing_loss + router_z_loss_coef · router_z_loss`` (0.01, 0.001);
+- forward of both sides in one pass (:class:`ese_trainer.encoding.SentenceEncoder`, mean pooling, 1 chunk);
+- the recipe's objective (:func:`ese_trainer.model_loading.build_objective` with the default loss arguments:
+  CoSENT + in-batch negatives + AnglE, weights 1, scale 20, plus for the MoE encoder its router terms
+  ``router_aux_loss_coef · loss_router_aux + router_z_loss_coef · loss_router_z``);
 - backward, ``torch.optim.AdamW`` step (fused when the CPU build supports it), ``zero_grad``.
 
 Three models take part: the dense encoder and its MoE conversions (:func:`ese_trainer.modeling.build_moe`,
@@ -70,7 +71,7 @@ class Contender:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     seconds: list[float] = field(default_factory=list)
     phases: dict[str, list[float]] = field(
         default_factory=lambda: {"forward_loss": [], "backward": [], "optimizer": []})
@@ -95,28 +96,18 @@ def load_batch(model_path: str, batch_size: int, seed: int) -> tuple[dict[str, t
     return batch, info
 
 
-def make_loss_fn(router_coefs: tuple[float, float, int] | None):
-    """The step's loss: CoSENT + in-batch negatives + AnglE (weights 1, scale 20), plus the MoE router losses."""
-    from ese_trainer.collator import NON_MODEL_KEYS
-    from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
-    from ese_trainer.modeling import load_balancing_loss, router_z_loss
-    from ese_trainer.pooling import encode_batch
+def make_loss_fn(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The step's loss: the recipe's own objective (default loss arguments) on ``model``, one forward pass."""
+    from ese_trainer.arguments import ESEArguments, LossArguments
+    from ese_trainer.encoding import SentenceEncoder
+    from ese_trainer.model_loading import build_objective
+    from ese_trainer.training_model import TrainingModel
 
-    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        model_inputs = {key: value for key, value in batch.items() if key not in NON_MODEL_KEYS}
-        encoded = encode_batch(model, model_inputs, "mean", chunks=1)
-        emb_a, emb_b = encoded.embeddings.chunk(2)
-        scores = batch["scores"]
-        loss = (cosine_loss(emb_a, emb_b, scores, scale=20.0)
-                + in_batch_negative_loss(emb_a, emb_b, scores, scale=20.0, text_ids=batch["text_ids"])
-                + angle_loss(emb_a, emb_b, scores, scale=20.0))
-        if router_coefs is not None:
-            if encoded.router_logits is None:
-                raise RuntimeError("the MoE encoder returned no router_logits")
-            aux_coef, z_coef, top_k = router_coefs
-            loss = (loss + aux_coef * load_balancing_loss(encoded.router_logits, top_k)
-                    + z_coef * router_z_loss(encoded.router_logits))
-        return loss
+    training_model = TrainingModel(SentenceEncoder(model, "mean", forward_chunks=1),
+                                   build_objective(LossArguments(), ESEArguments(), model.config))
+
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return training_model(**batch).loss
 
     return loss_fn
 
@@ -153,14 +144,14 @@ def count_flops(contender: Contender, batch: dict[str, torch.Tensor]) -> int:
     """FLOPs of one full forward + backward (loss included) of ``batch``, counted by FlopCounterMode."""
     counter = FlopCounterMode(display=False)
     with counter:
-        contender.loss_fn(contender.model, batch).backward()
+        contender.loss_fn(batch).backward()
     contender.optimizer.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
 
 def train_step(contender: Contender, batch: dict[str, torch.Tensor], record: bool) -> float:
     started = time.perf_counter()
-    loss = contender.loss_fn(contender.model, batch)
+    loss = contender.loss_fn(batch)
     forward_done = time.perf_counter()
     loss.backward()
     backward_done = time.perf_counter()
@@ -266,12 +257,9 @@ def main() -> None:
           f"({100 * batch_info['padding_fraction']:.0f}% padding)", flush=True)
     contenders, fused = [], True
     for name, model in build_models(model_path, args).items():
-        config = model.config
-        coefs = None if name == "dense" else (config.router_aux_loss_coef, config.router_z_loss_coef,
-                                              config.num_experts_per_tok)
         optimizer, is_fused = make_optimizer(model)
         fused = fused and is_fused
-        contenders.append(Contender(name, model, optimizer, make_loss_fn(coefs)))
+        contenders.append(Contender(name, model, optimizer, make_loss_fn(model)))
 
     flops = {}
     for contender in contenders:
@@ -314,7 +302,7 @@ def main() -> None:
     settings = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                 "num_experts": args.num_experts, "top_k": args.top_k, "moe_layers": "all", "seed": args.seed,
                 "data": "data/SNLI dev", "max_seq_length": MAX_SEQ_LENGTH, "pooling": "mean", "forward_chunks": 1,
-                "loss": "cosine + in_batch_negative + angle (weights 1, scale 20) + router aux 0.01 + router z 0.001",
+                "loss": "the recipe's objective: cosent + ibn + angle (weights 1, scale 20) + the MoE router terms",
                 "optimizer": "AdamW", "fused_adamw": fused, "lr": LEARNING_RATE,
                 "torch_threads": torch.get_num_threads(), "target_overhead": TARGET_OVERHEAD, "batch": batch_info}
     # thread settings from the environment change what is measured: keep them in the recorded command

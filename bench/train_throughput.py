@@ -52,8 +52,11 @@ FORWARD_CHUNKS = 2
 def run_ours(pairs, batch: int, steps: int) -> float:
     from transformers import AutoModel, AutoTokenizer, TrainingArguments
 
+    from ese_trainer.arguments import ESEArguments, LossArguments
     from ese_trainer.collator import PairCollator
+    from ese_trainer.encoding import SentenceEncoder
     from ese_trainer.hub_models import resolve_model_path
+    from ese_trainer.model_loading import build_objective
     from ese_trainer.trainer import ESETrainer
 
     path = resolve_model_path(MODEL_ID)
@@ -65,8 +68,9 @@ def run_ours(pairs, batch: int, steps: int) -> float:
                                  remove_unused_columns=False, disable_tqdm=True, logging_steps=steps,
                                  train_sampling_strategy="sequential",  # the bare loop's batches, in its order
                                  dataloader_drop_last=True, use_cpu=True, seed=0, dataloader_pin_memory=False)
-        trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 128),
-                             processing_class=tokenizer, pooling="mean", forward_chunks=FORWARD_CHUNKS)
+        objective = build_objective(LossArguments(), ESEArguments(), model.config)
+        trainer = ESETrainer(SentenceEncoder(model, "mean", FORWARD_CHUNKS), objective, args=args, train_dataset=pairs,
+                             data_collator=PairCollator(tokenizer, 128), processing_class=tokenizer)
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
@@ -118,15 +122,18 @@ def run_sentence_transformers(pairs, batch: int, steps: int) -> float:
 def run_bare(pairs, batch: int, steps: int) -> float:
     from transformers import AutoModel, AutoTokenizer
 
-    from ese_trainer.collator import NON_MODEL_KEYS, PairCollator
+    from ese_trainer.arguments import ESEArguments, LossArguments
+    from ese_trainer.collator import PairCollator
+    from ese_trainer.encoding import SentenceEncoder
     from ese_trainer.hub_models import resolve_model_path
-    from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
-    from ese_trainer.pooling import pooled_embeddings
+    from ese_trainer.model_loading import build_objective
+    from ese_trainer.training_model import TrainingModel
 
     path = resolve_model_path(MODEL_ID)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     model.pooler.requires_grad_(False)
-    model.train()
+    training_model = TrainingModel(SentenceEncoder(model, "mean", FORWARD_CHUNKS),
+                                   build_objective(LossArguments(), ESEArguments(), model.config)).train()
     collate = PairCollator(tokenizer, 128)
     batches = [collate([pairs[i] for i in range(start, start + batch)]) for start in range(0, steps * batch, batch)]
     # The Trainer's default optimizer on torch >= 2.8 (adamw_torch_fused), with its default weight decay 0.
@@ -134,12 +141,7 @@ def run_bare(pairs, batch: int, steps: int) -> float:
                                   weight_decay=0.0, fused=True)
     started = time.perf_counter()
     for inputs in batches:
-        model_inputs = {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
-        emb_a, emb_b = pooled_embeddings(model, model_inputs, "mean", chunks=FORWARD_CHUNKS).chunk(2)
-        scores = inputs["scores"]
-        loss = (cosine_loss(emb_a, emb_b, scores) + angle_loss(emb_a, emb_b, scores)
-                + in_batch_negative_loss(emb_a, emb_b, scores, text_ids=inputs["text_ids"]))
-        loss.backward()
+        training_model(**inputs).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started

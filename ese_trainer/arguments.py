@@ -1,12 +1,16 @@
-"""The recipe's arguments, grouped like alignment-handbook's: model, data, loss (+ ``TrainingArguments``)."""
+"""The recipe's arguments, grouped like alignment-handbook's: model, data, loss, moe, ese (+ ``TrainingArguments``)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import get_type_hints
 
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
 from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
+from ese_trainer.ese.settings import ESESettings
+from ese_trainer.losses import PAIR_TERMS
+from ese_trainer.modeling.configuration_moe_bert import MOE_TYPES, MoEBertConfig
 from ese_trainer.pooling import check_pooling
 
 
@@ -90,14 +94,15 @@ class DataArguments:
 
 @dataclass
 class LossArguments:
-    """Weights and scales of ``cosine_w·CoSENT + ibn_w·InfoNCE + angle_w·AnglE`` (see ``ese_trainer.losses``)."""
+    """Weights and scales of ``cosent_w·CoSENT + ibn_w·InfoNCE + angle_w·AnglE`` (the terms of
+    :data:`ese_trainer.losses.PAIR_TERMS`), and how large the contrastive batch is."""
 
     _argument_group_name = "loss"
 
-    cosine_w: float = field(default=1.0, metadata={"help": "Weight of the CoSENT (cosine) term."})
+    cosent_w: float = field(default=1.0, metadata={"help": "Weight of the CoSENT term (a ranking of cosines)."})
     ibn_w: float = field(default=1.0, metadata={"help": "Weight of the in-batch-negative term."})
     angle_w: float = field(default=1.0, metadata={"help": "Weight of the AnglE term."})
-    cosine_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the CoSENT term."})
+    cosent_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the CoSENT term."})
     ibn_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the in-batch-negative term."})
     angle_scale: float = field(default=20.0, metadata={"help": "Inverse temperature of the AnglE term."})
     ibn_positive_threshold: float = field(
@@ -116,14 +121,21 @@ class LossArguments:
     cache_minibatch_size: int = field(default=32, metadata={"help": "Pairs per mini-batch with ibn_cache."})
 
     def __post_init__(self) -> None:
-        for name in ("cosine_w", "ibn_w", "angle_w"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.cosine_w == self.ibn_w == self.angle_w == 0:
+        for term in PAIR_TERMS:
+            if getattr(self, f"{term.key}_w") < 0:
+                raise ValueError(f"{term.key}_w must be >= 0, got {getattr(self, f'{term.key}_w')}")
+            if getattr(self, f"{term.key}_scale") <= 0:
+                raise ValueError(f"{term.key}_scale must be > 0, got {getattr(self, f'{term.key}_scale')}")
+        if not any(getattr(self, f"{term.key}_w") for term in PAIR_TERMS):
             raise ValueError("all loss weights are 0: nothing to train")
-        for name in ("cosine_scale", "ibn_scale", "angle_scale", "cache_minibatch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.cache_minibatch_size <= 0:
+            raise ValueError(f"cache_minibatch_size must be > 0, got {self.cache_minibatch_size}")
+
+    def weights(self) -> dict[str, float]:
+        return {term.key: getattr(self, f"{term.key}_w") for term in PAIR_TERMS}
+
+    def scales(self) -> dict[str, float]:
+        return {term.key: getattr(self, f"{term.key}_scale") for term in PAIR_TERMS}
 
 
 def _set_fields(arguments: object, prefix: str) -> list[str]:
@@ -135,20 +147,30 @@ def _set_fields(arguments: object, prefix: str) -> list[str]:
 class MoEArguments:
     """The ``moe:`` section: convert the (dense BERT) checkpoint into a Mixture-of-Experts encoder
     (:func:`ese_trainer.modeling.build_moe`). Unset keys take :class:`~ese_trainer.modeling.MoEBertConfig`'s
-    defaults (4 experts, top-2, every layer, upcycled)."""
+    defaults, shown in each key's help."""
+
+    _argument_group_name = "moe (YAML section moe:, or --moe.key)"
 
     moe_enabled: bool = field(default=False, metadata={"help": "Build an MoE encoder from model_name_or_path."})
-    moe_num_experts: int | None = field(default=None, metadata={"help": "Experts per MoE layer (4)."})
-    moe_num_experts_per_tok: int | None = field(default=None, metadata={"help": "Top-k experts per token (2)."})
+    moe_num_experts: int | None = field(
+        default=None, metadata={"help": f"Experts per MoE layer ({MoEBertConfig.num_experts})."})
+    moe_num_experts_per_tok: int | None = field(
+        default=None, metadata={"help": f"Top-k experts per token ({MoEBertConfig.num_experts_per_tok})."})
     moe_layers: list[str] | None = field(
-        default=None, metadata={"help": "all, every_2 (layers 1, 3, ...) or 0-based layer indices (all)."}
-    )
-    moe_type: str | None = field(default=None, metadata={"help": "upcycled or residual (upcycled)."})
-    moe_expert_intermediate_size: int | None = field(default=None, metadata={"help": "Expert width."})
-    moe_norm_topk_prob: bool | None = field(default=None, metadata={"help": "Renormalise top-k weights (true)."})
-    moe_router_jitter_noise: float | None = field(default=None, metadata={"help": "Router input jitter (0)."})
-    moe_router_aux_loss_coef: float | None = field(default=None, metadata={"help": "Load-balancing weight (0.1)."})
-    moe_router_z_loss_coef: float | None = field(default=None, metadata={"help": "Router z-loss weight (0.001)."})
+        default=None, metadata={"help": "all, every_2 (layers 1, 3, ...) or 0-based layer indices "
+                                f"({MoEBertConfig.moe_layers})."})
+    moe_type: str | None = field(
+        default=None, metadata={"help": f"{' or '.join(MOE_TYPES)} ({MoEBertConfig.moe_type})."})
+    moe_expert_intermediate_size: int | None = field(
+        default=None, metadata={"help": "Expert width (upcycled: the dense FFN's; residual: its 1/num_experts)."})
+    moe_norm_topk_prob: bool | None = field(
+        default=None, metadata={"help": f"Renormalise top-k weights ({MoEBertConfig.norm_topk_prob})."})
+    moe_router_jitter_noise: float | None = field(
+        default=None, metadata={"help": f"Router input jitter ({MoEBertConfig.router_jitter_noise})."})
+    moe_router_aux_loss_coef: float | None = field(
+        default=None, metadata={"help": f"Load-balancing weight ({MoEBertConfig.router_aux_loss_coef})."})
+    moe_router_z_loss_coef: float | None = field(
+        default=None, metadata={"help": f"Router z-loss weight ({MoEBertConfig.router_z_loss_coef})."})
     moe_router_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the (freshly initialised) routers; default: learning_rate. "
                                 "Fine-tuning rates leave a new router near its random start."}
@@ -177,65 +199,38 @@ class MoEArguments:
         return settings
 
 
-ESE_LAYER_WEIGHTINGS = ("uniform", "log", "linear")
-ESE_COMPRESSION_TARGETS = ("pca", "moe")
+def _ese_post_init(self) -> None:
+    stray = _set_fields(self, "ese_")
+    if stray and not self.ese_enabled:
+        keys = ", ".join("ese." + name.removeprefix("ese_") for name in stray)
+        raise ValueError(f"{keys} set but ese.enabled is false: enable ESE or remove the key(s)")
+    if self.ese_enabled:  # every key resolved (resolved_config.yaml and the card show what was used); validated
+        for name, value in asdict(self.settings()).items():
+            setattr(self, f"ese_{name}", value)
 
 
-@dataclass
-class ESEArguments:
-    """The ``ese:`` section: Espresso Sentence Embeddings (Li et al., arXiv 2402.14776) training terms
-    (see :mod:`ese_trainer.ese`)."""
+def _ese_settings(self) -> ESESettings:
+    """The set keys as :class:`~ese_trainer.ese.ESESettings` (unset keys take its defaults)."""
+    try:
+        return ESESettings(**{name.removeprefix("ese_"): getattr(self, name) for name in _set_fields(self, "ese_")})
+    except ValueError as error:
+        raise ValueError(f"ese.{error}") from None
 
-    _argument_group_name = "ese (YAML section ese:, or --ese.key)"
 
-    ese_enabled: bool = field(default=False, metadata={"help": "Add the ESE layer and compression terms."})
-    ese_compression_size: int | None = field(default=None, metadata={"help": "k: the leading dims to train (128)."})
-    ese_kl_temperature: float | None = field(default=None, metadata={"help": "Distillation temperature (1.0)."})
-    ese_layer_weighting: str | None = field(default=None, metadata={"help": "uniform, log or linear (log)."})
-    ese_last_layer_weight: float | None = field(default=None, metadata={"help": "Weight of last-layer terms (1)."})
-    ese_prior_layers_weight: float | None = field(default=None, metadata={"help": "Weight of prior layers (1)."})
-    ese_compression_target: str | None = field(default=None, metadata={"help": "pca or moe (pca)."})
-    ese_moe_num_experts: int | None = field(default=None, metadata={"help": "Experts of the moe target head (4)."})
-    ese_moe_expert_hidden: int | None = field(default=None, metadata={"help": "Their hidden width (512)."})
-    ese_moe_top_k: int | None = field(default=None, metadata={"help": "Experts per embedding (2)."})
-    ese_moe_aux_loss_coef: float | None = field(default=None, metadata={"help": "Head load-balancing weight (0.1)."})
-    ese_moe_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the moe target heads (1e-3): they start from random "
-                                "initialisation, so the encoder's fine-tuning rate would leave them untrained."}
-    )
+def _make_ese_arguments() -> type:
+    """The ``ese:`` section: ``ese_enabled`` plus one optional key per :class:`~ese_trainer.ese.ESESettings` field,
+    with its help and default read from there (the one source of ESE's settings)."""
+    hints = get_type_hints(ESESettings)
+    keys = [("ese_enabled", bool, field(default=False, metadata={"help": "Add the ESE layer and compression terms."}))]
+    for setting in fields(ESESettings):
+        help_text = f"{setting.metadata['help']} Default: {setting.default}."
+        keys.append((f"ese_{setting.name}", hints[setting.name] | None,
+                     field(default=None, metadata={"help": help_text})))
+    namespace = {"__post_init__": _ese_post_init, "settings": _ese_settings, "__module__": __name__,
+                 "_argument_group_name": "ese (YAML section ese:, or --ese.key)",
+                 "__doc__": "The ``ese:`` section: Espresso Sentence Embeddings (Li et al., arXiv 2402.14776) "
+                            "training terms (see :mod:`ese_trainer.ese`)."}
+    return make_dataclass("ESEArguments", keys, namespace=namespace)
 
-    DEFAULTS = {"ese_compression_size": 128, "ese_kl_temperature": 1.0, "ese_layer_weighting": "log",
-                "ese_last_layer_weight": 1.0, "ese_prior_layers_weight": 1.0, "ese_compression_target": "pca",
-                "ese_moe_num_experts": 4, "ese_moe_expert_hidden": 512, "ese_moe_top_k": 2,
-                "ese_moe_aux_loss_coef": 0.1, "ese_moe_learning_rate": 1e-3}
 
-    def __post_init__(self) -> None:
-        stray = _set_fields(self, "ese_")
-        if stray and not self.ese_enabled:
-            keys = ", ".join("ese." + name.removeprefix("ese_") for name in stray)
-            raise ValueError(f"{keys} set but ese.enabled is false: enable ESE or remove the key(s)")
-        if not self.ese_enabled:
-            return
-        for name, default in self.DEFAULTS.items():
-            if getattr(self, name) is None:
-                setattr(self, name, default)
-        if self.ese_layer_weighting not in ESE_LAYER_WEIGHTINGS:
-            raise ValueError(f"ese.layer_weighting must be one of {ESE_LAYER_WEIGHTINGS}, "
-                             f"got {self.ese_layer_weighting!r}")
-        if self.ese_compression_target not in ESE_COMPRESSION_TARGETS:
-            raise ValueError(f"ese.compression_target must be one of {ESE_COMPRESSION_TARGETS}, "
-                             f"got {self.ese_compression_target!r}")
-        if self.ese_compression_size <= 0:
-            raise ValueError(f"ese.compression_size must be > 0, got {self.ese_compression_size}")
-        if self.ese_kl_temperature <= 0:
-            raise ValueError(f"ese.kl_temperature must be > 0, got {self.ese_kl_temperature}")
-        if self.ese_last_layer_weight < 0 or self.ese_prior_layers_weight < 0:
-            raise ValueError("ese.last_layer_weight and ese.prior_layers_weight must be >= 0")
-        if not 1 <= self.ese_moe_top_k <= self.ese_moe_num_experts:
-            raise ValueError(f"ese.moe_top_k must be in 1..ese.moe_num_experts ({self.ese_moe_num_experts})")
-
-    def check_model(self, hidden_size: int, num_layers: int) -> None:
-        """Errors that need the encoder's shape: before training starts."""
-        if self.ese_enabled and not 0 < self.ese_compression_size < hidden_size:
-            raise ValueError(f"ese.compression_size={self.ese_compression_size} must be in 1..{hidden_size - 1} "
-                             f"(the model's hidden size is {hidden_size})")
+ESEArguments = _make_ese_arguments()

@@ -14,8 +14,6 @@ from transformers import PreTrainedTokenizerBase
 SCORES_KEY = "scores"
 # 64-bit hashes of the 2B texts (equal texts, equal ids), for masking duplicate texts as negatives.
 TEXT_IDS_KEY = "text_ids"
-# Batch entries that are not model inputs.
-NON_MODEL_KEYS = (SCORES_KEY, TEXT_IDS_KEY, "return_loss")
 
 
 def text_id(text: str) -> int:

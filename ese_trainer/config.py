@@ -18,7 +18,24 @@ class ConfigError(ValueError):
 
 
 # Keys that were renamed: the old name is refused with a message naming the new one.
-RENAMED_KEYS = {"eval_batch_size": "per_device_eval_batch_size"}
+RENAMED_KEYS = {
+    "eval_batch_size": "per_device_eval_batch_size",
+    "cosine_w": "cosent_w",  # the term is CoSENT (sentence-transformers' "cosine" loss is an MSE)
+    "cosine_scale": "cosent_scale",
+    # ESE's learned target heads, not the MoE encoder
+    "ese_moe_num_experts": "ese_head_num_experts",
+    "ese_moe_expert_hidden": "ese_head_expert_hidden",
+    "ese_moe_top_k": "ese_head_top_k",
+    "ese_moe_aux_loss_coef": "ese_head_balance_weight",
+    "ese_moe_learning_rate": "ese_head_learning_rate",
+}
+SECTIONS = ("moe", "ese")
+
+
+def display_key(key: str) -> str:
+    """A key as the user writes it: ``ese_head_top_k`` is ``ese.head_top_k`` (the ``ese:`` section's key)."""
+    section = key.split("_", 1)[0]
+    return f"{section}.{key.split('_', 1)[1]}" if section in SECTIONS and "_" in key else key
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -49,8 +66,8 @@ def valid_keys(dataclass_types: tuple[type, ...]) -> list[str]:
 def _unknown_key_error(keys: list[str], source: str, valid: list[str]) -> ConfigError:
     renamed = [key for key in keys if RENAMED_KEYS.get(key) in valid]
     if renamed:
-        return ConfigError(f"{source}: " + "; ".join(f"{key!r} was renamed to {RENAMED_KEYS[key]!r}"
-                                                     for key in renamed))
+        return ConfigError(f"{source}: " + "; ".join(
+            f"{display_key(key)!r} was renamed to {display_key(RENAMED_KEYS[key])!r}" for key in renamed))
     hints = []
     for key in keys:
         close = difflib.get_close_matches(key, valid, n=1)
@@ -106,7 +123,7 @@ def flatten_sections(values: dict[str, Any], valid: list[str], source: str) -> d
         if isinstance(value, dict) and key not in valid and any(name.startswith(f"{key}_") for name in valid):
             for sub_key, sub_value in value.items():
                 flat[f"{key}_{sub_key}"] = sub_value
-        elif isinstance(value, dict) and key in ("moe", "ese"):
+        elif isinstance(value, dict) and key in SECTIONS:
             raise ConfigError(f"{source}: section {key!r} is not used by this script")
         else:
             flat[key] = value

@@ -31,3 +31,23 @@ def gather_without_grad(tensor: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered, dim=0)
+
+
+def average_gradients(parameters) -> None:
+    """Average ``.grad`` of ``parameters`` over all processes (one all-reduce of the flattened gradients).
+
+    For steps whose backward passes ran without DDP's own synchronisation (GradCache's several passes under
+    ``no_sync``): afterwards every process holds the gradient DDP would have produced.
+    """
+    if world_size() == 1:
+        return
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()

@@ -1,8 +1,8 @@
 """Gradient caching for contrastive batches larger than memory (GradCache, Gao et al., 2021, arXiv 2101.06983).
 
-A batch of B pairs is embedded in mini-batches without a graph; the loss over all B pairs and its gradient
-with respect to the embeddings are computed once; each mini-batch is then re-embedded with a graph and
-back-propagated with its slice of those gradients: ``∂L/∂θ = Σ_m (∂L/∂e_m)ᵀ ∂e_m/∂θ``. The result equals
+A batch of B pairs is encoded in mini-batches without a graph; the objective over all B pairs and its gradient
+with respect to the encoder's outputs are computed once; each mini-batch is then re-encoded with a graph and
+back-propagated with its slice of those gradients: ``∂L/∂θ = Σ_m (∂L/∂o_m)ᵀ ∂o_m/∂θ``. The result equals
 back-propagating through the full batch at once, with the memory of one mini-batch. Dropout is replayed
 exactly by restoring the random state each mini-batch had in the first pass.
 """
@@ -13,7 +13,11 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.checkpoint import get_device_states, set_device_states
+
+from ese_trainer.encoding import EncodedBatch
+from ese_trainer.objective import ObjectiveOutput
 
 
 class RandomState:
@@ -48,38 +52,77 @@ def pair_minibatches(inputs: dict[str, torch.Tensor], num_pairs: int, minibatch_
     return minibatches
 
 
-def cached_backward(
-    embed: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]],
-    loss_of_embeddings: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    minibatches: list[dict[str, torch.Tensor]],
-    backward: Callable[[torch.Tensor], None],
-    no_sync: Callable[[], contextlib.AbstractContextManager],
-) -> torch.Tensor:
-    """Run GradCache's three passes; returns the (detached) loss over the whole batch.
+def _join_pair_rows(parts: list[Tensor]) -> Tensor:
+    """Mini-batches' ``2b x D`` rows (first sides, then second sides) as one ``2B x D`` leaf in the same layout."""
+    halves = [part.chunk(2, dim=0) for part in parts]
+    return torch.cat([a for a, _ in halves] + [b for _, b in halves]).detach().requires_grad_()
 
-    ``embed`` maps a mini-batch to its two sides' embeddings; ``loss_of_embeddings`` maps the full batch's
-    embeddings to the loss; ``backward`` back-propagates a surrogate scalar (e.g. ``accelerator.backward``
-    with the accumulation scaling); ``no_sync`` suppresses DDP's gradient all-reduce for all but the last
-    mini-batch.
+
+def join_minibatches(parts: list[EncodedBatch]) -> EncodedBatch:
+    """The whole batch's :class:`EncodedBatch` from its mini-batches', every tensor a leaf that collects the
+    gradient of the loss (router logits: the tokens of all mini-batches, in order)."""
+    router = None
+    if parts[0].router_logits is not None:
+        router = tuple(torch.cat(layer).detach().requires_grad_() for layer in zip(*(p.router_logits for p in parts)))
+    return EncodedBatch(
+        embeddings=_join_pair_rows([part.embeddings for part in parts]),
+        layer_embeddings={layer: _join_pair_rows([part.layer_embeddings[layer] for part in parts])
+                          for layer in parts[0].layer_embeddings},
+        router_logits=router,
+    )
+
+
+def _surrogate(part: EncodedBatch, whole: EncodedBatch, pair_offset: int, token_offsets: list[int]) -> Tensor:
+    """``Σ <output, ∂L/∂output>`` over ``part``'s outputs, with the gradients from ``whole`` at ``part``'s rows."""
+    num_pairs = whole.embeddings.shape[0] // 2
+
+    def pair_rows(output: Tensor, leaf: Tensor) -> Tensor:
+        if leaf.grad is None:
+            return output.new_zeros(())
+        size = output.shape[0] // 2
+        return ((output[:size] * leaf.grad[pair_offset:pair_offset + size]).sum()
+                + (output[size:] * leaf.grad[num_pairs + pair_offset:num_pairs + pair_offset + size]).sum())
+
+    total = pair_rows(part.embeddings, whole.embeddings)
+    for layer, output in part.layer_embeddings.items():
+        total = total + pair_rows(output, whole.layer_embeddings[layer])
+    for output, leaf, offset in zip(part.router_logits or (), whole.router_logits or (), token_offsets):
+        if leaf.grad is not None:
+            total = total + (output * leaf.grad[offset:offset + output.shape[0]]).sum()
+    return total
+
+
+def cached_step(
+    encode: Callable[[dict[str, Tensor]], EncodedBatch],
+    objective: Callable[[EncodedBatch], ObjectiveOutput],
+    minibatches: list[dict[str, Tensor]],
+    backward: Callable[[Tensor], None],
+) -> ObjectiveOutput:
+    """GradCache's three passes over ``minibatches``; returns the objective's output for the whole batch.
+
+    1. ``encode`` every mini-batch without a graph (its random state kept);
+    2. ``objective`` of the joined outputs (:func:`join_minibatches`), ``backward(loss)``: the gradients reach the
+       cached outputs and any parameter of the objective itself (ESE's target heads);
+    3. re-``encode`` each mini-batch with its random state restored (dropout replayed) and back-propagate
+       ``Σ <output, ∂L/∂output>`` (:func:`_surrogate`): the encoder's gradient, summed over mini-batches.
+
+    Every output of the encoder is cached — last-layer and per-layer embeddings and router logits — so every term
+    of the objective (pair, router, ESE) is covered. ``backward`` applies any loss scaling (gradient accumulation,
+    mixed precision); the surrogate's gradients are already scaled, so it is back-propagated as is.
     """
-    states, sides_a, sides_b = [], [], []
+    states, parts = [], []
     with torch.no_grad():
         for minibatch in minibatches:
             states.append(RandomState(*minibatch.values()))
-            emb_a, emb_b = embed(minibatch)
-            sides_a.append(emb_a)
-            sides_b.append(emb_b)
-    emb_a = torch.cat(sides_a).detach().requires_grad_()
-    emb_b = torch.cat(sides_b).detach().requires_grad_()
-    loss = loss_of_embeddings(emb_a, emb_b)
-    grad_a, grad_b = torch.autograd.grad(loss, [emb_a, emb_b])
-    offset = 0
-    for index, (minibatch, state) in enumerate(zip(minibatches, states)):
-        size = minibatch["input_ids"].shape[0] // 2
-        last = index == len(minibatches) - 1
-        with state.restored(), (contextlib.nullcontext() if last else no_sync()):
-            mini_a, mini_b = embed(minibatch)
-            surrogate = (mini_a * grad_a[offset:offset + size]).sum() + (mini_b * grad_b[offset:offset + size]).sum()
-            backward(surrogate)
-        offset += size
-    return loss.detach()
+            parts.append(encode(minibatch))
+    whole = join_minibatches(parts)
+    output = objective(whole)
+    backward(output.loss)
+    pair_offset, token_offsets = 0, [0] * len(whole.router_logits or ())
+    for minibatch, state, cached in zip(minibatches, states, parts):
+        with state.restored():
+            part = encode(minibatch)
+        _surrogate(part, whole, pair_offset, token_offsets).backward()
+        pair_offset += cached.embeddings.shape[0] // 2
+        token_offsets = [offset + logits.shape[0] for offset, logits in zip(token_offsets, cached.router_logits or ())]
+    return output

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ese_trainer.arguments import MoEArguments
 from ese_trainer.data.nli import NLI_LABEL_NAMES
 from ese_trainer.data.sts import STS_TASKS
-from ese_trainer.evaluation import markdown_table
-from ese_trainer.hub_models import looks_like_local_path
+from ese_trainer.ese.settings import setting_names
+from ese_trainer.losses import PAIR_TERMS
+from ese_trainer.paths import looks_like_local_path
+from ese_trainer.tables import markdown_table
 
 CITATIONS = {
     "AnglE": """@inproceedings{li-li-2024-aoe,
@@ -67,12 +71,8 @@ MOE_CITATIONS = {
   note = {arXiv:2202.08906}
 }""",
 }
-MOE_CARD_KEYS = ("moe_type", "moe_num_experts", "moe_num_experts_per_tok", "moe_layers", "moe_expert_intermediate_size",
-                 "moe_norm_topk_prob", "moe_router_jitter_noise", "moe_router_aux_loss_coef", "moe_router_z_loss_coef",
-                 "moe_router_learning_rate")
-ESE_CARD_KEYS = ("ese_compression_size", "ese_kl_temperature", "ese_layer_weighting", "ese_last_layer_weight",
-                 "ese_prior_layers_weight", "ese_compression_target", "ese_moe_num_experts", "ese_moe_expert_hidden",
-                 "ese_moe_top_k", "ese_moe_aux_loss_coef", "ese_moe_learning_rate")
+MOE_CARD_KEYS = tuple(key.name for key in fields(MoEArguments) if key.name != "moe_enabled")
+ESE_CARD_KEYS = tuple(f"ese_{name}" for name in setting_names())
 
 RUN_FILES = ("resolved_config.yaml", "eval_results.json", "data_counts.json")
 
@@ -95,10 +95,8 @@ def _eval_results(after: dict[str, float]) -> list[EvalResult]:
 
 
 def _loss_section(config: dict[str, Any]) -> list[str]:
-    rows = [("cosine (CoSENT)", "cosine_w", "cosine_scale"), ("in-batch negatives (InfoNCE)", "ibn_w", "ibn_scale"),
-            ("angle (AnglE)", "angle_w", "angle_scale")]
     lines = ["| term | weight | scale |", "|---|---|---|"]
-    lines += [f"| {name} | {config[weight]} | {config[scale]} |" for name, weight, scale in rows]
+    lines += [f"| {term.title} | {config[f'{term.key}_w']} | {config[f'{term.key}_scale']} |" for term in PAIR_TERMS]
     lines += ["", f"In-batch positives: pairs with score ≥ {config['ibn_positive_threshold']}; every other text of "
               "the batch is a negative.",
               f"Negatives gathered across processes: {config.get('gather_across_devices', False)}; "
@@ -115,7 +113,7 @@ def _settings_table(config: dict[str, Any], keys: tuple[str, ...], prefix: str) 
 def _moe_section(config: dict[str, Any], output_dir: Path) -> list[str]:
     if not config.get("moe_enabled"):
         return []
-    utilisation = _read_json(output_dir / "expert_utilization.json")
+    utilisation = _read_json(output_dir / "expert_utilisation.json")
     lines = ["## Mixture of Experts", "",
              "The encoder is a BERT whose feed-forward blocks are routed Mixture-of-Experts layers, converted from "
              f"`{config['model_name_or_path']}` (function-preserving: `upcycled` experts start as copies of the dense "

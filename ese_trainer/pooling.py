@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
@@ -43,64 +40,3 @@ def pool(hidden_states: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
         last_index = (attention_mask.bool() * positions).argmax(dim=1)
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_index]
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
-
-
-@dataclass
-class EncodedBatch:
-    """What one training batch's forward passes produce, rows in input order.
-
-    ``embeddings``: pooled last-layer states (``N x D``); ``layer_embeddings``: pooled ``hidden_states[ℓ]`` for
-    each requested layer ℓ (1 = first transformer layer); ``router_logits``: per MoE layer, the router logits of
-    every non-padding token of the batch (``None`` for a dense model).
-    """
-
-    embeddings: Tensor
-    layer_embeddings: dict[int, Tensor] = field(default_factory=dict)
-    router_logits: tuple[Tensor, ...] | None = None
-
-
-def encode_batch(model: torch.nn.Module, inputs: dict[str, Tensor], mode: str, chunks: int = 1,
-                 layers: Sequence[int] = ()) -> EncodedBatch:
-    """Pooled embeddings of every row of a padded batch (last layer and ``layers``), plus MoE router logits.
-
-    With ``chunks > 1`` the rows are sorted by length and run through ``model`` in that many groups, each
-    trimmed to the columns its rows use: in a batch of pairs whose sides differ in length (NLI premises
-    are about twice as long as hypotheses) this removes most of the padding compute. Each row's embedding
-    does not depend on its neighbours, so the result equals the single pass up to float rounding.
-    """
-    mask = inputs["attention_mask"]
-    extra = {"output_hidden_states": True} if layers else {}
-    order = torch.argsort(mask.sum(dim=1), descending=True, stable=True) if chunks > 1 else None
-    groups = order.chunk(chunks) if order is not None else [None]
-    pooled: list[Tensor] = []
-    per_layer: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    router: list[tuple[Tensor, ...]] = []
-    for rows in groups:
-        if rows is None:
-            group = inputs
-        else:
-            used = torch.nonzero(mask[rows].any(dim=0)).flatten()
-            columns = slice(int(used[0]), int(used[-1]) + 1)
-            group = {key: value[rows, columns] for key, value in inputs.items()}
-        outputs = model(**group, **extra)
-        pooled.append(pool(outputs.last_hidden_state, group["attention_mask"], mode))
-        for layer in layers:
-            per_layer[layer].append(pool(outputs.hidden_states[layer], group["attention_mask"], mode))
-        if getattr(outputs, "router_logits", None) is not None:
-            router.append(outputs.router_logits)
-
-    def in_row_order(parts: list[Tensor]) -> Tensor:
-        return parts[0] if order is None else torch.cat(parts)[torch.argsort(order)]
-
-    return EncodedBatch(
-        embeddings=in_row_order(pooled),
-        layer_embeddings={layer: in_row_order(parts) for layer, parts in per_layer.items()},
-        # token order does not matter for router statistics and losses: concatenate the chunks' tokens
-        router_logits=tuple(torch.cat(layer_logits) for layer_logits in zip(*router)) if router else None,
-    )
-
-
-def pooled_embeddings(model: torch.nn.Module, inputs: dict[str, Tensor], mode: str, chunks: int = 1) -> Tensor:
-    """Pooled last-layer embeddings (``N x D``) of every row of a padded batch, in row order
-    (see :func:`encode_batch`)."""
-    return encode_batch(model, inputs, mode, chunks).embeddings

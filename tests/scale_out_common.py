@@ -2,29 +2,35 @@
 
 import tempfile
 
+import torch
 from transformers import AutoTokenizer, TrainingArguments
 
-from ese_trainer.arguments import LossArguments
+from ese_trainer.arguments import ESEArguments, LossArguments
 from ese_trainer.collator import PairCollator
 from ese_trainer.data import load_nli_pairs
+from ese_trainer.encoding import SentenceEncoder
 from ese_trainer.hub_models import resolve_model_path
+from ese_trainer.model_loading import build_objective
 from ese_trainer.trainer import ESETrainer
-from tests.conftest import EMBEDDED_DATA, MINILM_ID, build_tiny_bert
+from tests.conftest import EMBEDDED_DATA, MINILM_ID, build_tiny_bert, build_tiny_moe
 
 PAIRS_PER_PROCESS = 6
 LEARNING_RATE = 0.5
 
 
-def one_sgd_step(per_device_pairs: int, **loss_options) -> dict:
+def one_sgd_step(per_device_pairs: int, model_kind: str = "dense", ese: dict | None = None, **loss_options) -> dict:
     """Parameters' change and logged loss after one plain-SGD step on the first pairs of SNLI dev.
 
-    With plain SGD (no momentum, no decay, no clipping) the change is ``-lr · gradient``, so comparing
-    changes compares gradients.
+    ``model_kind`` ``dense`` (tiny BERT) or ``moe`` (the same with 4 experts, top-2); ``ese`` the ``ese:`` keys
+    (enabled), e.g. ``{"compression_target": "moe"}``. With plain SGD (no momentum, no decay, no clipping) the
+    change is ``-lr · gradient``, so comparing changes compares gradients — of the encoder and of the objective's
+    own heads.
     """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
-    model = build_tiny_bert(len(tokenizer), seed=0)
+    model = (build_tiny_moe if model_kind == "moe" else build_tiny_bert)(len(tokenizer), seed=0)
     pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=64, seed=5)
-    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    ese_args = ESEArguments() if ese is None else ESEArguments(
+        ese_enabled=True, **{f"ese_{key}": value for key, value in {"compression_size": 8, **ese}.items()})
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=per_device_pairs, max_steps=1,
@@ -33,11 +39,16 @@ def one_sgd_step(per_device_pairs: int, **loss_options) -> dict:
             train_sampling_strategy="sequential", use_cpu=True, seed=0, dataloader_pin_memory=False,
             dataloader_drop_last=True, disable_tqdm=True, ddp_find_unused_parameters=False,
         )
+        loss_args = LossArguments(**loss_options)
+        torch.manual_seed(0)  # the ESE heads' initialisation
+        objective = build_objective(loss_args, ese_args, model.config)
         # One forward pass per (mini-)batch: the comparisons below are about gathering and caching, and
         # length-sorted chunks (tested on their own) would add summation-order rounding on top.
-        trainer = ESETrainer(model=model, args=args, train_dataset=pairs, data_collator=PairCollator(tokenizer, 64),
-                             processing_class=tokenizer, loss_args=LossArguments(**loss_options), pooling="mean",
-                             forward_chunks=1)
+        trainer = ESETrainer(SentenceEncoder(model, "mean", forward_chunks=1), objective, args=args,
+                             train_dataset=pairs, data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
+                             cache_minibatch_size=loss_args.cache_minibatch_size if loss_args.ibn_cache else None)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        before = {name: parameter.detach().clone() for name, parameter in trained.named_parameters()}
         trainer.train()
-    deltas = {name: (parameter.detach() - before[name]) for name, parameter in model.named_parameters()}
+    deltas = {name: (parameter.detach() - before[name]) for name, parameter in trained.named_parameters()}
     return {"loss": trainer.state.log_history[0]["loss"], "deltas": deltas, "log": trainer.state.log_history[0]}

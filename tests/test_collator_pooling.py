@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ese_trainer.collator import SCORES_KEY, PairCollator
-from ese_trainer.pooling import POOLING_MODES, pool, pooled_embeddings
+from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.pooling import POOLING_MODES, pool
 
 
 def test_collator_tokenises_both_sides_with_dynamic_padding(tokenizer):
@@ -56,6 +57,6 @@ def test_length_sorted_chunks_equal_one_padded_pass(tokenizer, minilm, chunks):
                  "A man is slicing a tomato in the kitchen."]
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
     with torch.no_grad():
-        single = pooled_embeddings(minilm, batch, "mean", chunks=1)
-        chunked = pooled_embeddings(minilm, batch, "mean", chunks=chunks)
+        single = SentenceEncoder(minilm, "mean", forward_chunks=1)(batch).embeddings
+        chunked = SentenceEncoder(minilm, "mean", forward_chunks=chunks)(batch).embeddings
     assert torch.allclose(single, chunked, atol=1e-5)

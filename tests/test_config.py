@@ -22,14 +22,14 @@ def test_smoke_config_parses_with_defaults_and_overrides():
         ["--config", str(REPO / "configs" / "smoke.yaml"), "--learning_rate", "3e-5", "--ibn_w", "0.5"], GROUPS)
     assert model.model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
     assert data.label_map == {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
-    assert (loss.cosine_w, loss.ibn_w, loss.angle_w, loss.cosine_scale) == (1.0, 0.5, 1.0, 20.0)
+    assert (loss.cosent_w, loss.ibn_w, loss.angle_w, loss.cosent_scale) == (1.0, 0.5, 1.0, 20.0)
     assert training.learning_rate == 3e-5 and training.load_best_model_at_end
 
 
 def test_loss_defaults_are_one_and_twenty(tmp_path):
     _, _, loss, _ = parse_config(["--config", write(tmp_path, "output_dir: x\n")], GROUPS)
-    assert (loss.cosine_w, loss.ibn_w, loss.angle_w) == (1.0, 1.0, 1.0)
-    assert (loss.cosine_scale, loss.ibn_scale, loss.angle_scale) == (20.0, 20.0, 20.0)
+    assert (loss.cosent_w, loss.ibn_w, loss.angle_w) == (1.0, 1.0, 1.0)
+    assert (loss.cosent_scale, loss.ibn_scale, loss.angle_scale) == (20.0, 20.0, 20.0)
 
 
 def test_unknown_yaml_key_lists_valid_keys(tmp_path):
@@ -38,7 +38,7 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
         parse_config(["--config", path], GROUPS)
     message = str(error.value)
     assert path in message and "'learning_rat'" in message and "did you mean 'learning_rate'" in message
-    assert "Valid keys:" in message and "cosine_w" in message
+    assert "Valid keys:" in message and "cosent_w" in message
 
 
 def test_unknown_cli_key(tmp_path):
@@ -55,7 +55,7 @@ def test_wrong_type_names_key(tmp_path):
     ("pooling: median\n", "unknown pooling 'median'"),
     ("label_map: {entailment: 3.0}\n", r"label_map\['entailment'\] = 3.0 is outside"),
     ("sts_tasks: [STS12, STS2000]\n", "unknown task"),
-    ("cosine_w: 0\nibn_w: 0\nangle_w: 0\n", "nothing to train"),
+    ("cosent_w: 0\nibn_w: 0\nangle_w: 0\n", "nothing to train"),
 ])
 def test_invalid_values(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -8,26 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ese_trainer.ese import (
+from ese_trainer.ese import ESELoss, ESESettings
+from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, pca_target, svd_flip_columns
+from ese_trainer.ese.distillation import distillation_loss
+from ese_trainer.ese.layer_weights import layer_weights
+from ese_trainer.ese.loss import (
     DISTILL_LAST,
     DISTILL_PRIOR,
+    ESE_TOTAL,
+    HEAD_BALANCE,
+    HEAD_RECONSTRUCTION,
     LAST_COMPRESSED,
-    MOE_BALANCE,
-    MOE_RECONSTRUCTION,
     PRIOR,
-    CompressionOutput,
-    ESELoss,
-    MoECompressionHead,
     combine_ese_terms,
-    distillation_loss,
     ese_terms,
-    layer_weights,
-    load_balancing_loss,
-    pca_target,
-    svd_flip_columns,
-    utilisation,
 )
-from ese_trainer.losses import cosine_loss
+from ese_trainer.losses import cosent_loss, expert_shares, switch_balance_loss
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +152,7 @@ def test_teacher_terms_train_last_layer_first_k_dims_not_through_the_target():
     some, since the PCA target reads every dim)."""
     k = 4
     layers = _layers(3, requires_grad=True)
-    terms = ese_terms(layers, 3, lambda a, b: cosine_loss(a, b, torch.linspace(0, 1, 8)), k, 2.0,
+    terms = ese_terms(layers, 3, lambda a, b: cosent_loss(a, b, torch.linspace(0, 1, 8)), k, 2.0,
                       prior_layers_weight=0.0)
     terms[DISTILL_LAST].backward(retain_graph=True)  # the distillation term alone reaches e_n^k
     for emb in layers[3]:
@@ -340,26 +336,24 @@ def test_moe_reconstruction_loss_decreases_with_training():
         (output.reconstruction_loss + 0.1 * output.load_balancing_loss).backward()
         optimizer.step()
     assert losses[-1] < 0.25 * losses[0] and losses[-1] < 0.3  # a fraction of the variance left unexplained
-    fractions, _ = head.utilisation(head(data).router_logits)
+    fractions = expert_shares(head(data).router_logits, head.top_k)
     assert fractions.min() > 0.1  # no dead expert with the balancing weight 0.1
 
 
 def test_load_balancing_loss_is_one_for_uniform_routing():
     # Row i prefers expert i mod 4 by the same margin: assignments and mean probabilities are both uniform.
     router_logits = 5.0 * F.one_hot(torch.arange(8) % 4, 4).float()
-    assert load_balancing_loss(router_logits, top_k=1).item() == pytest.approx(1.0, abs=1e-6)
-    assert load_balancing_loss(torch.zeros(8, 4), top_k=2).item() == pytest.approx(1.0, abs=1e-6)
+    assert switch_balance_loss(router_logits, top_k=1).item() == pytest.approx(1.0, abs=1e-6)
+    assert switch_balance_loss(torch.zeros(8, 4), top_k=2).item() == pytest.approx(1.0, abs=1e-6)
     collapsed = torch.tensor([[20.0, 0.0, 0.0, 0.0]]).expand(8, 4)
-    assert load_balancing_loss(collapsed, top_k=1).item() == pytest.approx(4.0, abs=1e-3)
+    assert switch_balance_loss(collapsed, top_k=1).item() == pytest.approx(4.0, abs=1e-3)
 
 
-def test_utilisation():
-    fractions, entropy = utilisation(torch.randn(32, 4), top_k=2)
+def test_expert_shares():
+    fractions = expert_shares(torch.randn(32, 4), top_k=2)
     assert fractions.shape == (4,) and fractions.sum().item() == pytest.approx(1.0)
-    assert 0 <= entropy.item() <= math.log(4)
-    fractions, entropy = utilisation(5.0 * F.one_hot(torch.arange(8) % 4, 4).float(), top_k=1)
+    fractions = expert_shares(5.0 * F.one_hot(torch.arange(8) % 4, 4).float(), top_k=1)
     assert torch.allclose(fractions, torch.full((4,), 0.25))
-    assert utilisation(torch.zeros(3, 4), top_k=1)[1].item() == pytest.approx(math.log(4))
 
 
 def test_moe_head_validation():
@@ -378,47 +372,47 @@ def test_combine_ese_terms():
     terms = {LAST_COMPRESSED: torch.tensor(1.0), DISTILL_LAST: torch.tensor(2.0), PRIOR: torch.tensor(3.0),
              DISTILL_PRIOR: torch.tensor(4.0)}
     assert combine_ese_terms(terms, 0.5, 2.0).item() == pytest.approx(0.5 * 3 + 2.0 * 7)
-    with_heads = {**terms, MOE_RECONSTRUCTION: torch.tensor(0.3), MOE_BALANCE: torch.tensor(1.0)}
-    assert combine_ese_terms(with_heads, 1.0, 1.0, moe_balance_weight=0.1).item() == pytest.approx(10 + 0.3 + 0.1)
+    with_heads = {**terms, HEAD_RECONSTRUCTION: torch.tensor(0.3), HEAD_BALANCE: torch.tensor(1.0)}
+    assert combine_ese_terms(with_heads, 1.0, 1.0, head_balance_weight=0.1).item() == pytest.approx(10 + 0.3 + 0.1)
     assert combine_ese_terms({LAST_COMPRESSED: terms[LAST_COMPRESSED], DISTILL_LAST: terms[DISTILL_LAST]},
                              1.0, 1.0).item() == pytest.approx(3.0)
 
 
 def test_ese_loss_with_pca_equals_the_functions():
     layers = _layers(4)
-    loss = ESELoss(num_layers=4, hidden_size=16, compression_size=4, kl_temperature=2.0, layer_weighting="linear",
-                   last_layer_weight=0.5, prior_layers_weight=2.0)
+    loss = ESELoss(ESESettings(compression_size=4, kl_temperature=2.0, layer_weighting="linear", last_layer_weight=0.5,
+                               prior_layers_weight=2.0), num_layers=4, hidden_size=16)
     assert loss.layers == [1, 2, 3, 4] and list(loss.parameters()) == []
     expected = ese_terms(layers, 4, _first_column_mean, 4, 2.0, "linear", 0.5, 2.0)
     terms = loss(layers, _first_column_mean)
+    total = terms.pop(ESE_TOTAL)
     assert terms.keys() == expected.keys() and all(torch.equal(terms[name], expected[name]) for name in terms)
-    assert torch.equal(loss.combine(terms), combine_ese_terms(expected, 0.5, 2.0))
+    assert torch.equal(total, combine_ese_terms(expected, 0.5, 2.0))
 
 
 def test_ese_loss_with_moe_heads():
-    loss = ESELoss(num_layers=3, hidden_size=16, compression_size=4, compression_target="moe",
-                   moe_kwargs={"expert_hidden": 8})
+    loss = ESELoss(ESESettings(compression_size=4, compression_target="moe", head_expert_hidden=8), 3, 16)
     assert sorted(loss.heads) == ["1", "2", "3"]
     layers = _layers(3, requires_grad=True)
     terms = loss(layers, _first_column_mean)
-    assert {MOE_RECONSTRUCTION, MOE_BALANCE} <= set(terms)
-    loss.combine(terms).backward()
+    assert {HEAD_RECONSTRUCTION, HEAD_BALANCE} <= set(terms)
+    assert sorted(loss.head_router_logits) == [1, 2, 3]  # kept for the utilisation tally
+    terms[ESE_TOTAL].backward()
     assert all(parameter.grad is not None for parameter in loss.parameters())
     assert layers[3][0].grad[:, :4].abs().sum() > 0
-    last_only = ESELoss(num_layers=3, hidden_size=16, compression_size=4, compression_target="moe",
-                        prior_layers_weight=0.0)
+    last_only = ESELoss(ESESettings(compression_size=4, compression_target="moe", prior_layers_weight=0.0), 3, 16)
     assert sorted(last_only.heads) == ["3"] and last_only.student_layers == []
 
 
-def test_ese_loss_validation():
-    with pytest.raises(ValueError, match="pca, moe"):
-        ESELoss(num_layers=3, hidden_size=16, compression_size=4, compression_target="svd")
-    with pytest.raises(ValueError, match=r"compression_size=16.*D=16"):
-        ESELoss(num_layers=3, hidden_size=16, compression_size=16)
-    with pytest.raises(ValueError, match="embedding-layer output"):
-        ESELoss(num_layers=3, hidden_size=16, compression_size=4, student_layers=[0, 1, 2])
+def test_ese_settings_validation():
+    with pytest.raises(ValueError, match="pca', 'moe"):
+        ESESettings(compression_target="svd")
+    with pytest.raises(ValueError, match=r"compression_size=16 must be in 1..15"):
+        ESELoss(ESESettings(compression_size=16), num_layers=3, hidden_size=16)
+    with pytest.raises(ValueError, match="head_top_k"):
+        ESESettings(head_num_experts=2, head_top_k=3)
     with pytest.raises(ValueError, match="lacks layers"):
-        ESELoss(num_layers=3, hidden_size=16, compression_size=4)({3: _layers(1)[1]}, _first_column_mean)
+        ESELoss(ESESettings(compression_size=4), 3, 16)({3: _layers(1)[1]}, _first_column_mean)
 
 
 def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
@@ -436,18 +430,18 @@ def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
 
     def pair_loss(emb_a, emb_b):
-        return cosine_loss(emb_a, emb_b, scores)
+        return cosent_loss(emb_a, emb_b, scores)
 
-    prior_only = ESELoss(num_layers=6, hidden_size=384, compression_size=128, last_layer_weight=0.0)
+    prior_only = ESELoss(ESESettings(compression_size=128, last_layer_weight=0.0), num_layers=6, hidden_size=384)
     terms = prior_only(layers, pair_loss)
-    assert set(terms) == {PRIOR, DISTILL_PRIOR} and all(torch.isfinite(value) for value in terms.values())
-    prior_only.combine(terms).backward(retain_graph=True)
+    assert set(terms) == {ESE_TOTAL, PRIOR, DISTILL_PRIOR} and all(torch.isfinite(value) for value in terms.values())
+    terms[ESE_TOTAL].backward(retain_graph=True)
     blocks = model.encoder.layer
     assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in blocks[i].parameters()) for i in range(5))
     assert all(p.grad is None for p in blocks[5].parameters())
 
-    teacher_only = ESELoss(num_layers=6, hidden_size=384, compression_size=128, prior_layers_weight=0.0)
+    teacher_only = ESELoss(ESESettings(compression_size=128, prior_layers_weight=0.0), num_layers=6, hidden_size=384)
     terms = teacher_only(layers, pair_loss)
-    assert set(terms) == {LAST_COMPRESSED, DISTILL_LAST}
-    teacher_only.combine(terms).backward()
+    assert set(terms) == {ESE_TOTAL, LAST_COMPRESSED, DISTILL_LAST}
+    terms[ESE_TOTAL].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in blocks[5].parameters())

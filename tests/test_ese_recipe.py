@@ -17,7 +17,7 @@ def test_ese_run_logs_its_terms_and_writes_the_grid(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
     train_logs = [entry for entry in state["log_history"] if "loss" in entry]
-    assert all({"loss_cosine", "loss_ese", "loss_ese_last_compressed", "loss_ese_prior", "loss_ese_distill_last",
+    assert all({"loss_cosent", "loss_ese", "loss_ese_last_compressed", "loss_ese_prior", "loss_ese_distill_last",
                 "loss_ese_distill_prior"} <= set(entry) for entry in train_logs)
     grid = json.loads((output_dir / "ese_grid.json").read_text())
     assert grid["layers"] == [1, 2, 3, 4, 5, 6] and grid["dims"] == [64, 128, 192, 384]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss, MultipleNegativesRankingLoss
 
-from ese_trainer.losses import angle_loss, angle_similarity, cosine_loss, in_batch_negative_loss
+from ese_trainer.losses import angle_loss, angle_similarity, cosent_loss, in_batch_negative_loss
 
 
 class _NoModel(torch.nn.Module):
@@ -21,10 +21,10 @@ def pairs():
 
 
 @pytest.mark.parametrize("scale", [20.0, 7.5])
-def test_cosine_loss_equals_st_cosent(pairs, scale):
+def test_cosent_loss_equals_st_cosent(pairs, scale):
     emb_a, emb_b, scores = pairs
     expected = CoSENTLoss(_NoModel(), scale=scale).compute_loss_from_embeddings([emb_a, emb_b], scores)
-    assert torch.allclose(cosine_loss(emb_a, emb_b, scores, scale), expected, atol=1e-5)
+    assert torch.allclose(cosent_loss(emb_a, emb_b, scores, scale), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("dim", [24, 25])
@@ -85,7 +85,7 @@ def test_ibn_without_positives_is_zero_with_gradient():
 def test_ranking_losses_depend_only_on_score_order(pairs):
     emb_a, emb_b, scores = pairs
     stretched = scores ** 3 * 5  # monotone map of the scores
-    assert torch.allclose(cosine_loss(emb_a, emb_b, scores), cosine_loss(emb_a, emb_b, stretched))
+    assert torch.allclose(cosent_loss(emb_a, emb_b, scores), cosent_loss(emb_a, emb_b, stretched))
     assert torch.allclose(angle_loss(emb_a, emb_b, scores), angle_loss(emb_a, emb_b, stretched))
 
 
@@ -97,12 +97,12 @@ def test_raw_nli_labels_reverse_the_ranking(pairs):
     emb_b = torch.cat([similar[:8], dissimilar[8:]])
     mapped = torch.cat([torch.ones(8), torch.zeros(8)])  # entailment -> 1.0, contradiction -> 0.0
     raw = torch.cat([torch.zeros(8), 2 * torch.ones(8)])  # the same pairs' raw labels
-    assert cosine_loss(emb_a, emb_b, mapped) < 1e-3 < 10 < cosine_loss(emb_a, emb_b, raw)
+    assert cosent_loss(emb_a, emb_b, mapped) < 1e-3 < 10 < cosent_loss(emb_a, emb_b, raw)
 
 
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="scores"):
-        cosine_loss(torch.randn(4, 8), torch.randn(4, 8), torch.ones(3))
+        cosent_loss(torch.randn(4, 8), torch.randn(4, 8), torch.ones(3))
     with pytest.raises(ValueError, match="embeddings"):
         angle_loss(torch.randn(4, 8), torch.randn(4, 6), torch.ones(4))
 

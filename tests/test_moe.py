@@ -12,14 +12,13 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
 from ese_trainer.data import load_sts_pairs
+from ese_trainer.losses import RouterLoss
 from ese_trainer.modeling import (
     MoEBertConfig,
     MoEBertModel,
     MoEConversionError,
     MoELoadingError,
     build_moe,
-    load_balancing_loss,
-    router_z_loss,
 )
 from ese_trainer.modeling.modeling_moe_bert import BertSparseMoeBlock
 from ese_trainer.pooling import pool
@@ -99,12 +98,15 @@ def test_every_expert_gets_a_gradient_even_without_tokens():
 def test_router_losses():
     uniform = (torch.zeros(10, 4),)
     # all probabilities 1/4; ties pick the same top-2, so f = (1/2, 1/2, 0, 0) and 4 * Σ f·P = 1
-    assert torch.isclose(load_balancing_loss(uniform, 2), torch.tensor(1.0))
+    assert torch.isclose(RouterLoss(2, 0.1, 0.001)(uniform)["loss_router_aux"], torch.tensor(1.0))
     collapsed = (torch.tensor([[10.0, 0, 0, 0]] * 10),)
-    assert load_balancing_loss(collapsed, 1) > 3.9  # everything to one expert: ~E
-    logits = (torch.randn(6, 4), torch.randn(3, 4))
-    expected = torch.stack([torch.logsumexp(x, -1).pow(2).mean() for x in logits]).mean()
-    assert torch.isclose(router_z_loss(logits), expected)
+    assert RouterLoss(1, 0.1, 0.001)(collapsed)["loss_router_aux"] > 3.9  # everything to one expert: ~E
+    logits = (torch.randn(6, 4), torch.randn(3, 4), torch.zeros(0, 4))  # a layer that routed no token is skipped
+    expected = torch.stack([torch.logsumexp(x, -1).pow(2).mean() for x in logits[:2]]).mean()
+    terms = RouterLoss(2, 0.1, 0.001)(logits)
+    assert torch.isclose(terms["loss_router_z"], expected)
+    assert torch.isclose(RouterLoss(2, 0.1, 0.001).combine(terms),
+                         0.1 * terms["loss_router_aux"] + 0.001 * terms["loss_router_z"])
 
 
 def test_saved_model_loads_with_remote_code_and_sentence_transformers(tmp_path, tokenizer, sts_batch):

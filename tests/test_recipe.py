@@ -48,9 +48,9 @@ def test_outputs(finished_run):
     assert [entry["step"] for entry in evaluations] == [0, 2, 4]  # eval_on_start scores the base model
     assert state["best_metric"] == max(entry["eval_sts_dev_spearman"] for entry in evaluations[1:])
     train_logs = [entry for entry in state["log_history"] if "loss" in entry]
-    assert train_logs and all({"loss_cosine", "loss_ibn", "loss_angle"} <= set(entry) for entry in train_logs)
+    assert train_logs and all({"loss_cosent", "loss_ibn", "loss_angle"} <= set(entry) for entry in train_logs)
     for entry in train_logs:  # the logged loss is the weighted sum of the logged terms (all weights 1 here)
-        assert entry["loss"] == pytest.approx(entry["loss_cosine"] + entry["loss_ibn"] + entry["loss_angle"], abs=2e-4)
+        assert entry["loss"] == pytest.approx(entry["loss_cosent"] + entry["loss_ibn"] + entry["loss_angle"], abs=2e-4)
     assert (output_dir / "loss_curves.png").stat().st_size > 10_000
     assert "learning_rate" in (output_dir / "resolved_config.yaml").read_text()
 
@@ -77,9 +77,9 @@ def test_resume_from_last_checkpoint(finished_run):
 
 
 def test_unknown_key_fails_before_loading_anything():
-    result = run_recipe("--config", "configs/smoke.yaml", "--cosine_weight", "1")
+    result = run_recipe("--config", "configs/smoke.yaml", "--cosent_weight", "1")
     assert result.returncode == 2
-    assert "unknown key(s) 'cosine_weight' (did you mean 'cosine_w'?)" in result.stderr
+    assert "unknown key(s) 'cosent_weight' (did you mean 'cosent_w'?)" in result.stderr
 
 
 def test_threshold_above_every_label_score_is_refused(tmp_path):

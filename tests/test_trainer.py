@@ -6,10 +6,12 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from ese_trainer.arguments import LossArguments
+from ese_trainer.arguments import ESEArguments, LossArguments
 from ese_trainer.collator import PairCollator
 from ese_trainer.data import load_nli_pairs
-from ese_trainer.losses import angle_loss, cosine_loss, in_batch_negative_loss
+from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.losses import angle_loss, cosent_loss, in_batch_negative_loss
+from ese_trainer.model_loading import build_objective
 from ese_trainer.pooling import pool
 from ese_trainer.trainer import ESETrainer, NonFiniteLossError
 
@@ -22,45 +24,46 @@ def pairs():
     return dataset
 
 
-def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, ese_args=None, router_learning_rate=None,
+def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, ese_args=None, learning_rates=None,
                  **overrides):
+    """The trainer the recipe builds (its objective from the same arguments), on a tiny model and plain SGD."""
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=0.5,
                     optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
                     logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False,
                     train_sampling_strategy="sequential", use_cpu=True, seed=0, dataloader_pin_memory=False)
     settings.update(overrides)
-    return ESETrainer(model=model, args=TrainingArguments(**settings), train_dataset=dataset,
-                      data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
-                      loss_args=loss_args or LossArguments(), pooling="mean", ese_args=ese_args,
-                      router_learning_rate=router_learning_rate)
+    objective = build_objective(loss_args or LossArguments(), ese_args or ESEArguments(), model.config)
+    return ESETrainer(SentenceEncoder(model, "mean"), objective, args=TrainingArguments(**settings),
+                      train_dataset=dataset, data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
+                      learning_rates=learning_rates)
 
 
 def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_path):
-    loss_args = LossArguments(cosine_w=0.5, ibn_w=2.0, angle_w=0.25, cosine_scale=10, ibn_scale=30, angle_scale=5)
+    loss_args = LossArguments(cosent_w=0.5, ibn_w=2.0, angle_w=0.25, cosent_scale=10, ibn_scale=30, angle_scale=5)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, loss_args)
     batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
-    loss = trainer.compute_loss(tiny_bert, batch)
+    loss = trainer.compute_loss(trainer.model, batch)
     hidden = tiny_bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        token_type_ids=batch["token_type_ids"]).last_hidden_state
     emb_a, emb_b = pool(hidden, batch["attention_mask"], "mean").chunk(2)
     scores = batch["scores"]
-    expected = (0.5 * cosine_loss(emb_a, emb_b, scores, 10) + 2.0 * in_batch_negative_loss(emb_a, emb_b, scores, 30)
+    expected = (0.5 * cosent_loss(emb_a, emb_b, scores, 10) + 2.0 * in_batch_negative_loss(emb_a, emb_b, scores, 30)
                 + 0.25 * angle_loss(emb_a, emb_b, scores, 5))
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
 def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, pairs, tmp_path):
-    reference = copy.deepcopy(tiny_bert).eval()  # no dropout in the tiny BERT; eval() keeps terms out of the logs
+    reference = copy.deepcopy(tiny_bert)  # no dropout in the tiny BERT
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, gradient_accumulation_steps=2)
+    reference_trainer = make_trainer(reference, tokenizer, pairs, tmp_path)
     collate = PairCollator(tokenizer, 64)
-    micro_losses, micro_cosine = [], []
+    micro_losses, micro_cosent = [], []
     for start in (0, 4):
         batch = collate([pairs[i] for i in range(start, start + 4)])
-        loss = trainer.compute_loss(reference, batch)
-        (loss / 2).backward()
-        micro_losses.append(loss.item())
-        emb_a, emb_b = trainer.embed_pairs(reference, batch)
-        micro_cosine.append(cosine_loss(emb_a, emb_b, batch["scores"]).item())
+        output = reference_trainer.model(**batch)
+        (output.loss / 2).backward()
+        micro_losses.append(output.loss.item())
+        micro_cosent.append(cosent_loss(output.pairs.emb_a, output.pairs.emb_b, batch["scores"]).item())
     before = {name: p.detach().clone() for name, p in tiny_bert.named_parameters()}
     trainer.train()
     logged = trainer.state.log_history[0]
@@ -68,23 +71,23 @@ def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, 
     for name, parameter in tiny_bert.named_parameters():
         expected_step = -0.5 * dict(reference.named_parameters())[name].grad
         assert torch.allclose(parameter.detach() - before[name], expected_step, atol=1e-6), name
-    assert {"loss_cosine", "loss_ibn", "loss_angle"} <= set(logged)
-    assert logged["loss_cosine"] == pytest.approx(sum(micro_cosine) / 2, rel=1e-4)
+    assert {"loss_cosent", "loss_ibn", "loss_angle"} <= set(logged)
+    assert logged["loss_cosent"] == pytest.approx(sum(micro_cosent) / 2, rel=1e-4)
 
 
 def test_only_weighted_terms_are_logged(tiny_bert, tokenizer, pairs, tmp_path):
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0), max_steps=2)
     trainer.train()
     logged = trainer.state.log_history[0]
-    assert "loss_cosine" in logged and "loss_ibn" not in logged and "loss_angle" not in logged
-    assert logged["loss"] == pytest.approx(logged["loss_cosine"], rel=1e-3)
+    assert "loss_cosent" in logged and "loss_ibn" not in logged and "loss_angle" not in logged
+    assert logged["loss"] == pytest.approx(logged["loss_cosent"], rel=1e-3)
 
 
 class _CorruptWeightsAfterFirstCheckpoint(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 1:
             with torch.no_grad():
-                model.embeddings.word_embeddings.weight.fill_(float("nan"))
+                model.encoder.transformer.embeddings.word_embeddings.weight.fill_(float("nan"))
 
 
 def test_non_finite_loss_names_step_and_last_checkpoint(tiny_bert, tokenizer, pairs, tmp_path):

@@ -2,24 +2,18 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import BertModel
 
 from ese_trainer.arguments import ESEArguments, LossArguments
 from ese_trainer.collator import PairCollator
-from ese_trainer.ese import combine_ese_terms, ese_terms
-from ese_trainer.modeling import MoEBertConfig, MoEBertModel, load_balancing_loss, router_z_loss
+from ese_trainer.ese.loss import combine_ese_terms, ese_terms
+from ese_trainer.losses import cosent_loss, router_z_loss, switch_balance_loss
+from ese_trainer.model_loading import ESE_HEAD_PARAMETERS, ROUTER_PARAMETERS
 from ese_trainer.pooling import pool
-from ese_trainer.trainer import ESE_HEADS_FILE
 
+from .conftest import build_tiny_moe
 from .test_trainer import make_trainer, pairs  # noqa: F401  (pairs is a fixture)
-
-
-def tiny_moe(vocab_size: int) -> MoEBertModel:
-    torch.manual_seed(0)
-    config = MoEBertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0, num_experts=4, num_experts_per_tok=2)
-    return MoEBertModel(config, add_pooling_layer=False)
 
 
 def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
@@ -27,16 +21,15 @@ def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pai
                        ese_last_layer_weight=0.5, ese_prior_layers_weight=2.0)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0),
                            ese_args=ese)
-    assert trainer.ese_layers == [1]  # students: transformer layers 1..n-1, never the embedding output
+    # students: transformer layers 1..n-1, never the embedding output
+    assert trainer.model.objective.student_layers == trainer.model.encoder.pooled_layers == [1]
     batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
-    loss = trainer.compute_loss(tiny_bert, batch)
+    loss = trainer.compute_loss(trainer.model, batch)
     hidden = tiny_bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states
     layers = {layer: pool(hidden[layer], batch["attention_mask"], "mean").chunk(2) for layer in (1, 2)}
-    from ese_trainer.losses import cosine_loss
-
     def pair_loss(emb_a, emb_b):
-        return cosine_loss(emb_a, emb_b, batch["scores"], 20.0)
+        return cosent_loss(emb_a, emb_b, batch["scores"], 20.0)
 
     terms = ese_terms(layers, 2, pair_loss, 8, 1.0, "uniform", 0.5, 2.0)
     expected = pair_loss(*layers[2]) + combine_ese_terms(terms, 0.5, 2.0)
@@ -45,42 +38,44 @@ def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pai
 
 def test_ese_moe_target_heads_are_trained_logged_and_checkpointed(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
     ese = ESEArguments(ese_enabled=True, ese_compression_size=8, ese_compression_target="moe",
-                       ese_moe_expert_hidden=16)
+                       ese_head_expert_hidden=16)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, max_steps=2, optim="adamw_torch",
-                           learning_rate=1e-3, save_strategy="steps", save_steps=2, ese_args=ese)
-    heads_before = {name: p.detach().clone() for name, p in trainer.ese_heads.named_parameters()}
+                           learning_rate=1e-3, save_strategy="steps", save_steps=2, ese_args=ese,
+                           learning_rates={ESE_HEAD_PARAMETERS: 1e-3})
+    heads = trainer.model.objective.ese_loss.heads
+    heads_before = {name: p.detach().clone() for name, p in heads.named_parameters()}
     trainer.train()
-    changed = [name for name, p in trainer.ese_heads.named_parameters() if not torch.equal(p, heads_before[name])]
+    changed = [name for name, p in heads.named_parameters() if not torch.equal(p, heads_before[name])]
     assert changed, "the target heads are not optimised"
-    # cleared after each optimizer step, like the encoder's (else they would sum over all steps)
-    assert all(p.grad is None for p in trainer.ese_heads.parameters())
+    # cleared by the Trainer's own zero_grad, like the encoder's (else they would sum over all steps)
+    assert all(p.grad is None or not p.grad.any() for p in heads.parameters())
     [head_group] = [group for group in trainer.optimizer.param_groups
-                    if any(p is next(trainer.ese_heads.parameters()) for p in group["params"])]
+                    if any(p is next(heads.parameters()) for p in group["params"])]
     assert trainer.lr_scheduler.base_lrs[trainer.optimizer.param_groups.index(head_group)] == 1e-3
     logged = trainer.state.log_history[0]
     assert {"loss_ese", "loss_ese_last_compressed", "loss_ese_distill_last", "loss_ese_prior",
-            "loss_ese_distill_prior", "loss_ese_moe_reconstruction", "loss_ese_moe_balance"} <= set(logged)
+            "loss_ese_distill_prior", "loss_ese_head_reconstruction", "loss_ese_head_balance"} <= set(logged)
     shares = [logged[f"ese_head_util/layer_1/expert_{expert}"] for expert in range(4)]
     assert sum(shares) == pytest.approx(1.0, abs=1e-3)
-    saved = torch.load(tmp_path / "checkpoint-2" / ESE_HEADS_FILE)
-    current = trainer.ese_heads.state_dict()
-    assert saved.keys() == current.keys() and all(torch.equal(saved[key], current[key]) for key in saved)
+    # the heads are part of the trained model: every checkpoint holds them
+    saved = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    current = {f"objective.ese_loss.heads.{key}": value for key, value in heads.state_dict().items()}
+    assert all(torch.equal(saved[key], value) for key, value in current.items())
 
 
 def test_moe_router_losses_enter_the_loss_and_are_logged(tokenizer, pairs, tmp_path):  # noqa: F811
-    model = tiny_moe(len(tokenizer))
+    model = build_tiny_moe(len(tokenizer))
     trainer = make_trainer(model, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0), max_steps=2,
-                           optim="adamw_torch", learning_rate=1e-4, router_learning_rate=1e-2)
+                           optim="adamw_torch", learning_rate=1e-4, learning_rates={ROUTER_PARAMETERS: 1e-2})
     batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
-    loss = trainer.compute_loss(model, batch)
+    loss = trainer.compute_loss(trainer.model, batch)
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    token_type_ids=batch["token_type_ids"])
     assert sum(logits.shape[0] for logits in output.router_logits[:1]) == int(batch["attention_mask"].sum())
-    from ese_trainer.losses import cosine_loss
-
     emb_a, emb_b = pool(output.last_hidden_state, batch["attention_mask"], "mean").chunk(2)
-    expected = (cosine_loss(emb_a, emb_b, batch["scores"], 20.0) + 0.1 * load_balancing_loss(output.router_logits, 2)
-                + 0.001 * router_z_loss(output.router_logits))
+    balance = torch.stack([switch_balance_loss(logits, 2) for logits in output.router_logits]).mean()
+    z_loss = torch.stack([router_z_loss(logits) for logits in output.router_logits]).mean()
+    expected = cosent_loss(emb_a, emb_b, batch["scores"], 20.0) + 0.1 * balance + 0.001 * z_loss
     assert torch.allclose(loss, expected, atol=1e-5)
     trainer.train()
     logged = trainer.state.log_history[0]
@@ -92,18 +87,30 @@ def test_moe_router_losses_enter_the_loss_and_are_logged(tokenizer, pairs, tmp_p
 
 
 def test_ese_settings_checked_against_the_model(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
-    with pytest.raises(ValueError, match=r"compression_size=32 must be in 1..31"):
+    from ese_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ese.compression_size=32 must be in 1..31"):
         make_trainer(tiny_bert, tokenizer, pairs, tmp_path, ese_args=ESEArguments(ese_enabled=True,
                                                                                   ese_compression_size=32))
-    with pytest.raises(ValueError, match="ibn_cache"):
-        make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_cache=True),
-                     ese_args=ESEArguments(ese_enabled=True, ese_compression_size=8))
     with pytest.raises(ValueError, match="ese.compression_size set but ese.enabled is false"):
         ESEArguments(ese_compression_size=8)
     with pytest.raises(ValueError, match="ese.layer_weighting must be one of"):
         ESEArguments(ese_enabled=True, ese_layer_weighting="cubic")
 
 
-def test_dense_bert_has_no_moe_state(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
+def test_dense_bert_has_no_routing(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path)
-    assert isinstance(tiny_bert, BertModel) and trainer.moe_config is None and trainer.routing is None
+    assert isinstance(tiny_bert, BertModel) and trainer.model.objective.router_loss is None
+    assert trainer.recorder.tallies == {}
+
+
+def test_a_run_shorter_than_a_logging_window_still_logs_its_terms_and_routing(tokenizer, pairs, tmp_path):  # noqa: F811
+    from ese_trainer.routing_report import save_expert_utilisation
+
+    model = build_tiny_moe(len(tokenizer))
+    trainer = make_trainer(model, tokenizer, pairs, tmp_path, max_steps=2, logging_steps=10)
+    trainer.train()
+    final = trainer.state.log_history[-1]
+    assert "train_runtime" in final and {"loss_cosent", "loss_router_aux", "moe_util/layer_1/expert_0"} <= set(final)
+    summary = save_expert_utilisation(trainer.state.log_history, tmp_path, 4, 2)
+    assert summary["final"]["step"] == 2 and (tmp_path / "expert_utilisation.json").is_file()

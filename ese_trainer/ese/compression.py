@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
+from ese_trainer.losses.load_balancing import switch_balance_loss
+
 
 def svd_flip_columns(u: Tensor) -> Tensor:
     """Flip the sign of each column of ``u`` (``... x D x k``) so that its largest-``|value|`` entry is positive.
@@ -72,35 +74,6 @@ class CompressionOutput(NamedTuple):
     load_balancing_loss: Tensor
 
 
-def _assignment_fractions(top_indices: Tensor, num_experts: int) -> Tensor:
-    """``f_e``: the fraction of the ``B · top_k`` top-k assignments that go to expert ``e`` (sums to 1)."""
-    counts = F.one_hot(top_indices, num_experts).sum(dim=(0, 1)).float()
-    return counts / top_indices.numel()
-
-
-def load_balancing_loss(router_logits: Tensor, top_k: int) -> Tensor:
-    """Switch-Transformer load-balancing loss ``E · Σ_e f_e · P_e`` (Fedus et al. 2021, eq. 4, for top-k).
-
-    ``f_e`` is the fraction of the batch's top-k assignments routed to expert ``e`` (not differentiable) and
-    ``P_e`` the mean router probability of ``e`` (differentiable). Equals 1 for perfectly uniform routing and
-    grows as the router concentrates its probability and its assignments on the same experts.
-    """
-    probabilities = torch.softmax(router_logits.float(), dim=-1)
-    top_indices = probabilities.topk(top_k, dim=-1).indices
-    fractions = _assignment_fractions(top_indices, router_logits.shape[-1])
-    return router_logits.shape[-1] * (fractions * probabilities.mean(dim=0)).sum()
-
-
-@torch.no_grad()
-def utilisation(router_logits: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
-    """For logging: the fraction of top-k assignments per expert (``E``, sums to 1) and the mean routing entropy
-    ``−Σ_e p_e ln p_e`` over the batch (nats; ``ln E`` for a uniform router, 0 for a one-hot one)."""
-    log_probabilities = torch.log_softmax(router_logits.float(), dim=-1)
-    fractions = _assignment_fractions(log_probabilities.topk(top_k, dim=-1).indices, router_logits.shape[-1])
-    entropy = -(log_probabilities.exp() * log_probabilities).sum(dim=-1).mean()
-    return fractions, entropy
-
-
 class MoECompressionHead(nn.Module):
     """A learned compression target for one layer: top-k mixture of experts ``hidden → m → k`` + linear decoder.
 
@@ -125,10 +98,10 @@ class MoECompressionHead(nn.Module):
       rather than one batch, moving smoothly between steps, with no ``O(D³)`` SVD per step.
     - **Detached target**: ``target = sg(code)``, so the distillation term cannot pull the head toward the
       student (which would collapse the target onto whatever the student already outputs).
-    - **Load balancing**: :func:`load_balancing_loss` ``E · Σ_e f_e · P_e`` over the batch keeps the router from
-      sending everything to one expert. On a toy problem (4 experts, top-2) a weight of 0.01 on it let two
-      experts die within 300 Adam steps; 0.1 kept the four at ~25% each (the default of
-      :func:`ese_trainer.ese.combine_ese_terms`).
+    - **Load balancing**: :func:`~ese_trainer.losses.load_balancing.switch_balance_loss` ``E · Σ_e f_e · P_e``
+      over the batch keeps the router from sending everything to one expert. On a toy problem (4 experts, top-2) a
+      weight of 0.01 on it let two experts die within 300 Adam steps; 0.1 kept the four at ~25% each (the default
+      ``head_balance_weight`` of :class:`~ese_trainer.ese.settings.ESESettings`).
 
     Routing is batched: every expert runs on every row (``B`` pooled sentences, not tokens, so this is cheap) and
     a dense ``B x E`` weight matrix, zero outside each row's top-k, mixes them. Every parameter is therefore in
@@ -151,6 +124,9 @@ class MoECompressionHead(nn.Module):
             for _ in range(num_experts)
         )
         self.decoder = orthogonal(nn.Linear(k, hidden_size))
+        # The parametrization keeps its base as a transposed view; checkpoints (safetensors) need it contiguous.
+        parametrization = self.decoder.parametrizations.weight[0]
+        parametrization.base = parametrization.base.contiguous()
 
     def forward(self, embeddings: Tensor) -> CompressionOutput:
         """``embeddings`` ``B x hidden`` (read detached) → :class:`CompressionOutput`."""
@@ -167,14 +143,9 @@ class MoECompressionHead(nn.Module):
         reconstruction = self.decoder(code.to(x.dtype)).float()
         x32 = x.float()
         scale = x32.var(dim=0, unbiased=False).mean() if x.shape[0] > 1 else x32.square().mean()
-        fractions = _assignment_fractions(top_indices, self.num_experts)
         return CompressionOutput(
             target=code.detach(),
             router_logits=router_logits,
             reconstruction_loss=F.mse_loss(reconstruction, x32) / scale.clamp_min(1e-12),
-            load_balancing_loss=self.num_experts * (fractions * probabilities.mean(dim=0)).sum(),
+            load_balancing_loss=switch_balance_loss(router_logits, self.top_k),
         )
-
-    def utilisation(self, router_logits: Tensor) -> tuple[Tensor, Tensor]:
-        """:func:`utilisation` with this head's ``top_k``: (fractions per expert, mean routing entropy)."""
-        return utilisation(router_logits, self.top_k)

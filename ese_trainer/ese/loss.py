@@ -22,7 +22,7 @@ The full last-layer term ``L_sim(e_n)`` is the trainer's main loss and is not pa
 terms are normalised by ``Σ w_ℓ`` so the depth of the model does not change their scale; they are absent for a
 single-layer model or ``λ_prior = 0`` (the last-layer terms likewise for ``λ_last = 0``). With a learned target
 (:class:`~ese_trainer.ese.compression.MoECompressionHead`) two head-only terms are added, each the mean over the
-distilled layers: ``loss_ese_moe_reconstruction`` and ``loss_ese_moe_balance`` (weight ``moe_balance_weight``).
+distilled layers: ``loss_ese_head_reconstruction`` and ``loss_ese_head_balance`` (weight ``head_balance_weight``).
 
 Known defects of AnglE's ``AngleESETrainer`` and what we do instead:
 
@@ -53,16 +53,17 @@ from torch import Tensor, nn
 from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, pca_target
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS, layer_weights
+from ese_trainer.ese.settings import ESESettings
 
 LAST_COMPRESSED = "loss_ese_last_compressed"
 DISTILL_LAST = "loss_ese_distill_last"
 PRIOR = "loss_ese_prior"
 DISTILL_PRIOR = "loss_ese_distill_prior"
-MOE_RECONSTRUCTION = "loss_ese_moe_reconstruction"
-MOE_BALANCE = "loss_ese_moe_balance"
-COMPRESSION_TARGETS = ("pca", "moe")
+HEAD_RECONSTRUCTION = "loss_ese_head_reconstruction"
+HEAD_BALANCE = "loss_ese_head_balance"
+ESE_TOTAL = "loss_ese"
 
-PairLoss = Callable[[Tensor, Tensor], Tensor]
+PairLoss = Callable[[Tensor, Tensor], Tensor]  # the pair loss of two B x d embeddings, scores bound in
 TargetFn = Callable[[int, Tensor], "Tensor | CompressionOutput"]
 
 
@@ -167,16 +168,16 @@ def ese_terms(
         terms[PRIOR] = torch.stack(prior).sum() / total_weight
         terms[DISTILL_PRIOR] = torch.stack(distill_prior).sum() / total_weight
     if head_outputs:
-        terms[MOE_RECONSTRUCTION] = torch.stack([output.reconstruction_loss for output in head_outputs]).mean()
-        terms[MOE_BALANCE] = torch.stack([output.load_balancing_loss for output in head_outputs]).mean()
+        terms[HEAD_RECONSTRUCTION] = torch.stack([output.reconstruction_loss for output in head_outputs]).mean()
+        terms[HEAD_BALANCE] = torch.stack([output.load_balancing_loss for output in head_outputs]).mean()
     return terms
 
 
 def combine_ese_terms(terms: Mapping[str, Tensor], last_layer_weight: float, prior_layers_weight: float,
-                      moe_balance_weight: float = 0.1) -> Tensor:
+                      head_balance_weight: float = 0.1) -> Tensor:
     """``λ_last·(last_compressed + distill_last) + λ_prior·(prior + distill_prior)`` over the terms present.
 
-    With a learned target, ``loss_ese_moe_reconstruction + moe_balance_weight · loss_ese_moe_balance`` is added
+    With a learned target, ``loss_ese_head_reconstruction + head_balance_weight · loss_ese_head_balance`` is added
     (Switch used ``α = 0.01`` beside an LM loss of a few nats; our reconstruction loss is a fraction of variance
     in [0, 1], and 0.01 let experts die, see :class:`MoECompressionHead`). These depend on the heads' parameters
     only (their input is detached), so they do not change the encoder's gradient. Returns a 0-dim zero when no
@@ -187,77 +188,70 @@ def combine_ese_terms(terms: Mapping[str, Tensor], last_layer_weight: float, pri
         parts.append(last_layer_weight * (terms[LAST_COMPRESSED] + terms[DISTILL_LAST]))
     if PRIOR in terms:
         parts.append(prior_layers_weight * (terms[PRIOR] + terms[DISTILL_PRIOR]))
-    if MOE_RECONSTRUCTION in terms:
-        parts.append(terms[MOE_RECONSTRUCTION] + moe_balance_weight * terms[MOE_BALANCE])
+    if HEAD_RECONSTRUCTION in terms:
+        parts.append(terms[HEAD_RECONSTRUCTION] + head_balance_weight * terms[HEAD_BALANCE])
     return torch.stack(parts).sum() if parts else torch.zeros(())
 
 
 class ESELoss(nn.Module):
-    """The ESE terms with their configuration, owning the MoE heads when ``compression_target="moe"``.
+    """The ESE terms of one batch with their settings, owning the learned target heads (``compression_target:
+    moe``), so that whoever trains this module trains, synchronises, clears and checkpoints the heads too.
 
-    ``student_layers`` defaults to ``1..n−1`` (none when ``prior_layers_weight == 0``); :attr:`layers` is what the
-    caller must pool (``hidden_states[ℓ]``, ``ℓ`` in it). ``forward(layer_embeddings, pair_loss)`` returns
-    :func:`ese_terms`, :meth:`combine` their weighted sum. With ``"moe"`` one
-    :class:`MoECompressionHead` per distilled layer is created (``moe_kwargs`` go to it); its parameters are
-    this module's parameters and are not part of the encoder: they need their own optimizer param group.
+    Students are the transformer layers ``1..n−1`` (none when ``prior_layers_weight == 0``); :attr:`layers` is
+    what the caller must pool (``hidden_states[ℓ]``, ``ℓ`` in it; the last layer ``n`` is the teacher).
+    ``forward(layer_embeddings, pair_loss)`` returns :func:`ese_terms` plus ``loss_ese``, their weighted sum
+    (:func:`combine_ese_terms`), and keeps the heads' router logits of the batch in :attr:`head_router_logits`
+    (for utilisation statistics).
+
+    Args:
+        settings: :class:`~ese_trainer.ese.settings.ESESettings`.
+        num_layers: ``n``, the encoder's transformer layers.
+        hidden_size: the encoder's embedding size (``compression_size`` must be below it).
+
+    References:
+        Li et al., *ESE: Espresso Sentence Embeddings*, ICLR 2025, arXiv 2402.14776.
+
+    Relations:
+        sentence-transformers' ``AdaptiveLayerLoss`` trains prior layers with the full loss and a KL toward the last
+        layer, counting the embedding output as layer 0 and scaling the KL by τ, not τ²; ``Matryoshka2dLoss``
+        (2DMSE) samples one random layer and dims per step. Here every student layer and the leading ``k`` dims are
+        trained every step, with the distillation toward a compression target of the same layer.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        hidden_size: int,
-        compression_size: int = 128,
-        kl_temperature: float = 1.0,
-        layer_weighting: str = "log",
-        last_layer_weight: float = 1.0,
-        prior_layers_weight: float = 1.0,
-        compression_target: str = "pca",
-        student_layers: list[int] | None = None,
-        moe_kwargs: Mapping | None = None,
-        moe_balance_weight: float = 0.1,
-    ) -> None:
+    def __init__(self, settings: ESESettings, num_layers: int, hidden_size: int) -> None:
         super().__init__()
-        if compression_target not in COMPRESSION_TARGETS:
-            raise ValueError(f"unknown compression_target {compression_target!r}; "
-                             f"choose one of {', '.join(COMPRESSION_TARGETS)}")
-        if not 1 <= compression_size < hidden_size:
-            raise ValueError(f"compression_size={compression_size} must be in 1..D-1 (D={hidden_size})")
-        if not (kl_temperature > 0 and math.isfinite(kl_temperature)):
-            raise ValueError(f"kl_temperature must be a finite number > 0, got {kl_temperature}")
-        if student_layers is None:
-            student_layers = list(range(1, num_layers)) if prior_layers_weight != 0 else []
-        layer_weights(student_layers, layer_weighting, num_layers)  # validates the scheme and the layers
-        self.num_layers, self.hidden_size, self.compression_size = num_layers, hidden_size, compression_size
-        self.kl_temperature, self.layer_weighting = kl_temperature, layer_weighting
-        self.last_layer_weight, self.prior_layers_weight = last_layer_weight, prior_layers_weight
-        self.compression_target, self.moe_balance_weight = compression_target, moe_balance_weight
-        self.student_layers = sorted(student_layers) if prior_layers_weight != 0 else []
-        self.layers = self.student_layers + ([num_layers] if last_layer_weight != 0 else [])
+        settings.check_model(hidden_size)
+        self.settings, self.num_layers = settings, num_layers
+        self.student_layers = list(range(1, num_layers)) if settings.prior_layers_weight else []
+        self.layers = self.student_layers + ([num_layers] if settings.last_layer_weight else [])
         self.heads = nn.ModuleDict()
-        if compression_target == "moe":
+        if settings.compression_target == "moe":
             for layer in self.layers:
-                self.heads[str(layer)] = MoECompressionHead(hidden_size, compression_size, **(moe_kwargs or {}))
+                self.heads[str(layer)] = MoECompressionHead(hidden_size, settings.compression_size,
+                                                            settings.head_num_experts, settings.head_expert_hidden,
+                                                            settings.head_top_k)
+        self.head_router_logits: dict[int, Tensor] = {}
 
     def _head_target(self, layer: int, embeddings: Tensor) -> CompressionOutput:
-        if str(layer) not in self.heads:
-            raise ValueError(f"no MoE compression head for layer {layer} (heads: {sorted(map(int, self.heads))})")
-        return self.heads[str(layer)](embeddings)
+        output = self.heads[str(layer)](embeddings)
+        self.head_router_logits[layer] = output.router_logits
+        return output
 
     def forward(self, layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], pair_loss: PairLoss) -> dict[str, Tensor]:
-        """:func:`ese_terms` of ``layer_embeddings`` restricted to :attr:`layers`."""
+        """The terms of ``layer_embeddings`` (layer → both sides' embeddings) restricted to :attr:`layers`."""
         missing = [layer for layer in self.layers if layer not in layer_embeddings]
         if missing:
             raise ValueError(f"layer_embeddings lacks layers {missing} (needs {self.layers})")
-        _check_inputs(layer_embeddings, self.num_layers, self.compression_size, self.kl_temperature)
-        selected = {layer: layer_embeddings[layer] for layer in self.layers}
-        if not selected:
+        if not self.layers:
             return {}
-        return ese_terms(
-            selected, self.num_layers, pair_loss, self.compression_size, self.kl_temperature, self.layer_weighting,
-            self.last_layer_weight, self.prior_layers_weight,
-            targets=self._head_target if self.compression_target == "moe" else None,
+        settings = self.settings
+        self.head_router_logits = {}
+        terms = ese_terms(
+            {layer: layer_embeddings[layer] for layer in self.layers}, self.num_layers, pair_loss,
+            settings.compression_size, settings.kl_temperature, settings.layer_weighting,
+            settings.last_layer_weight, settings.prior_layers_weight,
+            targets=self._head_target if self.heads else None,
         )
-
-    def combine(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """:func:`combine_ese_terms` with this loss's weights."""
-        return combine_ese_terms(terms, self.last_layer_weight, self.prior_layers_weight, self.moe_balance_weight)
+        total = combine_ese_terms(terms, settings.last_layer_weight, settings.prior_layers_weight,
+                                  settings.head_balance_weight)
+        return {ESE_TOTAL: total, **terms}

@@ -1,0 +1,62 @@
+"""ESE's settings, defaults and allowed values: the one source the ``ese:`` config section, the loss and the model
+card read."""
+
+from dataclasses import dataclass, field, fields
+
+from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS
+
+COMPRESSION_TARGETS = ("pca", "moe")
+
+
+@dataclass(frozen=True)
+class ESESettings:
+    """Espresso Sentence Embeddings (Li et al., arXiv 2402.14776): which terms, at which weights (see
+    :mod:`ese_trainer.ese.loss`). Invalid values raise ValueError naming the setting."""
+
+    compression_size: int = field(default=128, metadata={"help": "k: the leading dims trained as an embedding."})
+    kl_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature τ (KL scaled by τ²)."})
+    layer_weighting: str = field(
+        default="log", metadata={"help": f"Student layer weights: {', '.join(LAYER_WEIGHTINGS)}."})
+    last_layer_weight: float = field(default=1.0, metadata={"help": "λ_last: weight of the last layer's k-dim terms."})
+    prior_layers_weight: float = field(
+        default=1.0, metadata={"help": "λ_prior: weight of the shallower layers' terms."})
+    compression_target: str = field(
+        default="pca", metadata={"help": f"Distillation target of the k dims: {', '.join(COMPRESSION_TARGETS)} "
+                                 "(moe: a learned mixture-of-experts head per layer)."})
+    head_num_experts: int = field(default=4, metadata={"help": "compression_target moe: experts per target head."})
+    head_expert_hidden: int = field(default=512, metadata={"help": "compression_target moe: each expert's width."})
+    head_top_k: int = field(default=2, metadata={"help": "compression_target moe: experts per embedding."})
+    head_balance_weight: float = field(
+        default=0.1, metadata={"help": "compression_target moe: weight of the heads' load-balancing loss."})
+    head_learning_rate: float = field(
+        default=1e-3, metadata={"help": "compression_target moe: learning rate of the heads (new, randomly "
+                                "initialised: the encoder's fine-tuning rate would leave them untrained)."})
+
+    def __post_init__(self) -> None:
+        if self.layer_weighting not in LAYER_WEIGHTINGS:
+            raise ValueError(f"layer_weighting must be one of {LAYER_WEIGHTINGS}, got {self.layer_weighting!r}")
+        if self.compression_target not in COMPRESSION_TARGETS:
+            raise ValueError(f"compression_target must be one of {COMPRESSION_TARGETS}, "
+                             f"got {self.compression_target!r}")
+        if self.compression_size <= 0:
+            raise ValueError(f"compression_size must be > 0, got {self.compression_size}")
+        if not self.kl_temperature > 0:
+            raise ValueError(f"kl_temperature must be > 0, got {self.kl_temperature}")
+        if self.last_layer_weight < 0 or self.prior_layers_weight < 0:
+            raise ValueError("last_layer_weight and prior_layers_weight must be >= 0")
+        if self.head_num_experts < 1 or self.head_expert_hidden < 1:
+            raise ValueError("head_num_experts and head_expert_hidden must be >= 1")
+        if not 1 <= self.head_top_k <= self.head_num_experts:
+            raise ValueError(f"head_top_k must be in 1..head_num_experts ({self.head_num_experts})")
+        if self.head_balance_weight < 0 or not self.head_learning_rate > 0:
+            raise ValueError("head_balance_weight must be >= 0 and head_learning_rate > 0")
+
+    def check_model(self, hidden_size: int) -> None:
+        """Errors that need the encoder's shape: before training starts."""
+        if not 0 < self.compression_size < hidden_size:
+            raise ValueError(f"compression_size={self.compression_size} must be in 1..{hidden_size - 1} "
+                             f"(the model's hidden size is {hidden_size})")
+
+
+def setting_names() -> list[str]:
+    return [setting.name for setting in fields(ESESettings)]

@@ -1,0 +1,110 @@
+"""A run's output folder: the files written before training, and after it the released model, its scores, plots,
+model card and (optionally) the Hub push."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ese_trainer.evaluation import evaluate_sts
+from ese_trainer.export import add_sentence_transformer_files
+from ese_trainer.hub_push import push_model_dir
+from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
+from ese_trainer.model_card import write_model_card
+from ese_trainer.objective import ESE_HEAD_ROUTING, MOE_ROUTING
+from ese_trainer.plots import plot_loss_curves
+from ese_trainer.routing_report import save_expert_utilisation
+from ese_trainer.run_config import RunArguments
+from ese_trainer.run_data import RunData
+from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
+from ese_trainer.trainer import ESETrainer
+
+logger = logging.getLogger(__name__)
+
+ESE_GRID_FILE = "ese_grid"
+# What each routed component's utilisation file is called.
+UTILISATION_FILES = {MOE_ROUTING: "expert_utilisation", ESE_HEAD_ROUTING: "ese_head_utilisation"}
+
+
+def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: RunArguments,
+                data: RunData) -> dict[str, float]:
+    """The STS suite's scores of ``encoder`` (cosine Spearman ×100 per task, and their average)."""
+    return evaluate_sts(encoder, tokenizer, data.suite, args.model.pooling, args.model.max_seq_length,
+                        args.training.per_device_eval_batch_size)
+
+
+def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:
+    """``resolved_config.yaml``, ``run_info.json``, ``data_counts.json`` (main process)."""
+    output_dir, training = Path(args.training.output_dir), args.training
+    if args.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(output_dir, *args)
+        global_batch = training.per_device_train_batch_size * training.world_size
+        save_json(output_dir / "run_info.json", {
+            "world_size": training.world_size,
+            "global_train_batch_size": global_batch,
+            "pairs_per_optimizer_step": global_batch * training.gradient_accumulation_steps,
+            "contrastive_batch_pairs": global_batch if args.loss.gather_across_devices
+            else training.per_device_train_batch_size,
+            "distributed_type": str(training.distributed_state.distributed_type),
+            "embedding_dimension": encoder.config.hidden_size,
+            "model_type": encoder.config.model_type,
+            "parameters": sum(parameter.numel() for parameter in encoder.parameters()),
+        })
+        save_json(output_dir / "data_counts.json", data.counts_report())
+    return output_dir
+
+
+def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: RunArguments, data: RunData,
+                tables: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Save the trained encoder (the best checkpoint's, with ``load_best_model_at_end``) as a sentence-transformers
+    folder, score it as released, and write the plots, utilisation files, ESE grid, model card; push if asked."""
+    output_dir = Path(args.training.output_dir)
+    # Every process: FSDP/DeepSpeed gather the full weights here.
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        prefix = "encoder.transformer."
+        transformer = trainer.accelerator.unwrap_model(trainer.model).encoder.transformer
+        transformer.save_pretrained(output_dir, state_dict={key.removeprefix(prefix): value
+                                                            for key, value in state.items() if key.startswith(prefix)})
+        tokenizer.save_pretrained(output_dir)
+        released = add_sentence_transformer_files(output_dir, args.model.pooling, args.model.max_seq_length)
+        history = trainer.state.log_history
+        plot_loss_curves(history, output_dir / "loss_curves.png", f"eval_{trainer.evaluator.metric}")
+        for prefix_name, tally in trainer.recorder.tallies.items():
+            save_expert_utilisation(history, output_dir, tally.num_experts, tally.top_k, prefix=prefix_name,
+                                    name=UTILISATION_FILES[prefix_name])
+        if data.suite:
+            logger.info("STS suite after training (the saved model, as released)")
+            released_encoder = released[0].model.to(args.training.device)
+            tables["after"] = score_suite(released_encoder, tokenizer, args, data)
+            table = save_sts_results(output_dir, tables, args.model.model_name_or_path)
+            print(f"\nSTS (cosine Spearman x100, {args.model.pooling} pooling)\n{table}\n")
+            if args.ese.ese_enabled:
+                write_ese_grid(released_encoder, tokenizer, args, data)
+        write_model_card(output_dir)
+        if args.training.push_to_hub:  # the token, if given, was moved to HF_TOKEN by prepare_training_arguments
+            url = push_model_dir(output_dir, args.training.hub_model_id, args.training.hub_private_repo)
+            print(f"pushed to the Hub: {url}")
+        if trainer.state.best_model_checkpoint:
+            print(f"best checkpoint by STS-B dev: {trainer.state.best_model_checkpoint} "
+                  f"({trainer.state.best_metric:.2f})")
+        remote_code = ", trust_remote_code=True" if args.moe.moe_enabled else ""
+        print(f"model saved to {output_dir} (load with SentenceTransformer({str(output_dir)!r}{remote_code}))")
+    trainer.accelerator.wait_for_everyone()
+    return tables
+
+
+def write_ese_grid(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: RunArguments,
+                   data: RunData) -> None:
+    """``ese_grid.json/.md/.png``: the suite's average for every layer at k/2, k, D/2 and D leading dims."""
+    logger.info("ESE layer x dimension grid of the released model")
+    hidden, k = encoder.config.hidden_size, args.ese.ese_compression_size
+    dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden) if dim >= 1})
+    grid = evaluate_layer_dim_grid(encoder, tokenizer, data.suite, args.model.pooling, "all", dims,
+                                   args.model.max_seq_length, args.training.per_device_eval_batch_size)
+    output_dir = Path(args.training.output_dir)
+    save_grid(grid, output_dir / ESE_GRID_FILE, f"{output_dir.name}: STS avg by layer x dims")

@@ -1,0 +1,92 @@
+"""A training run's arguments: parsed from YAML + command line, checked, and made into what the recipe relies on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ese_trainer.arguments import DataArguments, ESEArguments, LossArguments, ModelArguments, MoEArguments
+from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.hub_push import check_push_ready
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, TrainingArguments)
+
+
+class RunArguments(NamedTuple):
+    """Every argument group of a training run."""
+
+    model: ModelArguments
+    data: DataArguments
+    loss: LossArguments
+    moe: MoEArguments
+    ese: ESEArguments
+    training: TrainingArguments
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.training.process_index == 0
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint last`` (or ``true``) means the newest checkpoint in ``output_dir``."""
+    if value is None or value.lower() in ("", "false", "none"):
+        return None
+    if value.lower() in ("last", "true"):
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint={value}: no checkpoint-* folder in {output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def prepare_training_arguments(args: RunArguments) -> None:
+    """Settings the recipe relies on, whatever the config says; inconsistent settings are a ConfigError."""
+    training, data, loss = args.training, args.data, args.loss
+    training.remove_unused_columns = False  # the collator reads the raw text columns
+    training.prediction_loss_only = True
+    if training.ddp_find_unused_parameters is None:
+        # Every trainable parameter is in every graph: the pooler is frozen and each MoE expert runs even on
+        # 0 tokens, so DDP need not search the graph for unused ones.
+        training.ddp_find_unused_parameters = False
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != training.world_size:
+        raise ConfigError(f"launched {launched} processes but the Trainer sees {training.world_size}: set "
+                          "ACCELERATE_USE_CPU=1 for CPU processes, or use_cpu: true")
+    if training.world_size > 1 or loss.gather_across_devices:
+        # Equal batches on every process: all-gather needs them, and a short last batch has fewer negatives.
+        training.dataloader_drop_last = True
+    if "test" in Path(data.sts_dev).name.lower() or data.sts_dev_split == "test":
+        raise ConfigError(f"sts_dev={data.sts_dev!r} ({data.sts_dev_split}) looks like a test split: "
+                          "model selection must use a dev split")
+    if training.metric_for_best_model and "test" in training.metric_for_best_model:
+        raise ConfigError("metric_for_best_model must not be a test metric")
+    best_score = max(data.label_map.values())
+    if loss.ibn_w and best_score < loss.ibn_positive_threshold:
+        raise ConfigError(f"ibn_positive_threshold={loss.ibn_positive_threshold} is above every label_map score "
+                          f"(max {best_score}): the in-batch-negative term would have no positive pair")
+    if training.hub_token:
+        # Handed to huggingface_hub through the environment, so that training_args.bin never holds it.
+        os.environ["HF_TOKEN"] = training.hub_token
+        training.hub_token = None
+
+
+def start_run(argv: list[str], prog: str | None = None, description: str | None = None) -> tuple[RunArguments,
+                                                                                                  str | None]:
+    """Parse and check the arguments, find the checkpoint to resume from, check a Hub push can happen (before
+    anything slow), set up logging and the seed. Returns the arguments and the checkpoint (or None)."""
+    args = RunArguments(*parse_config(argv, ARGUMENT_GROUPS, prog=prog, description=description))
+    prepare_training_arguments(args)
+    resume = resolve_resume_checkpoint(args.training.resume_from_checkpoint, args.training.output_dir)
+    if args.training.push_to_hub:
+        check_push_ready(args.training.hub_model_id)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if args.is_main_process else logging.WARNING)
+    set_seed(args.training.seed)
+    return args, resume

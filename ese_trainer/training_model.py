@@ -1,0 +1,35 @@
+"""What the Trainer trains: the sentence encoder and the objective, one module."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ese_trainer.encoding import MODEL_INPUT_KEYS, SentenceEncoder
+from ese_trainer.objective import EmbeddingObjective, ObjectiveOutput
+
+
+class TrainingModel(nn.Module):
+    """``encoder`` + ``objective``: a batch of pairs in, :class:`~ese_trainer.objective.ObjectiveOutput` out.
+
+    One module, so that everything trainable — the encoder and any head the objective owns (ESE's learned targets)
+    — is in the Trainer's optimizer, wrapped by DDP/FSDP, cleared by ``zero_grad`` and saved in every checkpoint.
+    The released model is ``encoder.transformer`` alone.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, objective: EmbeddingObjective) -> None:
+        super().__init__()
+        encoder.pooled_layers = objective.student_layers
+        self.encoder, self.objective = encoder, objective
+
+    @property
+    def config(self):
+        return self.encoder.transformer.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.encoder.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, scores: Tensor, token_type_ids: Tensor | None = None,
+                text_ids: Tensor | None = None, return_loss: bool = True) -> ObjectiveOutput:
+        features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        encoded = self.encoder({key: features[key] for key in MODEL_INPUT_KEYS if features[key] is not None})
+        return self.objective(encoded, scores, text_ids)
