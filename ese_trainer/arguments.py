@@ -6,7 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import get_type_hints
 
+from ese_trainer.batching import SAMPLING_STRATEGIES
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
+from ese_trainer.data.sources import TrainSource
 from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
 from ese_trainer.ese.settings import ESESettings
 from ese_trainer.losses import PAIR_TERMS
@@ -44,6 +46,21 @@ class DataArguments:
 
     _argument_group_name = "data"
 
+    train_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Several training sources, each batch from one: a YAML list of mappings (source, kind: "
+                  "nli|sts|triplet, split, subset, max_samples, weight, label_map, score_range, name), or their JSON "
+                  "on the command line. Unset: the one NLI source given by train_dataset and its keys."},
+    )
+    train_sampling: str = field(
+        default="proportional",
+        metadata={"help": f"How batches of several sources are drawn: {' or '.join(SAMPLING_STRATEGIES)}."},
+    )
+    hard_negative_batches: bool = field(
+        default=False,
+        metadata={"help": "Keep an NLI premise's pairs (and a triplet's two pairs) in one batch, so the contradiction "
+                  "hypothesis is a hard negative of its premise in the in-batch term (SimCSE's setting)."},
+    )
     train_dataset: str = field(
         default="data/SNLI",
         metadata={"help": "NLI pairs: Hub id (sentence-transformers/all-nli, stanfordnlp/snli, nyu-mll/multi_nli), "
@@ -90,6 +107,16 @@ class DataArguments:
             raise ValueError(f"sts_tasks: unknown task(s) {unknown}; choose from {list(STS_TASKS)}")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise ValueError(f"max_train_samples must be positive, got {self.max_train_samples}")
+        if self.train_sampling not in SAMPLING_STRATEGIES:
+            raise ValueError(f"train_sampling must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
+        self.train_sources()  # errors name the entry and key
+
+    def train_sources(self) -> list[TrainSource]:
+        """``train_datasets`` parsed, or the single NLI source of ``train_dataset`` and its keys."""
+        if self.train_datasets is None:
+            return [TrainSource(self.train_dataset, "nli", self.train_split, self.train_subset, self.max_train_samples,
+                                label_map=self.label_map)]
+        return [TrainSource.parse(entry, index) for index, entry in enumerate(self.train_datasets)]
 
 
 @dataclass

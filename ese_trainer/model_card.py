@@ -104,6 +104,23 @@ def _loss_section(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _data_section(data_counts: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """One row per training source: rows read, pairs kept and used, NLI drops, batches per epoch."""
+    batches = data_counts.get("batches_per_epoch", {})
+    lines = ["- Training data (each batch from one source"
+             + (", an NLI premise's pairs kept in one batch as hard negatives" if config.get("hard_negative_batches")
+                else "") + "):", "",
+             "| source | kind | rows read | pairs | pairs used | weight | dropped (unlabelled / unknown label / empty) "
+             "| batches per epoch |", "|---|---|---|---|---|---|---|---|"]
+    for item in data_counts.get("sources", []):
+        nli = item.get("nli") or {}
+        dropped = (f"{nli['dropped_unlabelled']} / {nli['dropped_unknown_label']} / {nli['dropped_empty_text']}"
+                   if nli else "–")
+        lines.append(f"| `{item['name']}` | {item['kind']} | {item['rows_read']} | {item['pairs']} | "
+                     f"{item['pairs_used']} | {item['weight']} | {dropped} | {batches.get(item['name'], '–')} |")
+    return [*lines, ""]
+
+
 def _settings_table(config: dict[str, Any], keys: tuple[str, ...], prefix: str) -> list[str]:
     rows = [f"| {prefix}.{key.removeprefix(prefix + '_')} | {config[key]} |" for key in keys
             if config.get(key) is not None]
@@ -158,16 +175,17 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         raise FileNotFoundError(f"{output_dir}: not a finished training run (missing {', '.join(missing)})")
     config = yaml.safe_load((output_dir / "resolved_config.yaml").read_text())
     results = _read_json(output_dir / "eval_results.json")
-    counts = _read_json(output_dir / "data_counts.json").get("train", {})
+    data_counts = _read_json(output_dir / "data_counts.json")
     run_info = _read_json(output_dir / "run_info.json")
     state = _read_json(output_dir / "trainer_state.json")
     base_model = config["model_name_or_path"]
-    train_source = config["train_dataset"]
+    sources = data_counts.get("sources", [])
+    hub_sources = [item["name"].split("[")[0] for item in sources if _is_hub_id(item["name"].split("[")[0])]
     tables = {label: results[label] for label in ("before", "after") if label in results}
 
     card_data = ModelCardData(
         base_model=base_model if _is_hub_id(base_model) else None,
-        datasets=[train_source] if _is_hub_id(train_source) else None,
+        datasets=hub_sources or None,
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
         language="en",
@@ -207,10 +225,7 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "",
         "## Training",
         "",
-        f"- Data: `{train_source}` (split `{config['train_split']}`): {counts.get('rows_read', '?')} rows read, "
-        f"{counts.get('kept', '?')} kept, {counts.get('used_after_max_samples', '?')} used; dropped "
-        f"{counts.get('dropped_unlabelled', 0)} unlabelled, {counts.get('dropped_unknown_label', 0)} with an "
-        f"unknown label, {counts.get('dropped_empty_text', 0)} with an empty text.",
+        *_data_section(data_counts, config),
         f"- NLI label map: {label_map}.",
         f"- Pooling: `{config['pooling']}`; max sequence length {config['max_seq_length']}.",
         "",

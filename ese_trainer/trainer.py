@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
+from ese_trainer.batching import SourceBatchSampler
 from ese_trainer.collator import SCORES_KEY, TEXT_IDS_KEY
 from ese_trainer.dev_score import CosineSpearman
 from ese_trainer.distributed import average_gradients
@@ -38,14 +40,17 @@ class ESETrainer(Trainer):
     the evaluation pass itself — one encoding of the dev pairs gives the eval loss and ``eval_sts_dev_spearman``.
     ``learning_rates`` maps parameter-name patterns (regular expressions, searched) to their own learning rate
     (sentence-transformers' ``learning_rate_mapping``). ``cache_minibatch_size`` turns on GradCache
-    (:mod:`ese_trainer.grad_cache`) over the whole objective.
+    (:mod:`ese_trainer.grad_cache`) over the whole objective; ``train_batch_sampler``
+    (:class:`~ese_trainer.batching.SourceBatchSampler`) draws the training batches (one source each).
     """
 
     def __init__(self, model: SentenceEncoder, objective: EmbeddingObjective, *args,
                  evaluator: CosineSpearman | None = None, learning_rates: dict[str, float] | None = None,
-                 cache_minibatch_size: int | None = None, **kwargs) -> None:
+                 cache_minibatch_size: int | None = None, train_batch_sampler: SourceBatchSampler | None = None,
+                 **kwargs) -> None:
         super().__init__(TrainingModel(model, objective), *args, **kwargs)
         self.evaluator, self.learning_rates = evaluator, dict(learning_rates or {})
+        self.train_batch_sampler = train_batch_sampler
         self.cache_minibatch_size = cache_minibatch_size
         self.model_accepts_loss_kwargs = False  # the loss is a per-micro-batch mean: let the Trainer average it
         if cache_minibatch_size and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
@@ -118,6 +123,13 @@ class ESETrainer(Trainer):
             optimizer.add_param_group({"params": [p for _, p in named if id(p) in chosen], "weight_decay": 0.0,
                                        "lr": learning_rate})
         return optimizer
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_batch_sampler is None:
+            return super().get_train_dataloader()
+        return self.accelerator.prepare(DataLoader(
+            self.train_dataset, batch_sampler=self.train_batch_sampler, collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Every dev pair is scored: the last, partial batch is kept whatever ``dataloader_drop_last`` says."""

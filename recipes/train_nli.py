@@ -56,6 +56,7 @@ def run(argv: list[str]) -> dict:
         evaluator=CosineSpearman("sts_dev"),
         learning_rates=learning_rates(args.moe, args.ese),
         cache_minibatch_size=args.loss.cache_minibatch_size if args.loss.ibn_cache else None,
+        train_batch_sampler=data.sampler,
     )
 
     # ---- train ----

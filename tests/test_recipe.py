@@ -109,6 +109,7 @@ def test_model_card_renders_the_runs_numbers(finished_run):
     assert table in card.text  # the same before/after table as eval_results.md
     assert "entailment → 1.0, neutral → 0.5, contradiction → 0.0" in card.text
     assert "| in-batch negatives (InfoNCE) | 1.0 | 20.0 |" in card.text
-    assert "@inproceedings{li-li-2024-aoe" in card.text and "9842 kept, 96 used" in card.text
+    assert "@inproceedings{li-li-2024-aoe" in card.text
+    assert "| `data/SNLI[dev]` | nli | 9842 | 9842 | 96 | 1.0 | 0 / 0 / 0 | – |" in card.text
     # a plain run cites what it used: no ESE or MoE sections or citations
     assert "li2025ese" not in card.text and "## Mixture of Experts" not in card.text and "## Espresso" not in card.text

@@ -74,15 +74,20 @@ STS_TASKS = {
 }
 
 
-def parse_gold(value, source: str, row: int | str) -> float:
-    """A gold score in [0, 5] mapped to [0, 1]; anything else is an error naming source and row."""
+DEFAULT_SCORE_RANGE = (0.0, MAX_GOLD_SCORE)
+
+
+def parse_gold(value, source: str, row: int | str, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> float:
+    """A gold score in ``score_range`` (default [0, 5]) mapped linearly to [0, 1]; anything else (NaN, out of range,
+    not a number) is an error naming source and row."""
+    low, high = score_range
     try:
         score = float(value)
     except (TypeError, ValueError):
         raise DataError(f"{source}:{row}: gold score {value!r} is not a number") from None
-    if math.isnan(score) or not 0.0 <= score <= MAX_GOLD_SCORE:
-        raise DataError(f"{source}:{row}: gold score {value!r} is outside [0, {MAX_GOLD_SCORE:g}]")
-    return score / MAX_GOLD_SCORE
+    if math.isnan(score) or not low <= score <= high:
+        raise DataError(f"{source}:{row}: gold score {value!r} is outside [{low:g}, {high:g}]")
+    return (score - low) / (high - low)
 
 
 def _checked_text(value, source: str, row: int | str) -> str:
@@ -92,13 +97,13 @@ def _checked_text(value, source: str, row: int | str) -> str:
     return text
 
 
-def _collect(name: str, rows) -> STSPairs:
+def _collect(name: str, rows, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """Build pairs from ``(source, row, text1, text2, gold)`` tuples, validating every field."""
     pairs = STSPairs(name, [], [], [])
     for source, row, text1, text2, gold in rows:
         pairs.sentences1.append(_checked_text(text1, source, row))
         pairs.sentences2.append(_checked_text(text2, source, row))
-        pairs.scores.append(parse_gold(gold, source, row))
+        pairs.scores.append(parse_gold(gold, source, row, score_range))
     if not pairs.scores:
         raise DataError(f"{name}: no pairs found")
     return pairs
@@ -126,7 +131,8 @@ def read_senteval_year(directory: str | Path, subsets: tuple[str, ...], name: st
     return _collect(name, rows())
 
 
-def read_stsb_csv(path: str | Path, name: str = "STSBenchmark") -> STSPairs:
+def read_stsb_csv(path: str | Path, name: str = "STSBenchmark",
+                  score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """STS-B's headerless tab layout (``sts-*.csv``): genre, file, year, id, score, sentence1, sentence2 (extra
     trailing columns ignored)."""
     path = Path(path)
@@ -139,10 +145,11 @@ def read_stsb_csv(path: str | Path, name: str = "STSBenchmark") -> STSPairs:
                                 f"({', '.join(STSB_COLUMNS)}), got {len(fields)}")
             yield str(path), line_number, fields[5], fields[6], fields[4]
 
-    return _collect(name, rows())
+    return _collect(name, rows(), score_range)
 
 
-def read_sick(path: str | Path, name: str = "SICKRelatedness") -> STSPairs:
+def read_sick(path: str | Path, name: str = "SICKRelatedness",
+              score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """SICK with a header row; ``relatedness_score`` (1–5) is the gold."""
     path = Path(path)
     lines = read_utf8_lines(path)
@@ -158,19 +165,21 @@ def read_sick(path: str | Path, name: str = "SICKRelatedness") -> STSPairs:
                 raise DataError(f"{path}:{line_number}: expected {len(header)} tab-separated columns")
             yield str(path), line_number, *(fields[i] for i in index)
 
-    return _collect(name, rows())
+    return _collect(name, rows(), score_range)
 
 
-def read_sts_table(path: str | Path, name: str | None = None) -> STSPairs:
+def read_sts_table(path: str | Path, name: str | None = None,
+                   score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """A csv/tsv/jsonl file with ``sentence1``, ``sentence2`` and ``score`` (0–5) columns."""
     columns, rows = read_table(path)
     require_columns(str(path), columns, list(TABLE_COLUMNS))
     return _collect(name or Path(path).stem, (
         (str(path), line, row.get("sentence1"), row.get("sentence2"), row.get("score")) for line, row in rows
-    ))
+    ), score_range)
 
 
-def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None) -> STSPairs:
+def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None,
+                 score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """An ``mteb/*-sts`` style Hub dataset: ``sentence1``, ``sentence2``, ``score`` (0–5)."""
     dataset = load_dataset(dataset_id, split=split)
     source = f"{dataset_id}[{split}]"
@@ -178,7 +187,7 @@ def read_hub_sts(dataset_id: str, split: str = "test", name: str | None = None) 
     return _collect(name or dataset_id, (
         (source, index, text1, text2, gold)
         for index, (text1, text2, gold) in enumerate(zip(dataset["sentence1"], dataset["sentence2"], dataset["score"]))
-    ))
+    ), score_range)
 
 
 def sniff_sts_layout(path: Path) -> str:
@@ -206,22 +215,23 @@ def sniff_sts_layout(path: Path) -> str:
     )
 
 
-def load_sts_pairs(source: str, split: str = "test", name: str | None = None) -> STSPairs:
+def load_sts_pairs(source: str, split: str = "test", name: str | None = None,
+                   score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> STSPairs:
     """Pairs from a file (layout recognised by :func:`sniff_sts_layout`) or a Hub dataset id / local dataset
-    repository."""
+    repository; gold scores in ``score_range`` (default [0, 5]) normalised to [0, 1]."""
     path = Path(source).expanduser()
     if path.is_dir():  # a dataset repository on disk (e.g. a Hub snapshot)
-        return read_hub_sts(str(path), split, name)
+        return read_hub_sts(str(path), split, name, score_range)
     if path.is_file():
         layout = sniff_sts_layout(path)
         if layout == "stsb":
-            return read_stsb_csv(path, name or path.stem)
+            return read_stsb_csv(path, name or path.stem, score_range)
         if layout == "sick":
-            return read_sick(path, name or path.stem)
-        return read_sts_table(path, name)
+            return read_sick(path, name or path.stem, score_range)
+        return read_sts_table(path, name, score_range)
     if looks_like_local_path(source):
         raise DataError(f"{source}: file not found")
-    return read_hub_sts(source, split, name)
+    return read_hub_sts(source, split, name, score_range)
 
 
 def load_sts_task(task: str, data_dir: str | Path | None = EMBEDDED_DATA_DIR) -> STSPairs:
