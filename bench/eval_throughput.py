@@ -2,7 +2,8 @@
 
     python -m bench.eval_throughput [--sts_data_dir data] [--tasks ...] [--repeats 2]
 
-Both score all-MiniLM-L6-v2 (the same ST folder) on the same STS tasks, alternating ``repeats`` times;
+Both score all-MiniLM-L6-v2 (the same ST folder) on the same STS tasks, alternating ``repeats`` times; ours with
+its padding-free forward (the default) and with padded length-sorted batches;
 sentences/second counts every text of every pair (duplicates included, as both read them), and the scores
 must agree to 1e-4 (in [0, 1] units). Results: ``bench/results/eval_throughput.{json,md}``.
 """
@@ -46,8 +47,8 @@ def main() -> None:
     tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     st_model = SentenceTransformer(path, device="cpu")
 
-    def ours() -> dict[str, float]:
-        scores = evaluate_sts(encoder, tokenizer, tasks, "mean", 128, BATCH_SIZE, show_progress=False)
+    def ours(packed: bool) -> dict[str, float]:
+        scores = evaluate_sts(encoder, tokenizer, tasks, "mean", 128, BATCH_SIZE, show_progress=False, packed=packed)
         return {task: scores[task] / 100 for task in tasks}
 
     def theirs() -> dict[str, float]:
@@ -58,7 +59,7 @@ def main() -> None:
             results[task] = evaluator(st_model)[f"{task}_spearman_cosine"]
         return results
 
-    contenders = {"ours": ours, "sentence-transformers": theirs}
+    contenders = {"ours": lambda: ours(True), "ours, padded": lambda: ours(False), "sentence-transformers": theirs}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     scores: dict[str, dict[str, float]] = {}
     for repeat in range(args.repeats):
@@ -68,7 +69,8 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - started)
             print(f"repeat {repeat + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
     per_second = {name: sentences / statistics.median(times) for name, times in seconds.items()}
-    largest_gap = max(abs(scores["ours"][task] - scores["sentence-transformers"][task]) for task in tasks)
+    largest_gap = max(abs(scores[name][task] - scores["sentence-transformers"][task])
+                      for name in ("ours", "ours, padded") for task in tasks)
     ratio = per_second["ours"] / per_second["sentence-transformers"]
     data_dir = os.path.relpath(args.sts_data_dir, REPO)
     command = (f"python -m bench.eval_throughput --sts_data_dir {data_dir} --tasks {' '.join(args.tasks)} "

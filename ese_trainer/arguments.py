@@ -13,6 +13,7 @@ from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
 from ese_trainer.ese.settings import ESESettings
 from ese_trainer.losses import PAIR_TERMS
 from ese_trainer.modeling.configuration_moe_bert import MOE_TYPES, MoEBertConfig
+from ese_trainer.packing import PACKED_SETTINGS
 from ese_trainer.pooling import check_pooling
 
 
@@ -27,13 +28,20 @@ class ModelArguments:
     )
     pooling: str = field(default="mean", metadata={"help": "cls, mean, cls_avg, max or last (all masked)."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    packed: str = field(
+        default="auto", metadata={"help": "Padding-free forward (only real tokens through the encoder, attention "
+                                  "within each text): auto (every BERT-type encoder, the faster path measured), true "
+                                  "or false (padded batches in forward_chunks)."}
+    )
     forward_chunks: int = field(
-        default=2, metadata={"help": "Training forward passes per batch, over length-sorted groups of its texts "
-                             "(less padding; 1 = one pass over the whole padded batch)."}
+        default=2, metadata={"help": "With padded batches: forward passes per batch, over length-sorted groups of "
+                             "its texts (less padding; 1 = one pass over the whole padded batch)."}
     )
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if str(self.packed).lower() not in PACKED_SETTINGS:
+            raise ValueError(f"packed must be one of {PACKED_SETTINGS}, got {self.packed!r}")
         if self.forward_chunks < 1:
             raise ValueError(f"forward_chunks must be >= 1, got {self.forward_chunks}")
         if self.max_seq_length <= 0:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ese_trainer.packing import pack, packed_attention, pool_packed
 from ese_trainer.pooling import check_pooling, pool
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -34,12 +35,13 @@ class SentenceEncoder(nn.Module):
     A padded batch runs in ``forward_chunks`` length-sorted groups of rows, each trimmed to the columns its rows
     use: in a batch of pairs whose sides differ in length (NLI premises are about twice as long as hypotheses) this
     removes most of the padding compute. Each row's embedding does not depend on its neighbours, so the result
-    equals one pass up to float rounding. ``pooled_layers`` are the shallower layers whose pooled states are
-    wanted too (ESE's students).
+    equals one pass up to float rounding. ``packed`` runs the batch padding-free instead (one row of its real
+    tokens, attention within each text: :mod:`ese_trainer.packing`). ``pooled_layers`` are the shallower layers
+    whose pooled states are wanted too (ESE's students).
     """
 
     def __init__(self, transformer: nn.Module, pooling: str = "mean", forward_chunks: int = 2,
-                 pooled_layers: Sequence[int] = ()) -> None:
+                 pooled_layers: Sequence[int] = (), packed: bool = False) -> None:
         super().__init__()
         if forward_chunks < 1:
             raise ValueError(f"forward_chunks must be >= 1, got {forward_chunks}")
@@ -47,6 +49,7 @@ class SentenceEncoder(nn.Module):
         self.pooling = check_pooling(pooling)
         self.forward_chunks = forward_chunks
         self.pooled_layers = list(pooled_layers)
+        self.packed = packed
 
     @property
     def config(self):
@@ -54,6 +57,21 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> EncodedBatch:
         inputs = {key: value for key, value in features.items() if key in MODEL_INPUT_KEYS}
+        return self._packed(inputs) if self.packed else self._padded(inputs)
+
+    def _packed(self, inputs: dict[str, Tensor]) -> EncodedBatch:
+        """One forward over the batch's real tokens only (:mod:`ese_trainer.packing`)."""
+        batch = pack(inputs)
+        with packed_attention(self.transformer):
+            outputs = self.transformer(**batch.inputs, output_hidden_states=bool(self.pooled_layers))
+        return EncodedBatch(
+            embeddings=pool_packed(outputs.last_hidden_state, batch, self.pooling),
+            layer_embeddings={layer: pool_packed(outputs.hidden_states[layer], batch, self.pooling)
+                              for layer in self.pooled_layers},
+            router_logits=getattr(outputs, "router_logits", None),
+        )
+
+    def _padded(self, inputs: dict[str, Tensor]) -> EncodedBatch:
         mask = inputs["attention_mask"]
         layers = self.pooled_layers
         extra = {"output_hidden_states": True} if layers else {}

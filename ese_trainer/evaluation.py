@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
+from ese_trainer.encoding import SentenceEncoder
 from ese_trainer.metrics import STS_SPEARMAN_PATH
-from ese_trainer.pooling import pool
+from ese_trainer.packing import use_packing
 
 AVERAGE_KEY = "avg"
 
@@ -66,21 +67,24 @@ def encode(
     description: str = "encoding",
     layers: Sequence[int] | None = None,
     max_dim: int | None = None,
+    packed: bool | None = None,
 ) -> torch.Tensor:
     """Pooled embeddings (float32, CPU) of ``sentences``, in their order: ``N x D`` of the last layer, or with
     ``layers`` ``N x len(layers) x D`` of ``hidden_states[ℓ]`` for each ``ℓ`` (one forward per batch serves every
-    layer); ``max_dim`` keeps only the first dims.
+    layer); ``max_dim`` keeps only the first dims. ``packed`` (default: when the model supports it) runs each batch
+    padding-free (:mod:`ese_trainer.packing`); the embeddings are the same.
 
     Each distinct sentence is tokenised and encoded once; batches are formed by token length so
     padding is minimal.
     """
+    encoder = SentenceEncoder(model, pooling, forward_chunks=1, pooled_layers=layers or (),
+                              packed=use_packing(packed, model.config) if packed is None else packed)
 
     def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
-        mask = batch["attention_mask"]
+        encoded = encoder(dict(batch))
         if layers is None:
-            return pool(model(**batch).last_hidden_state, mask, pooling)[:, :max_dim]
-        states = model(**batch, output_hidden_states=True).hidden_states
-        return torch.stack([pool(states[layer], mask, pooling)[:, :max_dim] for layer in layers], dim=1)
+            return encoded.embeddings[:, :max_dim]
+        return torch.stack([encoded.layer_embeddings[layer][:, :max_dim] for layer in layers], dim=1)
 
     return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
@@ -104,12 +108,14 @@ def evaluate_sts(
     max_seq_length: int = 128,
     batch_size: int = 64,
     show_progress: bool = True,
+    packed: bool | None = None,
 ) -> dict[str, float]:
-    """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several."""
+    """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several (``packed``:
+    see :func:`encode`)."""
     results = {}
     for name, pairs in tasks.items():
         embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,
-                            batch_size, show_progress, description=name)
+                            batch_size, show_progress, description=name, packed=packed)
         results[name] = cosine_spearman(embeddings[: len(pairs)], embeddings[len(pairs):], pairs.scores)
     if len(results) > 1:
         results[AVERAGE_KEY] = sum(results.values()) / len(results)

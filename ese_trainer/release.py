@@ -15,6 +15,7 @@ from ese_trainer.hub_push import push_model_dir
 from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
 from ese_trainer.model_card import write_model_card
 from ese_trainer.objective import ESE_HEAD_ROUTING, MOE_ROUTING
+from ese_trainer.packing import use_packing
 from ese_trainer.plots import plot_loss_curves
 from ese_trainer.routing_report import save_expert_utilisation
 from ese_trainer.run_config import RunArguments
@@ -33,7 +34,7 @@ def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ar
                 data: RunData) -> dict[str, float]:
     """The STS suite's scores of ``encoder`` (cosine Spearman ×100 per task, and their average)."""
     return evaluate_sts(encoder, tokenizer, data.suite, args.model.pooling, args.model.max_seq_length,
-                        args.training.per_device_eval_batch_size)
+                        args.training.per_device_eval_batch_size, packed=use_packing(args.model.packed, encoder.config))
 
 
 def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:

@@ -18,6 +18,7 @@ from ese_trainer.hub_models import ModelNotFoundError, work_offline_if_hub_unrea
 from ese_trainer.hub_push import PushError
 from ese_trainer.model_loading import build_objective, learning_rates, load_tokenizer_and_encoder
 from ese_trainer.modeling import MoELoadingError
+from ese_trainer.packing import use_packing
 from ese_trainer.release import release_run, score_suite, start_output_dir
 from ese_trainer.run_config import ARGUMENT_GROUPS, start_run
 from ese_trainer.run_data import load_run_data
@@ -46,7 +47,8 @@ def run(argv: list[str]) -> dict:
 
     # ---- trainer ----
     trainer = ESETrainer(
-        SentenceEncoder(encoder, args.model.pooling, args.model.forward_chunks),
+        SentenceEncoder(encoder, args.model.pooling, args.model.forward_chunks,
+                        packed=use_packing(args.model.packed, encoder.config)),
         objective,
         args=args.training,
         data_collator=PairCollator(tokenizer, args.model.max_seq_length),

@@ -48,6 +48,16 @@ def pca_target(embeddings: Tensor, k: int) -> Tensor:
     of the student toward the target. The exact SVD (not ``svd_lowrank``, which is randomised) costs
     ``O(D³)`` per layer; a stack of layers (leading dims) runs as one batched SVD. Returns float32.
     """
+    with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
+        return embeddings.detach().float() @ pca_projection(embeddings, k)
+
+
+def pca_projection(embeddings: Tensor, k: int) -> Tensor:
+    """``U_k · diag(S_k)`` (``D x k``, or ``... x D x k``) of :func:`pca_target`: the target is ``m`` times it.
+
+    Kept apart so that a projection can be reused for a few steps (``ese.pca_refresh_steps``) instead of one SVD
+    per layer and step.
+    """
     if embeddings.dim() < 2:
         raise ValueError(f"expected B x D embeddings, got shape {tuple(embeddings.shape)}")
     dim = embeddings.shape[-1]
@@ -57,8 +67,7 @@ def pca_target(embeddings: Tensor, k: int) -> Tensor:
         m = embeddings.detach().float()
         attention = torch.softmax(m.mT @ m / math.sqrt(dim), dim=-1)
         u, s, _ = torch.linalg.svd(attention, full_matrices=False)
-        u_k = svd_flip_columns(u[..., :k])
-        return m @ (u_k * s[..., None, :k])
+        return svd_flip_columns(u[..., :k]) * s[..., None, :k]
 
 
 class CompressionOutput(NamedTuple):

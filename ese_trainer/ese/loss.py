@@ -50,10 +50,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, pca_target
+from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, pca_projection, pca_target
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS, layer_weights
 from ese_trainer.ese.settings import ESESettings
+from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, parse_slices, starbucks_terms
 
 LAST_COMPRESSED = "loss_ese_last_compressed"
 DISTILL_LAST = "loss_ese_distill_last"
@@ -222,20 +223,35 @@ class ESELoss(nn.Module):
         super().__init__()
         settings.check_model(hidden_size)
         self.settings, self.num_layers = settings, num_layers
-        self.student_layers = list(range(1, num_layers)) if settings.prior_layers_weight else []
-        self.layers = self.student_layers + ([num_layers] if settings.last_layer_weight else [])
+        self.slices: list[tuple[int, int]] = []
+        if settings.schedule == "starbucks":
+            self.slices = parse_slices(settings.starbucks_pairs, num_layers, hidden_size)
+            self.layers = sorted({layer for layer, _ in self.slices} | {num_layers})
+            self.student_layers = [layer for layer in self.layers if layer != num_layers]
+        else:
+            self.student_layers = list(range(1, num_layers)) if settings.prior_layers_weight else []
+            self.layers = self.student_layers + ([num_layers] if settings.last_layer_weight else [])
         self.heads = nn.ModuleDict()
-        if settings.compression_target == "moe":
+        if settings.compression_target == "moe" and settings.schedule == "espresso":
             for layer in self.layers:
                 self.heads[str(layer)] = MoECompressionHead(hidden_size, settings.compression_size,
                                                             settings.head_num_experts, settings.head_expert_hidden,
                                                             settings.head_top_k)
         self.head_router_logits: dict[int, Tensor] = {}
+        self._projections: dict[int, Tensor] = {}  # PCA projections reused between refreshes
+        self._forwards = 0
 
     def _head_target(self, layer: int, embeddings: Tensor) -> CompressionOutput:
         output = self.heads[str(layer)](embeddings)
         self.head_router_logits[layer] = output.router_logits
         return output
+
+    def _pca_target(self, layer: int, embeddings: Tensor, k: int) -> Tensor:
+        """PCA target of ``embeddings`` with the layer's projection, refreshed every ``pca_refresh_steps``."""
+        cached = self._projections.get(layer)
+        if cached is None or cached.shape[-1] < k or self._forwards % self.settings.pca_refresh_steps == 0:
+            cached = self._projections[layer] = pca_projection(embeddings, k)
+        return embeddings.detach().float() @ cached[:, :k]
 
     def forward(self, layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], pair_loss: PairLoss) -> dict[str, Tensor]:
         """The terms of ``layer_embeddings`` (layer → both sides' embeddings) restricted to :attr:`layers`."""
@@ -246,11 +262,22 @@ class ESELoss(nn.Module):
             return {}
         settings = self.settings
         self.head_router_logits = {}
+        if self.training:
+            self._forwards += 1
+        selected = {layer: layer_embeddings[layer] for layer in self.layers}
+        if self.slices:
+            terms = starbucks_terms(selected, self.slices, self.num_layers, pair_loss,
+                                    settings.starbucks_distill_weight, settings.kl_temperature, self._pca_target)
+            if not terms:
+                return {}
+            total = terms[STARBUCKS] + settings.starbucks_distill_weight * terms.get(STARBUCKS_DISTILL, 0.0)
+            return {ESE_TOTAL: total, **terms}
+        refreshing = settings.pca_refresh_steps > 1 and settings.compression_target == "pca"
+        targets = self._head_target if self.heads else (
+            (lambda layer, tensor: self._pca_target(layer, tensor, settings.compression_size)) if refreshing else None)
         terms = ese_terms(
-            {layer: layer_embeddings[layer] for layer in self.layers}, self.num_layers, pair_loss,
-            settings.compression_size, settings.kl_temperature, settings.layer_weighting,
-            settings.last_layer_weight, settings.prior_layers_weight,
-            targets=self._head_target if self.heads else None,
+            selected, self.num_layers, pair_loss, settings.compression_size, settings.kl_temperature,
+            settings.layer_weighting, settings.last_layer_weight, settings.prior_layers_weight, targets=targets,
         )
         total = combine_ese_terms(terms, settings.last_layer_weight, settings.prior_layers_weight,
                                   settings.head_balance_weight)

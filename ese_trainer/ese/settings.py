@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS
 
 COMPRESSION_TARGETS = ("pca", "moe")
+SCHEDULES = ("espresso", "starbucks")
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,19 @@ class ESESettings:
     """Espresso Sentence Embeddings (Li et al., arXiv 2402.14776): which terms, at which weights (see
     :mod:`ese_trainer.ese.loss`). Invalid values raise ValueError naming the setting."""
 
+    schedule: str = field(
+        default="espresso", metadata={"help": "espresso: every layer and its leading k dims, distilled toward a "
+                                      "compression target (ESE); starbucks: a fixed list of (layer, dims) slices, "
+                                      "each trained with the pair loss every step (Starbucks, arXiv 2410.13230)."})
+    starbucks_pairs: list[str] | None = field(
+        default=None, metadata={"help": "schedule starbucks: the slices as LAYERxDIMS (e.g. 2x32 4x64 6x384); "
+                                "default: a diagonal from the model's depth and width (BERT-base: Starbucks' own)."})
+    starbucks_distill_weight: float = field(
+        default=0.0, metadata={"help": "schedule starbucks: weight of each slice's distillation toward its layer's "
+                               "compression target (0: the pair loss alone, as published)."})
+    pca_refresh_steps: int = field(
+        default=1, metadata={"help": "Recompute the PCA target's SVD every this many training steps (1: every "
+                             "step, the paper's); between refreshes each layer's projection is reused."})
     compression_size: int = field(default=128, metadata={"help": "k: the leading dims trained as an embedding."})
     kl_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature τ (KL scaled by τ²)."})
     layer_weighting: str = field(
@@ -33,6 +47,12 @@ class ESESettings:
                                 "initialised: the encoder's fine-tuning rate would leave them untrained)."})
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.starbucks_pairs and self.schedule != "starbucks":
+            raise ValueError("starbucks_pairs applies to schedule starbucks only")
+        if self.pca_refresh_steps < 1 or self.starbucks_distill_weight < 0:
+            raise ValueError("pca_refresh_steps must be >= 1 and starbucks_distill_weight >= 0")
         if self.layer_weighting not in LAYER_WEIGHTINGS:
             raise ValueError(f"layer_weighting must be one of {LAYER_WEIGHTINGS}, got {self.layer_weighting!r}")
         if self.compression_target not in COMPRESSION_TARGETS:
@@ -53,7 +73,7 @@ class ESESettings:
 
     def check_model(self, hidden_size: int) -> None:
         """Errors that need the encoder's shape: before training starts."""
-        if not 0 < self.compression_size < hidden_size:
+        if self.schedule == "espresso" and not 0 < self.compression_size < hidden_size:
             raise ValueError(f"compression_size={self.compression_size} must be in 1..{hidden_size - 1} "
                              f"(the model's hidden size is {hidden_size})")
 

@@ -1,0 +1,93 @@
+"""Padding-free (packed) forward: the same embeddings and gradients as padded batches, on real SNLI batches."""
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig
+
+from ese_trainer.collator import PairCollator
+from ese_trainer.data import load_nli_pairs
+from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.evaluation import encode
+from ese_trainer.modeling import build_moe
+from ese_trainer.packing import pack, use_packing
+from ese_trainer.pooling import POOLING_MODES
+
+from .conftest import EMBEDDED_DATA
+
+
+@pytest.fixture(scope="module")
+def snli_batch(tokenizer):
+    pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=24, seed=1)
+    return PairCollator(tokenizer, 128)([pairs[i] for i in range(24)])
+
+
+def load(minilm_path: str, kind: str):
+    torch.manual_seed(0)  # the routers' initialisation
+    if kind == "dense":
+        return AutoModel.from_pretrained(minilm_path).eval()
+    return build_moe(minilm_path, moe_type=kind, num_experts=4, num_experts_per_tok=2).eval()
+
+
+def test_pack_restarts_positions_per_text(tokenizer):
+    features = tokenizer(["A dog runs.", "Two men play chess in a park."], padding=True, return_tensors="pt")
+    batch = pack(dict(features))
+    lengths = features["attention_mask"].sum(1).tolist()
+    assert batch.inputs["input_ids"].shape == (1, sum(lengths))
+    assert batch.inputs["position_ids"][0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert batch.inputs["cu_seq_lens_q"].tolist() == [0, lengths[0], sum(lengths)]
+    assert batch.inputs["max_length_q"] == max(lengths)
+    assert batch.segments.tolist() == [0] * lengths[0] + [1] * lengths[1]
+
+
+@pytest.mark.parametrize("kind", ["dense", "upcycled", "residual"])
+def test_packed_embeddings_equal_padded_for_every_pooling_and_layer(minilm_path, snli_batch, kind):
+    model = load(minilm_path, kind)
+    with torch.no_grad():
+        for pooling in POOLING_MODES:
+            padded = SentenceEncoder(model, pooling, 1, pooled_layers=[1, 3, 5])(snli_batch)
+            packed = SentenceEncoder(model, pooling, 1, pooled_layers=[1, 3, 5], packed=True)(snli_batch)
+            assert (padded.embeddings - packed.embeddings).abs().max() < 1e-5, pooling
+            for layer in (1, 3, 5):
+                assert (padded.layer_embeddings[layer] - packed.layer_embeddings[layer]).abs().max() < 1e-5
+            if kind != "dense":  # every real token routed, the same way
+                for a, b in zip(padded.router_logits, packed.router_logits):
+                    assert a.shape == b.shape == (int(snli_batch["attention_mask"].sum()), 4)
+                    assert (a.sort(0).values - b.sort(0).values).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["dense", "upcycled"])
+def test_packed_gradients_equal_padded(minilm_path, snli_batch, kind):
+    gradients = []
+    for packed in (False, True):
+        model = load(minilm_path, kind)
+        encoded = SentenceEncoder(model, "mean", 1, pooled_layers=[3], packed=packed)(snli_batch)
+        loss = encoded.embeddings.pow(2).sum() + encoded.layer_embeddings[3][:, :8].sum()
+        if encoded.router_logits is not None:
+            loss = loss + sum(logits.logsumexp(-1).pow(2).mean() for logits in encoded.router_logits)
+        loss.backward()
+        gradients.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    padded, packed = gradients
+    assert padded.keys() == packed.keys()
+    largest = max(grad.norm() for grad in padded.values())
+    for name, grad in padded.items():
+        # relative to the parameter's own gradient, or to the largest one where the true gradient is ~0
+        # (a key bias shifts every score of a query equally: softmax ignores it)
+        scale = max(grad.norm(), 1e-3 * largest)
+        assert (grad - packed[name]).norm() / scale < 1e-4, name
+
+
+def test_packed_suite_encoding_equals_padded(minilm, tokenizer):
+    sentences = ["A man is playing a guitar.", "A woman slices an onion.", "Kids play.", "It rains hard tonight."]
+    padded = encode(minilm, tokenizer, sentences, "mean", show_progress=False, packed=False)
+    packed = encode(minilm, tokenizer, sentences, "mean", show_progress=False, packed=True)
+    assert (padded - packed).abs().max() < 1e-5
+
+
+def test_packing_setting():
+    bert = BertConfig()
+    assert use_packing("auto", bert) and use_packing(None, bert) and not use_packing("false", bert)
+    roberta = BertConfig()
+    roberta.model_type = "roberta"  # positions offset by the padding index: not packed unless asked, then refused
+    assert not use_packing("auto", roberta)
+    with pytest.raises(ValueError, match="packed: true needs a model of type"):
+        use_packing("true", roberta)

@@ -1,0 +1,95 @@
+"""ESE's Starbucks schedule: the slice list, its terms, the recipe pooling what it trains, the PCA refresh."""
+
+import pytest
+import torch
+
+from ese_trainer.arguments import ESEArguments
+from ese_trainer.data import load_nli_pairs
+from ese_trainer.ese import ESELoss, ESESettings
+from ese_trainer.ese.compression import pca_target
+from ese_trainer.ese.distillation import distillation_loss
+from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, default_diagonal, parse_slices
+
+from .conftest import EMBEDDED_DATA
+from .test_ese_loss import _layers
+from .test_trainer import make_trainer
+
+
+def _mean_pair_loss(emb_a, emb_b):
+    """A pair loss that reads every dim it is given."""
+    return (emb_a * emb_b).sum(dim=1).mean()
+
+
+def test_default_diagonal_reproduces_starbucks_and_scales_to_smaller_models():
+    assert default_diagonal(12, 768) == [(2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768)]
+    assert default_diagonal(6, 384) == [(1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)]
+    assert default_diagonal(3, 384) == [(1, 128), (2, 256), (3, 384)]
+
+
+@pytest.mark.parametrize("values,pattern", [(["2by32"], "not LAYERxDIMS"), (["7x32"], "outside layers 1..6"),
+                                            (["2x32", "2x32"], "repeats a slice")])
+def test_bad_slices_are_refused(values, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        parse_slices(values, 6, 384)
+    assert parse_slices(["4x64", "2x32"], 6, 384) == [(2, 32), (4, 64)]
+
+
+def test_starbucks_terms_are_the_pair_loss_of_every_slice_but_the_full_one():
+    layers = _layers(4, dim=16)
+    loss = ESELoss(ESESettings(schedule="starbucks", starbucks_pairs=["1x4", "3x8", "4x16"]), 4, 16)
+    assert loss.layers == [1, 3, 4] and loss.student_layers == [1, 3] and list(loss.parameters()) == []
+    terms = loss(layers, _mean_pair_loss)
+    expected = _mean_pair_loss(layers[1][0][:, :4], layers[1][1][:, :4]) + _mean_pair_loss(layers[3][0][:, :8],
+                                                                                            layers[3][1][:, :8])
+    assert torch.allclose(terms[STARBUCKS], expected) and torch.allclose(terms["loss_ese"], expected)
+    assert STARBUCKS_DISTILL not in terms
+
+
+def test_starbucks_distillation_toward_each_layers_target():
+    layers = _layers(2, dim=16, requires_grad=True)
+    loss = ESELoss(ESESettings(schedule="starbucks", starbucks_pairs=["1x4", "2x16"], starbucks_distill_weight=0.5,
+                               kl_temperature=2.0), 2, 16)
+    terms = loss(layers, _mean_pair_loss)
+    stacked = torch.cat(layers[1])
+    parts = distillation_loss(stacked[:, :4], pca_target(stacked, 4), 2.0)
+    assert torch.allclose(terms[STARBUCKS_DISTILL], parts["mse"] + parts["kl"], atol=1e-6)
+    assert torch.allclose(terms["loss_ese"], terms[STARBUCKS] + 0.5 * terms[STARBUCKS_DISTILL])
+    terms["loss_ese"].backward()
+    assert layers[1][0].grad[:, 4:].abs().sum() == 0  # only the slice's 4 dims are trained
+    assert layers[2][0].grad is None  # the full slice is the main loss, not an ESE term
+
+
+def test_pca_projection_reused_between_refreshes():
+    loss = ESELoss(ESESettings(compression_size=4, pca_refresh_steps=3), 3, 16).train()
+    calls = []
+    original = loss._pca_target
+
+    def counting(layer, embeddings, k):
+        cached = loss._projections.get(layer)
+        result = original(layer, embeddings, k)
+        calls.append(cached is None or loss._projections[layer] is not cached)
+        return result
+
+    loss._pca_target = counting
+    for step in range(6):
+        loss(_layers(3, seed=step), _mean_pair_loss)
+    refreshed = [any(calls[index * 3:(index + 1) * 3]) for index in range(6)]  # 3 distilled layers a step
+    assert refreshed == [True, False, True, False, False, True]  # steps 1 (none yet), 3 and 6
+    fresh = ESELoss(ESESettings(compression_size=4), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
+    reused = ESELoss(ESESettings(compression_size=4, pca_refresh_steps=1), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
+    assert torch.allclose(fresh["loss_ese"], reused["loss_ese"])
+
+
+def test_recipe_pools_the_layers_its_slices_need(tiny_bert, tokenizer, tmp_path):
+
+    from .test_trainer import pairs  # noqa: F401
+
+    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=16, seed=3)
+    ese = ESEArguments(ese_enabled=True, ese_schedule="starbucks")
+    trainer = make_trainer(tiny_bert, tokenizer, dataset, tmp_path, ese_args=ese, max_steps=2)
+    assert trainer.model.objective.ese_loss.slices == [(1, 24), (2, 32)]  # tiny BERT: 2 layers x 32
+    assert trainer.model.encoder.pooled_layers == [1]
+    trainer.train()
+    assert {"loss_ese", "loss_ese_starbucks"} <= set(trainer.state.log_history[0])
+    with pytest.raises(ValueError, match="starbucks_pairs applies to schedule starbucks only"):
+        ESEArguments(ese_enabled=True, ese_starbucks_pairs=["1x8"])
