@@ -7,6 +7,11 @@
 For each run: the STS average of every (layer, dims) cell, the mean over the *reduced* cells (every cell but
 the full one: shallower layers and/or fewer dims, what ESE trains), and the full (last layer, all dims)
 cell; differences against the reference run. Writes JSON and a Markdown table beside it.
+
+The schedules, trained and compared (:mod:`bench.ese_schedules`):
+
+    python -m bench.ese_compare train --start a --seeds 42 43 44
+    python -m bench.ese_compare report
 """
 
 from __future__ import annotations
@@ -95,4 +100,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "report"):
+        from bench.ese_schedules import main as schedules_main
+
+        schedules_main()
+    else:
+        main()

@@ -28,6 +28,10 @@ class ModelArguments:
     )
     pooling: str = field(default="mean", metadata={"help": "cls, mean, cls_avg, max or last (all masked)."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    embedding_dim: int | None = field(
+        default=None, metadata={"help": "Train and release embeddings of the first this many dims (the released "
+                                "folder's truncate_dim); default: all."}
+    )
     packed: str = field(
         default="auto", metadata={"help": "Padding-free forward (only real tokens through the encoder, attention "
                                   "within each text): auto (every BERT-type encoder, the faster path measured), true "
@@ -44,6 +48,8 @@ class ModelArguments:
             raise ValueError(f"packed must be one of {PACKED_SETTINGS}, got {self.packed!r}")
         if self.forward_chunks < 1:
             raise ValueError(f"forward_chunks must be >= 1, got {self.forward_chunks}")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}")
 

@@ -37,11 +37,12 @@ class SentenceEncoder(nn.Module):
     removes most of the padding compute. Each row's embedding does not depend on its neighbours, so the result
     equals one pass up to float rounding. ``packed`` runs the batch padding-free instead (one row of its real
     tokens, attention within each text: :mod:`ese_trainer.packing`). ``pooled_layers`` are the shallower layers
-    whose pooled states are wanted too (ESE's students).
+    whose pooled states are wanted too (ESE's students). ``embedding_dim`` keeps the first dims of the last layer's
+    embedding (an embedding trained at that size, like sentence-transformers' ``truncate_dim``).
     """
 
     def __init__(self, transformer: nn.Module, pooling: str = "mean", forward_chunks: int = 2,
-                 pooled_layers: Sequence[int] = (), packed: bool = False) -> None:
+                 pooled_layers: Sequence[int] = (), packed: bool = False, embedding_dim: int | None = None) -> None:
         super().__init__()
         if forward_chunks < 1:
             raise ValueError(f"forward_chunks must be >= 1, got {forward_chunks}")
@@ -50,6 +51,7 @@ class SentenceEncoder(nn.Module):
         self.forward_chunks = forward_chunks
         self.pooled_layers = list(pooled_layers)
         self.packed = packed
+        self.embedding_dim = embedding_dim
 
     @property
     def config(self):
@@ -57,7 +59,10 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> EncodedBatch:
         inputs = {key: value for key, value in features.items() if key in MODEL_INPUT_KEYS}
-        return self._packed(inputs) if self.packed else self._padded(inputs)
+        encoded = self._packed(inputs) if self.packed else self._padded(inputs)
+        if self.embedding_dim is not None:
+            encoded.embeddings = encoded.embeddings[:, :self.embedding_dim]
+        return encoded
 
     def _packed(self, inputs: dict[str, Tensor]) -> EncodedBatch:
         """One forward over the batch's real tokens only (:mod:`ese_trainer.packing`)."""

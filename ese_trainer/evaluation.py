@@ -109,13 +109,14 @@ def evaluate_sts(
     batch_size: int = 64,
     show_progress: bool = True,
     packed: bool | None = None,
+    max_dim: int | None = None,
 ) -> dict[str, float]:
-    """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several (``packed``:
-    see :func:`encode`)."""
+    """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several (``packed``,
+    ``max_dim``: see :func:`encode`)."""
     results = {}
     for name, pairs in tasks.items():
         embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,
-                            batch_size, show_progress, description=name, packed=packed)
+                            batch_size, show_progress, description=name, packed=packed, max_dim=max_dim)
         results[name] = cosine_spearman(embeddings[: len(pairs)], embeddings[len(pairs):], pairs.scores)
     if len(results) > 1:
         results[AVERAGE_KEY] = sum(results.values()) / len(results)

@@ -34,7 +34,8 @@ def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ar
                 data: RunData) -> dict[str, float]:
     """The STS suite's scores of ``encoder`` (cosine Spearman ×100 per task, and their average)."""
     return evaluate_sts(encoder, tokenizer, data.suite, args.model.pooling, args.model.max_seq_length,
-                        args.training.per_device_eval_batch_size, packed=use_packing(args.model.packed, encoder.config))
+                        args.training.per_device_eval_batch_size, packed=use_packing(args.model.packed, encoder.config),
+                        max_dim=args.model.embedding_dim)
 
 
 def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:
@@ -72,7 +73,8 @@ def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: R
         transformer.save_pretrained(output_dir, state_dict={key.removeprefix(prefix): value
                                                             for key, value in state.items() if key.startswith(prefix)})
         tokenizer.save_pretrained(output_dir)
-        released = add_sentence_transformer_files(output_dir, args.model.pooling, args.model.max_seq_length)
+        released = add_sentence_transformer_files(output_dir, args.model.pooling, args.model.max_seq_length,
+                                                  truncate_dim=args.model.embedding_dim)
         history = trainer.state.log_history
         plot_loss_curves(history, output_dir / "loss_curves.png", f"eval_{trainer.evaluator.metric}")
         for prefix_name, tally in trainer.recorder.tallies.items():

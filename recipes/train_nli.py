@@ -48,7 +48,7 @@ def run(argv: list[str]) -> dict:
     # ---- trainer ----
     trainer = ESETrainer(
         SentenceEncoder(encoder, args.model.pooling, args.model.forward_chunks,
-                        packed=use_packing(args.model.packed, encoder.config)),
+                        packed=use_packing(args.model.packed, encoder.config), embedding_dim=args.model.embedding_dim),
         objective,
         args=args.training,
         data_collator=PairCollator(tokenizer, args.model.max_seq_length),

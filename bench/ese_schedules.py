@@ -1,0 +1,167 @@
+"""ESE schedules against plain training and against slices trained alone, cell by cell (``bench.ese_compare``).
+
+    python -m bench.ese_compare train --start a --seeds 42 43 44
+    python -m bench.ese_compare report
+
+Variants, each trained by ``recipes/train_nli.py`` on the same data (6,000 SNLI dev pairs), steps (187), batch (32),
+schedule and seeds, final weights:
+
+- ``no-ese``: plain training; ``espresso-pca`` / ``espresso-moe``: ESE with the PCA / learned-head target;
+  ``starbucks``: the fixed diagonal of (layer, dims) slices (``ese.schedule: starbucks``);
+- ``separate``: every diagonal slice but the full one exported from the start model
+  (``recipes/export_slice.py``: its first L layers, first d dims) and fine-tuned alone — the ceiling.
+
+Learning rate: per variant (and per separate slice) the better of 2e-5 and 1e-4 by the mean STS-B **dev** score
+of its diagonal cells (seed 42); the other seeds run at that rate. Test sets are read once per chosen run: the full
+layer x dims grid on the suite (7-task average per cell). Starts: ``a`` all-MiniLM-L6-v2, ``b`` its first 3 layers.
+Results: ``bench/results/ese_schedules.{json,md}`` and one heatmap per variant, ``ese_schedules_<start>_<variant>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.quality_vs_peers import RESULTS, WORK, start_model
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = RESULTS / "ese_runs"
+VARIANTS = {
+    "no-ese": [],
+    "espresso-pca": ["--ese.enabled", "true", "--ese.compression_target", "pca"],
+    "espresso-moe": ["--ese.enabled", "true", "--ese.compression_target", "moe"],
+    "starbucks": ["--ese.enabled", "true", "--ese.schedule", "starbucks"],
+}
+LEARNING_RATES = (2e-5, 1e-4)
+PAIRS = 6000
+BATCH = 32
+
+
+def diagonal(start: str) -> list[tuple[int, int]]:
+    from ese_trainer.ese.starbucks import default_diagonal
+
+    return default_diagonal(3 if start == "b" else 6, 384)
+
+
+def grid_dims(start: str) -> list[int]:
+    return sorted({dim for _, dim in diagonal(start)} | {64, 128, 384})
+
+
+def train(start: str, variant: str, lr: float, seed: int, model: str, output_dir: Path, extra: list[str]) -> None:
+    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke.yaml", "--model_name_or_path", model,
+               "--max_train_samples", str(PAIRS), "--learning_rate", str(lr), "--seed", str(seed),
+               "--per_device_train_batch_size", str(BATCH), "--eval_strategy", "no", "--save_strategy", "no",
+               "--eval_on_start", "false", "--load_best_model_at_end", "false", "--suite_before_training", "false",
+               "--sts_tasks", "STSBenchmark", "--output_dir", str(output_dir), "--disable_tqdm", "true",
+               *VARIANTS.get(variant, []), *extra]
+    subprocess.run(command, cwd=REPO, check=True)
+
+
+def grid(folder: Path, tasks: list[str] | None, dims: list[int], output: Path) -> dict:
+    """The layer x dims grid of ``folder`` (STS-B dev alone with ``tasks`` None, else those test tasks)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ese_trainer.data import load_sts_pairs, load_sts_task
+    from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
+
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    suite = ({"dev": load_sts_pairs("data/STS/STSBenchmark/sts-dev.csv", name="dev")} if tasks is None
+             else {task: load_sts_task(task) for task in tasks})
+    dims = [dim for dim in dims if dim <= model.config.hidden_size]
+    result = evaluate_layer_dim_grid(model, tokenizer, suite, "mean", "all", dims, show_progress=False)
+    save_grid(result, output, f"{folder.name}: STS avg by layer x dims")
+    return result
+
+
+def diagonal_mean(result: dict, start: str) -> float:
+    return statistics.mean(result["avg"][str(layer)][str(dim)] for layer, dim in diagonal(start))
+
+
+def run(start: str, name: str, lr: float, seed: int) -> dict:
+    """One run: train, dev grid; the record under ``ese_runs/<start>/``. ``name`` is a variant or
+    ``separate-LxD``."""
+    record_file = RUNS / start / f"{name}_lr{lr:g}_seed{seed}.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    output_dir = WORK / "ese" / start / f"{name}_lr{lr:g}_seed{seed}"
+    started = time.perf_counter()
+    model = start_model(start)
+    if name.startswith("separate-"):
+        layer, dim = (int(value) for value in name.removeprefix("separate-").split("x"))
+        sliced = WORK / "ese" / start / f"slice-{layer}x{dim}"
+        if not (sliced / "config.json").is_file():
+            subprocess.run([sys.executable, "recipes/export_slice.py", "--model_name_or_path", model, "--layer",
+                            str(layer), "--dim", str(dim), "--output_dir", str(sliced)], cwd=REPO, check=True)
+        model = str(sliced)
+        extra = ["--embedding_dim", str(dim)]
+    else:
+        extra = []
+    print(f"== ESE start {start}: {name}, lr {lr:g}, seed {seed}", flush=True)
+    train(start, name, lr, seed, model, output_dir, extra)
+    dev = grid(output_dir, None, grid_dims(start), output_dir / "dev_grid")
+    record = {"start": start, "name": name, "learning_rate": lr, "seed": seed, "pairs": PAIRS, "batch": BATCH,
+              "dev_grid": dev["avg"], "train_seconds": round(time.perf_counter() - started, 1),
+              "folder": os.path.relpath(output_dir, REPO)}
+    if name.startswith("separate-"):
+        layer, dim = (int(value) for value in name.removeprefix("separate-").split("x"))
+        record["slice"] = [layer, dim]
+        record["dev_slice"] = dev["avg"][str(layer)][str(dim)]
+    else:
+        record["dev_diagonal_mean"] = diagonal_mean(dev, start)
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def score_on_tests(start: str, record: dict) -> dict:
+    """The chosen run's grid on the test suite (cached in its record)."""
+    if "test_grid" not in record:
+        from ese_trainer.data import STS_TASKS
+
+        folder = REPO / record["folder"]
+        result = grid(folder, list(STS_TASKS), grid_dims(start), folder / "test_grid")
+        record["test_grid"] = result["avg"]
+        name = f"{record['name']}_lr{record['learning_rate']:g}_seed{record['seed']}.json"
+        (RUNS / start / name).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def choose_lr(start: str, name: str) -> float:
+    records = [run(start, name, lr, 42) for lr in LEARNING_RATES]
+    key = "dev_slice" if name.startswith("separate-") else "dev_diagonal_mean"
+    return max(records, key=lambda record: record[key])["learning_rate"]
+
+
+def train_all(start: str, seeds: list[int]) -> None:
+    names = [*VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in diagonal(start)[:-1])]
+    for name in names:
+        lr = choose_lr(start, name)
+        for seed in seeds:
+            score_on_tests(start, run(start, name, lr, seed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train")
+    train_parser.add_argument("--start", choices=("a", "b"), required=True)
+    train_parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    commands.add_parser("report")
+    args = parser.parse_args()
+    if args.command == "train":
+        train_all(args.start, args.seeds)
+    else:
+        from bench.ese_report import write_report
+
+        write_report()
+
+
+if __name__ == "__main__":
+    main()
