@@ -1,6 +1,7 @@
 """Quality against the recipes people would otherwise use: the same job for every contender.
 
     python -m bench.quality_vs_peers tune --start a --lrs 1e-5 2e-5 5e-5       # ours, seed 42: lr chosen on dev
+    python -m bench.quality_vs_peers variant --start a --name ibn5 --ibn_w 5  # a candidate default, on dev
     python -m bench.quality_vs_peers run --start a --seeds 42 43 44 [--contenders ...]
     python -m bench.quality_vs_peers report
 
@@ -122,8 +123,10 @@ def sts_source_names(start: str) -> list[str]:
     return [source["name"] for source in STARTS[start].sources if source["kind"] == "sts"]
 
 
-def run_ours(start: str, contender: str, lr: float, seed: int, steps: int, output_dir: Path) -> Path:
-    """Our recipe, selecting its best checkpoint on STS-B dev itself; returns the released folder."""
+def run_ours(start: str, contender: str, lr: float, seed: int, steps: int, output_dir: Path,
+             recipe_args: list[str] = ()) -> Path:
+    """Our recipe (``recipe_args`` appended: a tuning variant), selecting its best checkpoint on STS-B dev itself;
+    returns the released folder."""
     save_steps = max(1, steps // CHECKPOINTS)
     sources = [dict(source) for source in STARTS[start].sources]
     extra = []
@@ -137,7 +140,7 @@ def run_ours(start: str, contender: str, lr: float, seed: int, steps: int, outpu
                "--per_device_train_batch_size", str(BATCH), "--warmup_steps", "0.1", "--weight_decay", "0.01",
                "--eval_steps", str(save_steps), "--save_steps", str(save_steps), "--eval_on_start", "false",
                "--save_total_limit", "2", "--suite_before_training", "false", "--sts_tasks", "STSBenchmark",
-               "--output_dir", str(output_dir), "--disable_tqdm", "true", *extra]
+               "--output_dir", str(output_dir), "--disable_tqdm", "true", *extra, *recipe_args]
     subprocess.run(command, cwd=REPO, check=True)
     return output_dir
 
@@ -194,20 +197,22 @@ def suite_and_dev():
     return {task: load_sts_task(task) for task in STS_TASKS}, dev
 
 
-def run_one(start: str, contender: str, lr: float, seed: int) -> dict:
-    """Train, select on dev, score on the suite; the record is written to ``quality_runs``."""
-    record_file = RUNS / start / f"{contender}_lr{lr:g}_seed{seed}.json"
+def run_one(start: str, contender: str, lr: float, seed: int, variant: str = "", recipe_args: list[str] = ()) -> dict:
+    """Train, select on dev, score on the suite; the record is written to ``quality_runs``. ``variant`` names
+    ``recipe_args`` given to our recipe (a candidate default, tuned on dev)."""
+    label = f"{contender}+{variant}" if variant else contender
+    record_file = RUNS / start / f"{label}_lr{lr:g}_seed{seed}.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
     _, _, steps = training_pairs(start)
-    output_dir = WORK / "runs" / start / f"{contender}_lr{lr:g}_seed{seed}"
+    output_dir = WORK / "runs" / start / f"{label}_lr{lr:g}_seed{seed}"
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
     suite, dev = suite_and_dev()
     started = time.perf_counter()
-    print(f"== start {start}, {contender}, lr {lr:g}, seed {seed}, {steps} steps", flush=True)
+    print(f"== start {start}, {label}, lr {lr:g}, seed {seed}, {steps} steps {' '.join(recipe_args)}", flush=True)
     if contender.startswith("ours") or contender == "raw-labels":
-        released = run_ours(start, contender, lr, seed, steps, output_dir)
+        released = run_ours(start, contender, lr, seed, steps, output_dir, list(recipe_args))
         state = json.loads((released / "trainer_state.json").read_text())
         dev_by_step = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
                        if "eval_sts_dev_spearman" in entry}
@@ -221,7 +226,8 @@ def run_one(start: str, contender: str, lr: float, seed: int) -> dict:
         selected = output_dir / f"checkpoint-{selected_step}"
     train_seconds = time.perf_counter() - started
     results = score(selected, start_model(start), suite)
-    record = {"start": start, "contender": contender, "learning_rate": lr, "seed": seed, "steps": steps,
+    record = {"start": start, "contender": label, "recipe_args": list(recipe_args), "learning_rate": lr,
+              "seed": seed, "steps": steps,
               "batch": BATCH, "dev_by_step": dev_by_step, "selected_step": selected_step,
               "selected_dev": dev_by_step[selected_step], "test": results,
               "train_and_select_seconds": round(train_seconds, 1)}
@@ -273,6 +279,11 @@ def main() -> None:
     run_parser.add_argument("--start", choices=STARTS, required=True)
     run_parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     run_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    variant_parser = commands.add_parser("variant", help="ours with candidate defaults, at the tuned learning rate")
+    variant_parser.add_argument("--start", choices=STARTS, required=True)
+    variant_parser.add_argument("--name", required=True)
+    variant_parser.add_argument("--seed", type=int, default=42)
+    variant_parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "tune":
@@ -284,6 +295,8 @@ def main() -> None:
         for seed in args.seeds:
             for contender in args.contenders:
                 run_one(args.start, contender, lr, seed)
+    elif args.command == "variant":
+        run_one(args.start, "ours", tuned_lr(args.start), args.seed, args.name, args.recipe_args)
     else:
         from bench.quality_report import write_report
 

@@ -95,6 +95,23 @@ def encode_time_per_depth(
     return {layer: statistics.median(values) for layer, values in times.items()}
 
 
+def recommend_sizes(grid: Mapping, tolerances: Sequence[float] = (1.0, 2.0)) -> list[dict]:
+    """For each tolerance, the smallest (layer, dims) cell whose average is within it of the full cell: fewest
+    layers first (what encoding costs), then fewest dims (what storing costs); with its encode speed-up over the
+    full depth when ``grid`` holds the encode times."""
+    scores, times = grid[AVERAGE_KEY], grid.get(ENCODE_SECONDS_KEY) or {}
+    last, width = str(max(grid["layers"])), str(max(grid["dims"]))
+    full = scores[last][width]
+    cells = sorted((int(layer), int(dim)) for layer in scores for dim in scores[layer])
+    recommended = []
+    for tolerance in tolerances:
+        layer, dim = next((layer, dim) for layer, dim in cells if scores[str(layer)][str(dim)] >= full - tolerance)
+        speed_up = times[last] / times[str(layer)] if str(layer) in times and last in times else None
+        recommended.append({"tolerance": tolerance, "layer": layer, "dim": dim, "score": scores[str(layer)][str(dim)],
+                            "full_score": full, "encode_speed_up": speed_up})
+    return recommended
+
+
 def grid_markdown(grid: Mapping, scores: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """Markdown table: one row per layer, one column per dim (``scores``, default the average grid).
 

@@ -14,6 +14,7 @@ from ese_trainer.arguments import MoEArguments
 from ese_trainer.data.nli import NLI_LABEL_NAMES
 from ese_trainer.data.sts import STS_TASKS
 from ese_trainer.ese.settings import setting_names
+from ese_trainer.layer_grid import recommend_sizes
 from ese_trainer.losses import PAIR_TERMS
 from ese_trainer.paths import looks_like_local_path
 from ese_trainer.tables import markdown_table
@@ -152,11 +153,22 @@ def _ese_section(config: dict[str, Any], output_dir: Path) -> list[str]:
     if not config.get("ese_enabled"):
         return []
     grid = output_dir / "ese_grid.md"
+    schedule = ("a fixed list of (layer, leading dims) slices, each trained with the same loss every step "
+                "(Starbucks)" if config.get("ese_schedule") == "starbucks" else
+                "every transformer layer's pooled embedding and its first k dims under the same loss (weighted by "
+                "depth), and the first k dims distilled toward a compression target of the full embedding")
     lines = ["## Espresso Sentence Embeddings (ESE)", "",
-             "Trained so that shallower layers and the leading dimensions are embeddings of their own: every "
-             "transformer layer's pooled embedding and its first k dims under the same loss (weighted by depth), "
-             "and the first k dims distilled toward a compression target of the full embedding.", "",
-             *_settings_table(config, ESE_CARD_KEYS, "ese")]
+             f"Trained so that shallower layers and the leading dimensions are embeddings of their own: {schedule}.",
+             "", *_settings_table(config, ESE_CARD_KEYS, "ese")]
+    grid_json = output_dir / "ese_grid.json"
+    if grid_json.is_file():
+        lines += ["", "Recommended sizes (7-task average of the slice vs. the full model; encode speed of the model "
+                  "cut to that depth):", ""]
+        for size in recommend_sizes(json.loads(grid_json.read_text())):
+            speed = f", encodes {size['encode_speed_up']:.1f}x faster" if size["encode_speed_up"] else ""
+            lines.append(f"- within {size['tolerance']:g} point(s) of the full model ({size['full_score']:.2f}): "
+                         f"layer {size['layer']}, {size['dim']} dims ({size['score']:.2f}){speed} — "
+                         f"`recipes/export_slice.py --layer {size['layer']} --dim {size['dim']}`")
     if grid.is_file():
         lines += ["", "STS average (cosine Spearman ×100) of each (layer, leading dims) slice of this model:", "",
                   grid.read_text().strip(), "",

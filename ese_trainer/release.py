@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ese_trainer.ese.starbucks import parse_slices
 from ese_trainer.evaluation import evaluate_sts
 from ese_trainer.export import add_sentence_transformer_files
 from ese_trainer.hub_push import push_model_dir
-from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
+from ese_trainer.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid, save_grid
 from ese_trainer.model_card import write_model_card
 from ese_trainer.objective import ESE_HEAD_ROUTING, MOE_ROUTING
 from ese_trainer.packing import use_packing
@@ -103,11 +104,21 @@ def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: R
 
 def write_ese_grid(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: RunArguments,
                    data: RunData) -> None:
-    """``ese_grid.json/.md/.png``: the suite's average for every layer at k/2, k, D/2 and D leading dims."""
+    """``ese_grid.json/.md/.png``: the suite's average for every layer at k/2, k, D/2 and D leading dims (and each
+    slice a starbucks schedule trained), and the encode time of the model cut to each depth (on up to 512 test
+    sentences) for the card's size recommendation."""
     logger.info("ESE layer x dimension grid of the released model")
     hidden, k = encoder.config.hidden_size, args.ese.ese_compression_size
-    dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden) if dim >= 1})
+    slices = parse_slices(args.ese.ese_starbucks_pairs, encoder.config.num_hidden_layers, hidden) \
+        if args.ese.ese_schedule == "starbucks" else []
+    dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden, *(dim for _, dim in slices)) if 1 <= dim <= hidden})
     grid = evaluate_layer_dim_grid(encoder, tokenizer, data.suite, args.model.pooling, "all", dims,
                                    args.model.max_seq_length, args.training.per_device_eval_batch_size)
+    timed = next(iter(data.suite.values()))
+    sentences = list(dict.fromkeys(timed.sentences1 + timed.sentences2))[:512]
+    grid[ENCODE_SECONDS_KEY] = encode_time_per_depth(encoder, tokenizer, sentences, args.model.pooling, "all",
+                                                     args.model.max_seq_length,
+                                                     args.training.per_device_eval_batch_size)
+    grid["timed_on"] = f"{len(sentences)} sentences of {timed.name}, median of 2"
     output_dir = Path(args.training.output_dir)
     save_grid(grid, output_dir / ESE_GRID_FILE, f"{output_dir.name}: STS avg by layer x dims")

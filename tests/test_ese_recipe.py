@@ -29,6 +29,19 @@ def test_ese_run_logs_its_terms_and_writes_the_grid(tmp_path):
     assert "## Espresso Sentence Embeddings (ESE)" in card and "| ese.layer_weighting | linear |" in card
     assert (output_dir / "ese_grid.md").read_text().strip() in card
     assert "Espresso Sentence Embeddings" in card.split("## Citation")[1]
+    assert set(grid["encode_seconds"]) == {"1", "2", "3", "4", "5", "6"}  # the model cut to each depth, timed
+    assert "- within 1 point(s) of the full model" in card and "- within 2 point(s)" in card
+
+
+def test_size_recommendation_picks_the_fewest_layers_then_dims():
+    from ese_trainer.layer_grid import recommend_sizes
+
+    grid = {"layers": [1, 2, 3], "dims": [64, 128],
+            "avg": {"1": {"64": 70.0, "128": 78.5}, "2": {"64": 79.2, "128": 79.6}, "3": {"64": 79.0, "128": 80.0}},
+            "encode_seconds": {"1": 1.0, "2": 2.0, "3": 3.0}}
+    within_one, within_two = recommend_sizes(grid)
+    assert (within_one["layer"], within_one["dim"], within_one["encode_speed_up"]) == (2, 64, 1.5)
+    assert (within_two["layer"], within_two["dim"], within_two["encode_speed_up"]) == (1, 128, 3.0)
 
 
 def test_compression_size_not_below_hidden_size_is_refused_before_training(tmp_path):
