@@ -1,7 +1,7 @@
 """Quality against the recipes people would otherwise use: the same job for every contender.
 
     python -m bench.quality_vs_peers tune --start a --lrs 1e-5 2e-5 5e-5       # ours, seed 42: lr chosen on dev
-    python -m bench.quality_vs_peers variant --start a --name ibn5 --ibn_w 5  # a candidate default, on dev
+    python -m bench.quality_vs_peers variant --start a --name ibn5 --recipe_args "--ibn_w 5"  # candidate default
     python -m bench.quality_vs_peers run --start a --seeds 42 43 44 [--contenders ...]
     python -m bench.quality_vs_peers report
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -283,7 +284,7 @@ def main() -> None:
     variant_parser.add_argument("--start", choices=STARTS, required=True)
     variant_parser.add_argument("--name", required=True)
     variant_parser.add_argument("--seed", type=int, default=42)
-    variant_parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
+    variant_parser.add_argument("--recipe_args", required=True, help="e.g. '--ibn_w 5' (quoted: one argument)")
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "tune":
@@ -296,7 +297,7 @@ def main() -> None:
             for contender in args.contenders:
                 run_one(args.start, contender, lr, seed)
     elif args.command == "variant":
-        run_one(args.start, "ours", tuned_lr(args.start), args.seed, args.name, args.recipe_args)
+        run_one(args.start, "ours", tuned_lr(args.start), args.seed, args.name, shlex.split(args.recipe_args))
     else:
         from bench.quality_report import write_report
 
