@@ -17,9 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs"
 SECTIONS = [  # (results file stem, heading)
-    ("train_throughput", "Training throughput vs. sentence-transformers"),
-    ("train_throughput_chunks4", "Training throughput vs. sentence-transformers, 4 forward chunks"),
+    ("train_throughput", "Training throughput vs. sentence-transformers (fp32)"),
+    ("train_throughput_bf16", "Training throughput vs. sentence-transformers (bf16 autocast)"),
     ("eval_throughput", "STS evaluation throughput vs. sentence-transformers"),
+    ("ese_step", "ESE schedules: step cost"),
+    ("moe_step", "MoE step cost"),
     ("cached_memory", "Cached (GradCache) vs. plain contrastive batches"),
     ("label_map_ablation", "Label map vs. raw NLI ids (smoke settings)"),
     ("label_map_ablation_final_weights_lr2e-5", "Label map vs. raw NLI ids (lr 2e-5, final weights)"),
@@ -38,8 +40,9 @@ def plot_throughput(path: Path) -> bool:
         return False
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     for axis, (title, unit, values) in zip(axes[0], panels):
-        axis.bar(list(values), list(values.values()), color=["tab:blue", "tab:orange", "tab:gray"][: len(values)])
+        axis.bar(list(values), list(values.values()), color="tab:blue")
         axis.set(title=title, ylabel=unit)
+        axis.tick_params(axis="x", rotation=30)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -10,8 +10,9 @@ contenders ``repeats`` times (the median run counts):
 - **ours, padded**: the same with padded batches in 2 length-sorted forward chunks (the previous default);
 - **sentence-transformers**: ``SentenceTransformerTrainer`` with ``CoSENTLoss + AnglELoss +
   MultipleNegativesRankingLoss`` (query→doc and query→query, both ways) on one embedding of each column;
-- **bare, packed / padded**: a plain PyTorch loop over our batches through the same model and objective
-  (``TrainingModel``), no Trainer: the floor our loop's overhead is measured against.
+- **bare, packed / padded**: a plain PyTorch loop doing the same work — collate each batch (tokenise), the same
+  model and objective (``TrainingModel``), backward, clip at norm 1, fused AdamW step — with no Trainer: the floor
+  our loop's overhead is measured against.
 
 Reports pairs/s and real (non-padding) tokens/s, the ratios, and a compute floor: the run's real-token FLOPs
 (``6 x non-embedding parameters`` per token, forward + backward) over this machine's measured fp32 (or bf16) matmul
@@ -134,15 +135,17 @@ def run_bare(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
     tokenizer, encoder, objective = our_parts(packed)
     training_model = TrainingModel(encoder, objective).train()
     collate = PairCollator(tokenizer, MAX_LENGTH)
-    batches = [collate([pairs[i] for i in range(start, start + batch)]) for start in range(0, steps * batch, batch)]
-    # The Trainer's default optimizer on torch >= 2.8 (adamw_torch_fused), with its default weight decay 0.
-    optimizer = torch.optim.AdamW([p for p in training_model.parameters() if p.requires_grad], lr=LEARNING_RATE,
-                                  weight_decay=0.0, fused=True)
+    rows = [[pairs[i] for i in range(start, start + batch)] for start in range(0, steps * batch, batch)]
+    # The Trainer's defaults: fused AdamW (torch >= 2.8), weight decay 0, gradient clipping at norm 1.
+    parameters = [p for p in training_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.0, fused=True)
     started = time.perf_counter()
-    for inputs in batches:
+    for features in rows:
+        inputs = collate(features)  # tokenising is part of every step, as in the Trainer's data loader
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = training_model(**inputs).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started
