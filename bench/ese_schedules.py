@@ -11,7 +11,7 @@ schedule and seeds, final weights:
 - ``separate``: every diagonal slice but the full one exported from the start model
   (``recipes/export_slice.py``: its first L layers, first d dims) and fine-tuned alone — the ceiling.
 
-Learning rate: per variant (and per separate slice) the better of 2e-5 and 1e-4 by the mean STS-B **dev** score
+Learning rate: per variant (and per separate slice) the better of 2e-5 and 1e-4 (``--lrs``) by the mean STS-B **dev** score
 of its diagonal cells (seed 42); the other seeds run at that rate. Test sets are read once per chosen run: the full
 layer x dims grid on the suite (7-task average per cell). Starts: ``a`` all-MiniLM-L6-v2, ``b`` its first 3 layers.
 Results: ``bench/results/ese_schedules.{json,md}`` and one heatmap per variant, ``ese_schedules_<start>_<variant>.png``.
@@ -133,16 +133,16 @@ def score_on_tests(start: str, record: dict) -> dict:
     return record
 
 
-def choose_lr(start: str, name: str) -> float:
-    records = [run(start, name, lr, 42) for lr in LEARNING_RATES]
+def choose_lr(start: str, name: str, lrs: tuple[float, ...] = LEARNING_RATES) -> float:
+    records = [run(start, name, lr, 42) for lr in lrs]
     key = "dev_slice" if name.startswith("separate-") else "dev_diagonal_mean"
     return max(records, key=lambda record: record[key])["learning_rate"]
 
 
-def train_all(start: str, seeds: list[int]) -> None:
+def train_all(start: str, seeds: list[int], lrs: tuple[float, ...] = LEARNING_RATES) -> None:
     names = [*VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in diagonal(start)[:-1])]
     for name in names:
-        lr = choose_lr(start, name)
+        lr = choose_lr(start, name, lrs)
         for seed in seeds:
             score_on_tests(start, run(start, name, lr, seed))
 
@@ -153,10 +153,12 @@ def main() -> None:
     train_parser = commands.add_parser("train")
     train_parser.add_argument("--start", choices=("a", "b"), required=True)
     train_parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    train_parser.add_argument("--lrs", type=float, nargs="+", default=list(LEARNING_RATES),
+                              help="candidate learning rates, chosen per variant on dev (one: no choice)")
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "train":
-        train_all(args.start, args.seeds)
+        train_all(args.start, args.seeds, tuple(args.lrs))
     else:
         from bench.ese_report import write_report
 
