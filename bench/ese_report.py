@@ -31,8 +31,9 @@ def collect() -> dict:
         records = [json.loads(path.read_text()) for path in folder.glob("*.json")]
         by_name: dict[str, list[dict]] = {}
         for record in records:
-            if "test_grid" in record:
+            if "test_grid" in record:  # only the chosen learning rate's runs are scored on the tests
                 by_name.setdefault(record["name"], []).append(record)
+        by_name = {name: sorted(chosen, key=lambda r: r["seed"]) for name, chosen in by_name.items()}
         if by_name:
             summary[folder.name] = by_name
     return summary
@@ -48,10 +49,10 @@ def markdown(summary: dict) -> str:
     lines = ["# ESE schedules, cell by cell", "",
              "7-task STS test average (cosine Spearman x100) of each (layer, leading dims) slice, mean ± std over "
              "seeds; every variant trained on the same 6,000 SNLI pairs, 187 steps, batch 32, final weights, its "
-             "learning rate (2e-5 or 1e-4) chosen on the STS-B dev mean of its diagonal cells. `separate`: the slice "
-             "exported from the start model (`recipes/export_slice.py`) and fine-tuned alone at its size. Command: "
-             "`python -m bench.ese_compare train --start a|b --seeds 42 43 44`, then `python -m bench.ese_compare "
-             "report`.", "", f"Machine: {describe_machine()}", ""]
+             "learning rate chosen among the candidates given to `train --lrs` on the STS-B dev mean of its diagonal "
+             "cells (seed 42). `separate`: the slice exported from the start model (`recipes/export_slice.py`) and "
+             "fine-tuned alone at its size. Command: `python -m bench.ese_compare train --start a|b --seeds 42 43 44 "
+             "--lrs ...`, then `python -m bench.ese_compare report`.", "", f"Machine: {describe_machine()}", ""]
     for start, by_name in summary.items():
         variants = [name for name in VARIANTS if name in by_name]
         lines += [f"## Start ({start})", "", "| slice (layer x dims) | " + " | ".join(variants) + " | separate |",
@@ -64,8 +65,9 @@ def markdown(summary: dict) -> str:
         grid_means = [_stats([statistics.mean(v for row in r["test_grid"].values() for v in row.values())
                               for r in by_name[name]]) for name in variants]
         lines += ["| mean of the whole grid | " + " | ".join(grid_means) + " | – |", "",
-                  "Learning rates: " + ", ".join(f"{name} {records[0]['learning_rate']:g}"
-                                                 for name, records in sorted(by_name.items())) + ".", ""]
+                  "Learning rate and seeds: " + ", ".join(
+                      f"{name} {records[0]['learning_rate']:g} ({', '.join(str(r['seed']) for r in records)})"
+                      for name, records in sorted(by_name.items())) + ".", ""]
     return "\n".join(lines)
 
 

@@ -11,8 +11,9 @@ schedule and seeds, final weights:
 - ``separate``: every diagonal slice but the full one exported from the start model
   (``recipes/export_slice.py``: its first L layers, first d dims) and fine-tuned alone — the ceiling.
 
-Learning rate: per variant (and per separate slice) the better of 2e-5 and 1e-4 (``--lrs``) by the mean STS-B **dev** score
-of its diagonal cells (seed 42); the other seeds run at that rate. Test sets are read once per chosen run: the full
+Learning rate: per variant (and per separate slice) the best of the ``--lrs`` candidates (default 2e-5 and 1e-4) by
+the mean STS-B **dev** score of its diagonal cells (seed 42); the other seeds run at that rate. ``--variants`` trains
+a subset (e.g. more seeds for the runs whose comparison is closest). Test sets are read once per chosen run: the full
 layer x dims grid on the suite (7-task average per cell). Starts: ``a`` all-MiniLM-L6-v2, ``b`` its first 3 layers.
 Results: ``bench/results/ese_schedules.{json,md}`` and one heatmap per variant, ``ese_schedules_<start>_<variant>.png``.
 """
@@ -139,9 +140,14 @@ def choose_lr(start: str, name: str, lrs: tuple[float, ...] = LEARNING_RATES) ->
     return max(records, key=lambda record: record[key])["learning_rate"]
 
 
-def train_all(start: str, seeds: list[int], lrs: tuple[float, ...] = LEARNING_RATES) -> None:
-    names = [*VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in diagonal(start)[:-1])]
-    for name in names:
+def variant_names(start: str) -> list[str]:
+    """The schedules, then one ``separate-LxD`` per diagonal slice but the full one."""
+    return [*VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in diagonal(start)[:-1])]
+
+
+def train_all(start: str, seeds: list[int], lrs: tuple[float, ...] = LEARNING_RATES,
+              names: list[str] | None = None) -> None:
+    for name in names or variant_names(start):
         lr = choose_lr(start, name, lrs)
         for seed in seeds:
             score_on_tests(start, run(start, name, lr, seed))
@@ -155,10 +161,15 @@ def main() -> None:
     train_parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     train_parser.add_argument("--lrs", type=float, nargs="+", default=list(LEARNING_RATES),
                               help="candidate learning rates, chosen per variant on dev (one: no choice)")
+    train_parser.add_argument("--variants", nargs="+", help="a subset of: no-ese espresso-pca espresso-moe "
+                              "starbucks separate-LxD (default: all)")
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "train":
-        train_all(args.start, args.seeds, tuple(args.lrs))
+        unknown = set(args.variants or ()) - set(variant_names(args.start))
+        if unknown:
+            parser.error(f"--variants: unknown {sorted(unknown)}; choose from {variant_names(args.start)}")
+        train_all(args.start, args.seeds, tuple(args.lrs), args.variants)
     else:
         from bench.ese_report import write_report
 
