@@ -55,8 +55,9 @@ def grid_dims(start: str) -> list[int]:
 
 
 def train(start: str, variant: str, lr: float, seed: int, model: str, output_dir: Path, extra: list[str]) -> None:
-    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke.yaml", "--model_name_or_path", model,
-               "--max_train_samples", str(PAIRS), "--learning_rate", str(lr), "--seed", str(seed),
+    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke_snli.yaml",
+               "--model_name_or_path", model, "--max_train_samples", str(PAIRS), "--learning_rate", str(lr),
+               "--seed", str(seed),
                "--per_device_train_batch_size", str(BATCH), "--eval_strategy", "no", "--save_strategy", "no",
                "--eval_on_start", "false", "--load_best_model_at_end", "false", "--suite_before_training", "false",
                "--sts_tasks", "STSBenchmark", "--output_dir", str(output_dir), "--disable_tqdm", "true",

@@ -34,7 +34,7 @@ VARIANTS = {
 
 
 def train(name: str, extra: list[str], output_dir: Path) -> dict:
-    command = [sys.executable, str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml",
+    command = [sys.executable, str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke_snli.yaml",
                "--output_dir", str(output_dir), "--disable_tqdm", "true", *extra]
     print(f"== {name}\n$ {' '.join(command)}", flush=True)
     started = time.perf_counter()
@@ -67,7 +67,7 @@ def main() -> None:
     mapped, raw = (run["after"]["avg"] for run in runs.values())
     command = "python bench/label_map_ablation.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    payload = {"command": command.strip(), "machine": machine, "config": "configs/smoke.yaml", "before": before,
+    payload = {"command": command.strip(), "machine": machine, "config": "configs/smoke_snli.yaml", "before": before,
                "runs": runs, "avg_gap_mapped_minus_raw": round(mapped - raw, 2)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"label_map_ablation{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -135,7 +135,7 @@ def run_ours(start: str, contender: str, lr: float, seed: int, steps: int, outpu
         extra = ["--label_map", json.dumps(RAW_LABELS), "--ibn_positive_threshold", "0.5"]
     if contender == "ours-hardneg":
         extra = ["--hard_negative_batches", "true"]
-    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke.yaml",
+    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke_snli.yaml",
                "--model_name_or_path", start_model(start), "--train_datasets", *map(json.dumps, sources),
                "--max_steps", str(steps), "--learning_rate", str(lr), "--seed", str(seed),
                "--per_device_train_batch_size", str(BATCH), "--warmup_steps", "0.1", "--weight_decay", "0.01",

@@ -121,6 +121,9 @@ class DataArguments:
             raise ValueError(f"sts_tasks: unknown task(s) {unknown}; choose from {list(STS_TASKS)}")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise ValueError(f"max_train_samples must be positive, got {self.max_train_samples}")
+        if self.train_datasets is not None and self.max_train_samples is not None:
+            raise ValueError("max_train_samples applies to the single train_dataset; with train_datasets give each "
+                             "entry its own max_samples")
         if self.train_sampling not in SAMPLING_STRATEGIES:
             raise ValueError(f"train_sampling must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
         self.train_sources()  # errors name the entry and key

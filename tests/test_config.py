@@ -62,6 +62,11 @@ def test_invalid_values(tmp_path, text, pattern):
         parse_config(["--config", write(tmp_path, text)], GROUPS)
 
 
+def test_max_train_samples_with_several_sources_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="max_train_samples applies to the single train_dataset"):
+        parse_config(["--config", str(REPO / "configs" / "smoke.yaml"), "--max_train_samples", "96"], GROUPS)
+
+
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         parse_config(["--config", write(tmp_path, "- a\n- b\n")], GROUPS)
@@ -69,7 +74,7 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         parse_config(["--config", str(tmp_path / "nope.yaml")], GROUPS)
 
 
-@pytest.mark.parametrize("name", ["smoke", "bert_base_nli", "bge_base_nli"])
+@pytest.mark.parametrize("name", ["smoke", "smoke_snli", "bert_base_nli", "bge_base_nli"])
 def test_shipped_configs_parse(name):
     # bf16 needs a GPU; the GPU configs are checked here for keys and types on CPU.
     model, data, _, training = parse_config(["--config", str(REPO / "configs" / f"{name}.yaml"), "--bf16", "false"],

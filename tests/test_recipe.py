@@ -27,7 +27,7 @@ def run_recipe(*args, timeout=600):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    result = run_recipe("--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(output_dir),
                         "--sts_data_dir", str(EMBEDDED_DATA), *SMALL_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, result
@@ -66,7 +66,7 @@ def test_saved_model_round_trips_through_sentence_transformers(finished_run):
 
 def test_resume_from_last_checkpoint(finished_run):
     output_dir, _ = finished_run
-    result = run_recipe("--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(output_dir),
                         "--sts_data_dir", str(EMBEDDED_DATA), *SMALL_RUN, "--max_steps", "6",
                         "--resume_from_checkpoint", "last")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -77,19 +77,19 @@ def test_resume_from_last_checkpoint(finished_run):
 
 
 def test_unknown_key_fails_before_loading_anything():
-    result = run_recipe("--config", "configs/smoke.yaml", "--cosent_weight", "1")
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--cosent_weight", "1")
     assert result.returncode == 2
     assert "unknown key(s) 'cosent_weight' (did you mean 'cosent_w'?)" in result.stderr
 
 
 def test_threshold_above_every_label_score_is_refused(tmp_path):
-    result = run_recipe("--config", "configs/smoke.yaml", "--label_map", '{"entailment": 0.9, "neutral": 0.4}',
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--label_map", '{"entailment": 0.9, "neutral": 0.4}',
                         "--output_dir", str(tmp_path))
     assert result.returncode == 2 and "ibn_positive_threshold=1.0 is above every label_map score" in result.stderr
 
 
 def test_missing_model_path_is_named(tmp_path):
-    result = run_recipe("--config", "configs/smoke.yaml", "--model_name_or_path", "./models/missing",
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--model_name_or_path", "./models/missing",
                         "--output_dir", str(tmp_path))
     assert result.returncode == 1
     assert "error: model path './models/missing' does not exist" in result.stderr

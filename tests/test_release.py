@@ -96,7 +96,8 @@ def test_unreachable_hub_is_reported_without_the_token(monkeypatch):
 
 def test_recipe_checks_push_before_training(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke.yaml",
+    result = subprocess.run([sys.executable, str(REPO / "recipes" / "train_nli.py"), "--config",
+                             "configs/smoke_snli.yaml",
                              "--output_dir", str(tmp_path / "out"), "--push_to_hub", "true", "--hub_model_id",
                              "me/minilm"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "error: push_to_hub: working offline (HF_HUB_OFFLINE=1" in result.stderr
