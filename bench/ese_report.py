@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import statistics
 
-from bench.ese_schedules import RUNS, VARIANTS, diagonal
+from bench.jobs import ESE_RUNS, ESE_VARIANTS, RESULTS, ese_diagonal
 from bench.machine import describe_machine
-from bench.quality_vs_peers import RESULTS
 
 
 def _stats(values: list[float]) -> str:
@@ -27,7 +26,7 @@ def _stats(values: list[float]) -> str:
 def collect() -> dict:
     """``{start: {name: [records with a test grid]}}``, each name at its chosen learning rate."""
     summary: dict = {}
-    for folder in sorted(RUNS.glob("*")):
+    for folder in sorted(ESE_RUNS.glob("*")):
         records = [json.loads(path.read_text()) for path in folder.glob("*.json")]
         by_name: dict[str, list[dict]] = {}
         for record in records:
@@ -54,10 +53,10 @@ def markdown(summary: dict) -> str:
              "fine-tuned alone at its size. Command: `python -m bench.ese_compare train --start a|b --seeds 42 43 44 "
              "--lrs ...`, then `python -m bench.ese_compare report`.", "", f"Machine: {describe_machine()}", ""]
     for start, by_name in summary.items():
-        variants = [name for name in VARIANTS if name in by_name]
+        variants = [name for name in ESE_VARIANTS if name in by_name]
         lines += [f"## Start ({start})", "", "| slice (layer x dims) | " + " | ".join(variants) + " | separate |",
                   "|---" * (len(variants) + 2) + "|"]
-        for layer, dim in diagonal(start):
+        for layer, dim in ese_diagonal(start):
             cells = [_stats([r["test_grid"][str(layer)][str(dim)] for r in by_name[name]]) for name in variants]
             alone = by_name.get(f"separate-{layer}x{dim}")
             separate = _stats([r["test_grid"][str(layer)][str(dim)] for r in alone]) if alone else "–"
@@ -72,10 +71,10 @@ def markdown(summary: dict) -> str:
 
 
 def heatmaps(summary: dict) -> None:
-    from ese_trainer.plots import plot_layer_dim_heatmap
+    from ese_trainer.release.plots import plot_layer_dim_heatmap
 
     for start, by_name in summary.items():
-        for name in VARIANTS:
+        for name in ESE_VARIANTS:
             if name not in by_name:
                 continue
             grid = mean_grid(by_name[name])

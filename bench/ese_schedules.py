@@ -29,29 +29,16 @@ import sys
 import time
 from pathlib import Path
 
-from bench.quality_vs_peers import RESULTS, WORK, start_model
+from bench.jobs import ESE_RUNS, ESE_VARIANTS, WORK, ese_diagonal, start_model
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = RESULTS / "ese_runs"
-VARIANTS = {
-    "no-ese": [],
-    "espresso-pca": ["--ese.enabled", "true", "--ese.compression_target", "pca"],
-    "espresso-moe": ["--ese.enabled", "true", "--ese.compression_target", "moe"],
-    "starbucks": ["--ese.enabled", "true", "--ese.schedule", "starbucks"],
-}
 LEARNING_RATES = (2e-5, 1e-4)
 PAIRS = 6000
 BATCH = 32
 
 
-def diagonal(start: str) -> list[tuple[int, int]]:
-    from ese_trainer.ese.starbucks import default_diagonal
-
-    return default_diagonal(3 if start == "b" else 6, 384)
-
-
 def grid_dims(start: str) -> list[int]:
-    return sorted({dim for _, dim in diagonal(start)} | {64, 128, 384})
+    return sorted({dim for _, dim in ese_diagonal(start)} | {64, 128, 384})
 
 
 def train(start: str, variant: str, lr: float, seed: int, model: str, output_dir: Path, extra: list[str]) -> None:
@@ -61,7 +48,7 @@ def train(start: str, variant: str, lr: float, seed: int, model: str, output_dir
                "--per_device_train_batch_size", str(BATCH), "--eval_strategy", "no", "--save_strategy", "no",
                "--eval_on_start", "false", "--load_best_model_at_end", "false", "--suite_before_training", "false",
                "--sts_tasks", "STSBenchmark", "--output_dir", str(output_dir), "--disable_tqdm", "true",
-               *VARIANTS.get(variant, []), *extra]
+               *ESE_VARIANTS.get(variant, []), *extra]
     subprocess.run(command, cwd=REPO, check=True)
 
 
@@ -70,7 +57,8 @@ def grid(folder: Path, tasks: list[str] | None, dims: list[int], output: Path) -
     from transformers import AutoModel, AutoTokenizer
 
     from ese_trainer.data import load_sts_pairs, load_sts_task
-    from ese_trainer.layer_grid import evaluate_layer_dim_grid, save_grid
+    from ese_trainer.evaluation.layer_grid import evaluate_layer_dim_grid
+    from ese_trainer.release.run_io import save_grid
 
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -83,13 +71,13 @@ def grid(folder: Path, tasks: list[str] | None, dims: list[int], output: Path) -
 
 
 def diagonal_mean(result: dict, start: str) -> float:
-    return statistics.mean(result["avg"][str(layer)][str(dim)] for layer, dim in diagonal(start))
+    return statistics.mean(result["avg"][str(layer)][str(dim)] for layer, dim in ese_diagonal(start))
 
 
 def run(start: str, name: str, lr: float, seed: int) -> dict:
     """One run: train, dev grid; the record under ``ese_runs/<start>/``. ``name`` is a variant or
     ``separate-LxD``."""
-    record_file = RUNS / start / f"{name}_lr{lr:g}_seed{seed}.json"
+    record_file = ESE_RUNS / start / f"{name}_lr{lr:g}_seed{seed}.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
     output_dir = WORK / "ese" / start / f"{name}_lr{lr:g}_seed{seed}"
@@ -131,7 +119,7 @@ def score_on_tests(start: str, record: dict) -> dict:
         result = grid(folder, list(STS_TASKS), grid_dims(start), folder / "test_grid")
         record["test_grid"] = result["avg"]
         name = f"{record['name']}_lr{record['learning_rate']:g}_seed{record['seed']}.json"
-        (RUNS / start / name).write_text(json.dumps(record, indent=2) + "\n")
+        (ESE_RUNS / start / name).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -143,7 +131,7 @@ def choose_lr(start: str, name: str, lrs: tuple[float, ...] = LEARNING_RATES) ->
 
 def variant_names(start: str) -> list[str]:
     """The schedules, then one ``separate-LxD`` per diagonal slice but the full one."""
-    return [*VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in diagonal(start)[:-1])]
+    return [*ESE_VARIANTS, *(f"separate-{layer}x{dim}" for layer, dim in ese_diagonal(start)[:-1])]
 
 
 def train_all(start: str, seeds: list[int], lrs: tuple[float, ...] = LEARNING_RATES,

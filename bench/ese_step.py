@@ -39,11 +39,12 @@ VARIANTS = {
 def build(ese: dict):
     from transformers import AutoModel
 
-    from ese_trainer.arguments import ESEArguments, LossArguments
-    from ese_trainer.encoding import SentenceEncoder
+    from ese_trainer.ese.arguments import ESEArguments
     from ese_trainer.hub_models import resolve_model_path
-    from ese_trainer.model_loading import build_objective
-    from ese_trainer.training_model import TrainingModel
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.modeling.encoding import SentenceEncoder
+    from ese_trainer.training.build import build_objective
+    from ese_trainer.training.training_model import TrainingModel
 
     model = AutoModel.from_pretrained(resolve_model_path(MODEL_ID))
     model.pooler.requires_grad_(False)
@@ -63,8 +64,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from ese_trainer.collator import PairCollator
     from ese_trainer.data import load_nli_pairs
+    from ese_trainer.data.collator import PairCollator
     from ese_trainer.ese.compression import pca_projection
     from ese_trainer.hub_models import resolve_model_path
 

@@ -32,7 +32,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from ese_trainer.data import STS_TASKS, load_sts_task
-    from ese_trainer.evaluation import evaluate_sts
+    from ese_trainer.evaluation.sts import evaluate_sts
     from ese_trainer.hub_models import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -81,8 +81,8 @@ def load_batch(model_path: str, batch_size: int, seed: int) -> tuple[dict[str, t
     """One collated batch of ``batch_size`` real SNLI dev pairs and a description of its tokens."""
     from transformers import AutoTokenizer
 
-    from ese_trainer.collator import PairCollator
     from ese_trainer.data import load_nli_pairs
+    from ese_trainer.data.collator import PairCollator
 
     pairs, _ = load_nli_pairs(str(REPO / "data" / "SNLI"), split="dev", max_samples=batch_size, seed=seed)
     if len(pairs) < batch_size:
@@ -98,10 +98,11 @@ def load_batch(model_path: str, batch_size: int, seed: int) -> tuple[dict[str, t
 
 def make_loss_fn(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """The step's loss: the recipe's own objective (default loss arguments) on ``model``, one forward pass."""
-    from ese_trainer.arguments import ESEArguments, LossArguments
-    from ese_trainer.encoding import SentenceEncoder
-    from ese_trainer.model_loading import build_objective
-    from ese_trainer.training_model import TrainingModel
+    from ese_trainer.ese.arguments import ESEArguments
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.modeling.encoding import SentenceEncoder
+    from ese_trainer.training.build import build_objective
+    from ese_trainer.training.training_model import TrainingModel
 
     training_model = TrainingModel(SentenceEncoder(model, "mean", forward_chunks=1),
                                    build_objective(LossArguments(), ESEArguments(), model.config))

@@ -13,8 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS
 from bench.machine import describe_machine
-from bench.quality_vs_peers import CONTENDERS, RESULTS, RUNS, STARTS
 
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness", "avg")
 HEADERS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "avg")

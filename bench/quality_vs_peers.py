@@ -41,52 +41,20 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-RUNS = RESULTS / "quality_runs"
-WORK = REPO / "outputs" / "quality"
-# AnglE's own venv (its pins clash with ours): bench/peers/setup_angle_venv.sh makes it; ESE_ANGLE_PYTHON overrides.
-ANGLE_PYTHON = Path(os.environ.get("ESE_ANGLE_PYTHON", REPO / ".venv-angle" / "bin" / "python"))
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-BATCH = 32
-CHECKPOINTS = 8  # evenly spaced checkpoints per run, the last at the final step
-SNLI = [{"source": "data/SNLI", "kind": "nli", "split": "dev"}, {"source": "data/SNLI", "kind": "nli", "split": "test"}]
-IN_DOMAIN = [{"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "name": "stsb-train"},
-             {"source": "data/SICK/SICK_train.txt", "kind": "sts", "name": "sick-train"}]
-RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2: same order, see docstring
-CONTENDERS = ("ours", "ours-hardneg", "st-combined", "st-mnrl", "angle", "raw-labels")
-
-
-@dataclass(frozen=True)
-class Start:
-    label: str
-    description: str
-    sources: tuple[dict, ...]
-
-
-STARTS = {
-    "a": Start("a", "all-MiniLM-L6-v2 as released", tuple(SNLI)),
-    "b": Start("b", "all-MiniLM-L6-v2 cut to its first 3 layers", tuple(SNLI)),
-    "c": Start("c", "all-MiniLM-L6-v2 + STS-B train and SICK train (in-domain for STS-B, SICK-R)",
-               tuple(SNLI + IN_DOMAIN)),
-}
-
-
-def start_model(start: str) -> str:
-    """The start model's folder (start ``b`` is exported once, by the recipe users would run)."""
-    from ese_trainer.hub_models import resolve_model_path
-
-    if start != "b":
-        return resolve_model_path(MINILM)
-    folder = WORK / "starts" / "minilm-l3"
-    if not (folder / "config.json").is_file():
-        subprocess.run([sys.executable, "recipes/export_slice.py", "--model_name_or_path", MINILM, "--layer", "3",
-                        "--dim", "384", "--output_dir", str(folder)], cwd=REPO, check=True)
-    return str(folder)
+from bench.jobs import (
+    ANGLE_PYTHON,
+    BATCH,
+    CHECKPOINTS,
+    CONTENDERS,
+    RAW_LABELS,
+    REPO,
+    RUNS,
+    STARTS,
+    WORK,
+    start_model,
+)
 
 
 def training_pairs(start: str) -> tuple[Path, Path, int]:
@@ -186,7 +154,7 @@ def load_encoder(folder: Path, tokenizer_source: str):
 
 
 def score(folder: Path, tokenizer_source: str, tasks: dict) -> dict[str, float]:
-    from ese_trainer.evaluation import evaluate_sts
+    from ese_trainer.evaluation.sts import evaluate_sts
 
     model, tokenizer = load_encoder(folder, tokenizer_source)
     return evaluate_sts(model, tokenizer, tasks, "mean", 128, 128, show_progress=False)

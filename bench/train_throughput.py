@@ -52,10 +52,11 @@ def load_pairs(count: int):
 def our_parts(packed: bool):
     from transformers import AutoModel, AutoTokenizer
 
-    from ese_trainer.arguments import ESEArguments, LossArguments
-    from ese_trainer.encoding import SentenceEncoder
+    from ese_trainer.ese.arguments import ESEArguments
     from ese_trainer.hub_models import resolve_model_path
-    from ese_trainer.model_loading import build_objective
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.modeling.encoding import SentenceEncoder
+    from ese_trainer.training.build import build_objective
 
     path = resolve_model_path(MODEL_ID)
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
@@ -67,8 +68,8 @@ def our_parts(packed: bool):
 def run_ours(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
     from transformers import TrainingArguments
 
-    from ese_trainer.collator import PairCollator
-    from ese_trainer.trainer import ESETrainer
+    from ese_trainer.data.collator import PairCollator
+    from ese_trainer.training.trainer import ESETrainer
 
     tokenizer, encoder, objective = our_parts(packed)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -129,8 +130,8 @@ def run_sentence_transformers(pairs, batch: int, steps: int, bf16: bool) -> floa
 
 
 def run_bare(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
-    from ese_trainer.collator import PairCollator
-    from ese_trainer.training_model import TrainingModel
+    from ese_trainer.data.collator import PairCollator
+    from ese_trainer.training.training_model import TrainingModel
 
     tokenizer, encoder, objective = our_parts(packed)
     training_model = TrainingModel(encoder, objective).train()

@@ -20,24 +20,23 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from ese_trainer.cli import run_cli
-from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.config.cli import run_cli
+from ese_trainer.config.parsing import ConfigError, parse_config
 from ese_trainer.data import STS_TASKS, DataError, load_sts_task
 from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE
-from ese_trainer.evaluation import evaluate_sts
-from ese_trainer.export import saved_pooling
-from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
-from ese_trainer.layer_grid import (
+from ese_trainer.evaluation.layer_grid import (
     ENCODE_SECONDS_KEY,
     encode_time_per_depth,
     evaluate_layer_dim_grid,
     grid_markdown,
-    save_grid,
 )
-from ese_trainer.pooling import check_pooling
-from ese_trainer.run_io import save_json
-from ese_trainer.slicing import check_dims, check_layers
-from ese_trainer.tables import markdown_table
+from ese_trainer.evaluation.sts import evaluate_sts
+from ese_trainer.evaluation.tables import markdown_table
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
+from ese_trainer.modeling.pooling import check_pooling
+from ese_trainer.modeling.slicing import check_dims, check_layers
+from ese_trainer.release.export import saved_pooling
+from ese_trainer.release.run_io import save_grid, save_json
 
 PROG = "recipes/evaluate_sts.py"
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from transformers import AutoConfig
 
-from ese_trainer.cli import run_cli
-from ese_trainer.config import ConfigError, parse_config
-from ese_trainer.export import export_slice, saved_pooling
+from ese_trainer.config.cli import run_cli
+from ese_trainer.config.parsing import ConfigError, parse_config
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
-from ese_trainer.pooling import check_pooling
-from ese_trainer.slicing import check_dims, check_layers
+from ese_trainer.modeling.pooling import check_pooling
+from ese_trainer.modeling.slicing import check_dims, check_layers
+from ese_trainer.release.export import export_slice, saved_pooling
 
 PROG = "recipes/export_slice.py"
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ese_trainer.cli import run_cli
-from ese_trainer.config import parse_config
-from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
-from ese_trainer.model_card import write_model_card
+from ese_trainer.config.cli import run_cli
+from ese_trainer.config.parsing import parse_config
+from ese_trainer.release.hub_push import PushError, check_push_ready, push_model_dir
+from ese_trainer.release.model_card import write_model_card
 
 PROG = "recipes/push_to_hub.py"
 

@@ -9,20 +9,21 @@ the data counts, a loss-curve plot and the model card.
 
 from __future__ import annotations
 
-from ese_trainer.cli import run_cli
-from ese_trainer.collator import PairCollator
+from ese_trainer.config.cli import run_cli
 from ese_trainer.data import DataError
-from ese_trainer.dev_score import CosineSpearman
-from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.data.collator import PairCollator
+from ese_trainer.data.run_data import load_run_data
+from ese_trainer.evaluation.dev_score import CosineSpearman
 from ese_trainer.hub_models import ModelNotFoundError, work_offline_if_hub_unreachable
-from ese_trainer.hub_push import PushError
-from ese_trainer.model_loading import build_objective, learning_rates, load_tokenizer_and_encoder
 from ese_trainer.modeling import MoELoadingError
-from ese_trainer.packing import use_packing
-from ese_trainer.release import release_run, score_suite, start_output_dir
-from ese_trainer.run_config import ARGUMENT_GROUPS, start_run
-from ese_trainer.run_data import load_run_data
-from ese_trainer.trainer import CheckpointMismatchError, ESETrainer, NonFiniteLossError
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.loading import load_tokenizer_and_encoder
+from ese_trainer.modeling.packing import use_packing
+from ese_trainer.release.hub_push import PushError, check_push_ready
+from ese_trainer.release.output_folder import release_run, score_suite, start_output_dir
+from ese_trainer.training.build import build_objective, learning_rates
+from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, start_run
+from ese_trainer.training.trainer import CheckpointMismatchError, ESETrainer, NonFiniteLossError
 
 PROG = "recipes/train_nli.py"
 __all__ = ["ARGUMENT_GROUPS", "run"]
@@ -31,6 +32,8 @@ __all__ = ["ARGUMENT_GROUPS", "run"]
 def run(argv: list[str]) -> dict:
     # ---- config ----
     args, resume = start_run(argv, prog=PROG, description=__doc__)
+    if args.training.push_to_hub:  # before anything slow: a run that cannot push stops now, not after training
+        check_push_ready(args.training.hub_model_id)
     work_offline_if_hub_unreachable()
 
     # ---- model and objective ----

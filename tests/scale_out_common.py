@@ -5,13 +5,14 @@ import tempfile
 import torch
 from transformers import AutoTokenizer, TrainingArguments
 
-from ese_trainer.arguments import ESEArguments, LossArguments
-from ese_trainer.collator import PairCollator
 from ese_trainer.data import load_nli_pairs
-from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.data.collator import PairCollator
+from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.hub_models import resolve_model_path
-from ese_trainer.model_loading import build_objective
-from ese_trainer.trainer import ESETrainer
+from ese_trainer.losses.arguments import LossArguments
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.training.build import build_objective
+from ese_trainer.training.trainer import ESETrainer
 from tests.conftest import EMBEDDED_DATA, MINILM_ID, build_tiny_bert, build_tiny_moe
 
 PAIRS_PER_PROCESS = 6

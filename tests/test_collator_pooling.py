@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ese_trainer.collator import SCORES_KEY, PairCollator
-from ese_trainer.encoding import SentenceEncoder
-from ese_trainer.pooling import POOLING_MODES, pool
+from ese_trainer.data.collator import SCORES_KEY, PairCollator
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.pooling import POOLING_MODES, pool
 
 
 def test_collator_tokenises_both_sides_with_dynamic_padding(tokenizer):

@@ -3,8 +3,10 @@
 import pytest
 from transformers import TrainingArguments
 
-from ese_trainer.arguments import DataArguments, LossArguments, ModelArguments
-from ese_trainer.config import ConfigError, parse_config
+from ese_trainer.config.parsing import ConfigError, parse_config
+from ese_trainer.data.arguments import DataArguments
+from ese_trainer.losses.arguments import LossArguments
+from ese_trainer.modeling.arguments import ModelArguments
 
 from .conftest import REPO
 

@@ -34,7 +34,7 @@ def test_ese_run_logs_its_terms_and_writes_the_grid(tmp_path):
 
 
 def test_size_recommendation_picks_the_fewest_layers_then_dims():
-    from ese_trainer.layer_grid import recommend_sizes
+    from ese_trainer.evaluation.layer_grid import recommend_sizes
 
     grid = {"layers": [1, 2, 3], "dims": [64, 128],
             "avg": {"1": {"64": 70.0, "128": 78.5}, "2": {"64": 79.2, "128": 79.6}, "3": {"64": 79.0, "128": 80.0}},

@@ -5,8 +5,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 from ese_trainer.data import load_sts_pairs
-from ese_trainer.evaluation import cosine_spearman, encode, evaluate_sts
-from ese_trainer.tables import markdown_table
+from ese_trainer.evaluation.sts import cosine_spearman, encode, evaluate_sts
+from ese_trainer.evaluation.tables import markdown_table
 
 from .conftest import EMBEDDED_DATA
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from ese_trainer.evaluation import encode
-from ese_trainer.export import save_sentence_transformer, saved_pooling
-from ese_trainer.pooling import POOLING_MODES
+from ese_trainer.evaluation.sts import encode
+from ese_trainer.modeling.pooling import POOLING_MODES
+from ese_trainer.release.export import save_sentence_transformer, saved_pooling
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run through a field.", "Rain."]
 

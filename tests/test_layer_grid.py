@@ -15,13 +15,13 @@ from safetensors import safe_open
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
-from ese_trainer.config import ConfigError
+from ese_trainer.config.parsing import ConfigError
 from ese_trainer.data import STSPairs, load_sts_pairs
-from ese_trainer.evaluation import evaluate_sts
-from ese_trainer.export import export_slice, saved_pooling
-from ese_trainer.layer_grid import encode_time_per_depth, evaluate_layer_dim_grid
-from ese_trainer.pooling import pool
-from ese_trainer.slicing import check_dims, check_layers, truncate_layers
+from ese_trainer.evaluation.layer_grid import encode_time_per_depth, evaluate_layer_dim_grid
+from ese_trainer.evaluation.sts import evaluate_sts
+from ese_trainer.modeling.pooling import pool
+from ese_trainer.modeling.slicing import check_dims, check_layers, truncate_layers
+from ese_trainer.release.export import export_slice, saved_pooling
 
 from .conftest import EMBEDDED_DATA, REPO
 

@@ -21,7 +21,7 @@ from ese_trainer.modeling import (
     build_moe,
 )
 from ese_trainer.modeling.modeling_moe_bert import BertSparseMoeBlock
-from ese_trainer.pooling import pool
+from ese_trainer.modeling.pooling import pool
 
 from .conftest import EMBEDDED_DATA, MINILM_ID, REPO
 
@@ -110,7 +110,7 @@ def test_router_losses():
 
 
 def test_saved_model_loads_with_remote_code_and_sentence_transformers(tmp_path, tokenizer, sts_batch):
-    from ese_trainer.export import save_sentence_transformer
+    from ese_trainer.release.export import save_sentence_transformer
 
     moe = build_moe(MINILM_ID, moe_type="residual", moe_layers="every_2").eval()
     with torch.no_grad():  # trained-looking experts, so a silently re-initialised expert would show
@@ -157,7 +157,7 @@ def test_moe_slice_export_round_trips(tmp_path, tokenizer):
     """An ESE-style (layer, dim) slice of an MoE encoder: only the first layers are kept, experts included."""
     from sentence_transformers import SentenceTransformer
 
-    from ese_trainer.export import export_slice
+    from ese_trainer.release.export import export_slice
 
     moe = build_moe(MINILM_ID, moe_type="residual", moe_layers=[0, 2, 4]).eval()
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_moe_step_script_runs(tmp_path):
 
 
 def test_moe_section_and_dotted_overrides_parse():
-    from ese_trainer.config import parse_config
+    from ese_trainer.config.parsing import parse_config
     from recipes.train_nli import ARGUMENT_GROUPS
 
     parsed = parse_config(["--config", str(REPO / "configs" / "moe_smoke.yaml"), "--moe.num_experts", "8",

@@ -4,13 +4,13 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig
 
-from ese_trainer.collator import PairCollator
 from ese_trainer.data import load_nli_pairs
-from ese_trainer.encoding import SentenceEncoder
-from ese_trainer.evaluation import encode
+from ese_trainer.data.collator import PairCollator
+from ese_trainer.evaluation.sts import encode
 from ese_trainer.modeling import build_moe
-from ese_trainer.packing import pack, use_packing
-from ese_trainer.pooling import POOLING_MODES
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.packing import pack, use_packing
+from ese_trainer.modeling.pooling import POOLING_MODES
 
 from .conftest import EMBEDDED_DATA
 

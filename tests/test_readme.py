@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ese_trainer.config import parse_config
+from ese_trainer.config.parsing import parse_config
 
 from .conftest import REPO
 

@@ -10,7 +10,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
-from ese_trainer.evaluation import encode
+from ese_trainer.evaluation.sts import encode
 
 from .conftest import EMBEDDED_DATA, REPO
 

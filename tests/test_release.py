@@ -8,8 +8,8 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
-from ese_trainer.export import save_sentence_transformer
-from ese_trainer.hub_push import PushError, check_push_ready, push_model_dir
+from ese_trainer.release.export import save_sentence_transformer
+from ese_trainer.release.hub_push import PushError, check_push_ready, push_model_dir
 from tests.conftest import REPO
 
 SECRET = "hf_notARealTokenButSecret123"
@@ -82,7 +82,7 @@ def test_readiness_errors(monkeypatch):
         check_push_ready("me/minilm")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("ese_trainer.hub_push.get_token", lambda: None)
+    monkeypatch.setattr("ese_trainer.release.hub_push.get_token", lambda: None)
     with pytest.raises(PushError, match="no Hugging Face token"):
         check_push_ready("me/minilm")
 

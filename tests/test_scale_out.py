@@ -9,7 +9,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from ese_trainer.grad_cache import RandomState
+from ese_trainer.training.grad_cache import RandomState
 from tests.conftest import REPO
 from tests.scale_out_common import PAIRS_PER_PROCESS, one_sgd_step
 
@@ -25,13 +25,16 @@ def accelerate_launch(*args, timeout=600):
 
 
 def assert_same_step(result, reference, tolerance=1e-5, relative=False):
-    """Same logged loss, and every parameter's change within ``tolerance`` (times the largest change of that
-    parameter with ``relative``: for steps whose gradients are large, e.g. an MoE encoder's router terms)."""
+    """Same logged loss, and every parameter's change within ``tolerance`` plus 1e-4 of the largest change of that
+    parameter (float32 sums in another order differ in proportion to their size: the token-type embedding's
+    gradient sums over every token); with ``relative`` ``tolerance`` itself scales with changes above 1 (steps whose
+    gradients are large, e.g. an MoE encoder's router terms)."""
     assert result["loss"] == pytest.approx(reference["loss"], abs=1e-4)
     for name, delta in reference["deltas"].items():
         difference = (result["deltas"][name] - delta).abs().max().item()
-        bound = tolerance * max(1.0, delta.abs().max().item()) if relative else tolerance
-        assert difference < bound, f"{name}: {difference}"
+        largest = delta.abs().max().item()
+        bound = (tolerance * max(1.0, largest) if relative else tolerance) + 1e-4 * largest
+        assert difference < bound, f"{name}: {difference} (largest change {largest})"
 
 
 @pytest.fixture(scope="module")

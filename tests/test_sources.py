@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ese_trainer.batching import SourceBatchSampler
 from ese_trainer.data import DataError
+from ese_trainer.data.batching import SourceBatchSampler
 from ese_trainer.data.sources import TrainSource, load_train_sources
 
 from .conftest import EMBEDDED_DATA, REPO

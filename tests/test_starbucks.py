@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ese_trainer.arguments import ESEArguments
 from ese_trainer.data import load_nli_pairs
 from ese_trainer.ese import ESELoss, ESESettings
+from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.ese.compression import pca_target
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, default_diagonal, parse_slices

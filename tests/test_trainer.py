@@ -6,14 +6,15 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from ese_trainer.arguments import ESEArguments, LossArguments
-from ese_trainer.collator import PairCollator
 from ese_trainer.data import load_nli_pairs
-from ese_trainer.encoding import SentenceEncoder
+from ese_trainer.data.collator import PairCollator
+from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.losses import angle_loss, cosent_loss, in_batch_negative_loss
-from ese_trainer.model_loading import build_objective
-from ese_trainer.pooling import pool
-from ese_trainer.trainer import ESETrainer, NonFiniteLossError
+from ese_trainer.losses.arguments import LossArguments
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.pooling import pool
+from ese_trainer.training.build import build_objective
+from ese_trainer.training.trainer import ESETrainer, NonFiniteLossError
 
 from .conftest import EMBEDDED_DATA
 

@@ -5,12 +5,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertModel
 
-from ese_trainer.arguments import ESEArguments, LossArguments
-from ese_trainer.collator import PairCollator
+from ese_trainer.data.collator import PairCollator
+from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.ese.loss import combine_ese_terms, ese_terms
 from ese_trainer.losses import cosent_loss, router_z_loss, switch_balance_loss
-from ese_trainer.model_loading import ESE_HEAD_PARAMETERS, ROUTER_PARAMETERS
-from ese_trainer.pooling import pool
+from ese_trainer.losses.arguments import LossArguments
+from ese_trainer.modeling.pooling import pool
+from ese_trainer.training.build import ESE_HEAD_PARAMETERS, ROUTER_PARAMETERS
 
 from .conftest import build_tiny_moe
 from .test_trainer import make_trainer, pairs  # noqa: F401  (pairs is a fixture)
@@ -87,7 +88,7 @@ def test_moe_router_losses_enter_the_loss_and_are_logged(tokenizer, pairs, tmp_p
 
 
 def test_ese_settings_checked_against_the_model(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
-    from ese_trainer.config import ConfigError
+    from ese_trainer.config.parsing import ConfigError
 
     with pytest.raises(ConfigError, match=r"ese.compression_size=32 must be in 1..31"):
         make_trainer(tiny_bert, tokenizer, pairs, tmp_path, ese_args=ESEArguments(ese_enabled=True,
@@ -105,7 +106,7 @@ def test_dense_bert_has_no_routing(tiny_bert, tokenizer, pairs, tmp_path):  # no
 
 
 def test_a_run_shorter_than_a_logging_window_still_logs_its_terms_and_routing(tokenizer, pairs, tmp_path):  # noqa: F811
-    from ese_trainer.routing_report import save_expert_utilisation
+    from ese_trainer.release.routing_report import save_expert_utilisation
 
     model = build_tiny_moe(len(tokenizer))
     trainer = make_trainer(model, tokenizer, pairs, tmp_path, max_steps=2, logging_steps=10)

@@ -1,4 +1,4 @@
-"""Training pairs (NLI) and evaluation pairs (STS), from Hub ids or local files."""
+"""Data: training sources (NLI, STS, triplets) and evaluation pairs, read and checked, batched and collated."""
 
 from ese_trainer.data.errors import DataError
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, NLI_LABEL_NAMES, NLIDropCounts, load_nli_pairs

@@ -1,8 +1,7 @@
-"""ESE (Espresso Sentence Embeddings, Li et al., arXiv 2402.14776): the loss module and its settings.
+"""ESE: Espresso Sentence Embeddings' layer and compression terms (Li et al., arXiv 2402.14776) and settings."""
 
-The parts — layer weights, compression targets, distillation, the terms as pure functions — live in the
-submodules (``layer_weights``, ``compression``, ``distillation``, ``loss``).
-"""
+# The parts (layer weights, compression targets, distillation, Starbucks slices, the terms as pure functions) live
+# in the submodules.
 
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS
 from ese_trainer.ese.loss import ESE_TOTAL, ESELoss

@@ -1,4 +1,4 @@
-"""Training losses, one per file (sentence-transformers' ``losses/`` layout); composites return named terms."""
+"""Losses: one per file (sentence-transformers' ``losses/`` layout), composites returning named terms."""
 
 from ese_trainer.losses.angle import angle_loss, angle_similarity
 from ese_trainer.losses.cosent import cosent_loss, ranking_loss

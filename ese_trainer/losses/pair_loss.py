@@ -6,10 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
-from ese_trainer.distributed import gather_with_grad, gather_without_grad
 from ese_trainer.losses.angle import angle_loss
 from ese_trainer.losses.cosent import cosent_loss
 from ese_trainer.losses.in_batch_negatives import in_batch_negative_loss
@@ -48,17 +46,6 @@ PAIR_TERMS = (
 )
 
 
-def gather_pairs(pairs: Pairs) -> Pairs:
-    """Every process's pairs in rank order (embeddings differentiably, see :mod:`ese_trainer.distributed`); the
-    text ids keep the layout all first sides, then all second sides."""
-    text_ids = pairs.text_ids
-    if text_ids is not None:
-        half = len(text_ids) // 2
-        text_ids = torch.cat([gather_without_grad(text_ids[:half]), gather_without_grad(text_ids[half:])])
-    return Pairs(gather_with_grad(pairs.emb_a), gather_with_grad(pairs.emb_b), gather_without_grad(pairs.scores),
-                 text_ids)
-
-
 class PairLoss(nn.Module):
     """The weighted sum of the :data:`PAIR_TERMS` whose weight is not 0::
 
@@ -66,14 +53,12 @@ class PairLoss(nn.Module):
 
     each term at its own scale (inverse temperature); ``ibn_positive_threshold`` picks the in-batch positives.
     ``forward`` returns the unweighted terms by log name (``loss_cosent``, ``loss_ibn``, ``loss_angle``);
-    :meth:`combine` their weighted sum. With ``gather_across_devices`` every term runs over the global batch of all
-    processes (:func:`gather_pairs`).
+    :meth:`combine` their weighted sum.
 
     Args:
         weights: ``{term key: weight}`` for every key of :data:`PAIR_TERMS`.
         scales: ``{term key: scale}`` likewise.
         ibn_positive_threshold: pairs with a score at least this are in-batch positives.
-        gather_across_devices: evaluate the terms over the global batch.
 
     Relations:
         sentence-transformers would sum ``CoSENTLoss``, ``MultipleNegativesRankingLoss`` and ``AnglELoss``; this is
@@ -81,8 +66,8 @@ class PairLoss(nn.Module):
         contradiction pairs) and duplicate texts never counted as negatives.
     """
 
-    def __init__(self, weights: dict[str, float], scales: dict[str, float], ibn_positive_threshold: float = 1.0,
-                 gather_across_devices: bool = False) -> None:
+    def __init__(self, weights: dict[str, float], scales: dict[str, float], ibn_positive_threshold: float = 1.0
+                 ) -> None:
         super().__init__()
         missing = [term.key for term in PAIR_TERMS if term.key not in weights or term.key not in scales]
         if missing:
@@ -93,11 +78,8 @@ class PairLoss(nn.Module):
         self.weights = {term.log_name: weights[term.key] for term in self.terms}
         self.scales = {term.log_name: scales[term.key] for term in self.terms}
         self.ibn_positive_threshold = ibn_positive_threshold
-        self.gather_across_devices = gather_across_devices
 
     def forward(self, pairs: Pairs) -> dict[str, Tensor]:
-        if self.gather_across_devices:
-            pairs = gather_pairs(pairs)
         return {term.log_name: term.compute(pairs, self.scales[term.log_name], self.ibn_positive_threshold)
                 for term in self.terms}
 

@@ -1,8 +1,7 @@
-"""The Mixture-of-Experts BERT encoder: config, model, conversion from a dense BERT checkpoint.
+"""Modeling: the encoder (loading, MoE conversion), its packed forward, pooling and layer slicing."""
 
-Importing this package registers the model with ``AutoConfig``/``AutoModel`` in-process; saved models also
-carry the code (``register_for_auto_class``) for ``trust_remote_code=True`` loading elsewhere.
-"""
+# Importing this package registers the MoE encoder with AutoConfig/AutoModel in-process; saved MoE models also
+# carry its code (register_for_auto_class) for trust_remote_code=True loading elsewhere.
 
 from transformers import AutoConfig, AutoModel
 

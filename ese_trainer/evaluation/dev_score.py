@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ese_trainer.evaluation import spearman
+from ese_trainer.evaluation.sts import spearman
 
 
 class CosineSpearman:

@@ -10,14 +10,14 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ese_trainer.arguments import MoEArguments
 from ese_trainer.data.nli import NLI_LABEL_NAMES
 from ese_trainer.data.sts import STS_TASKS
 from ese_trainer.ese.settings import setting_names
-from ese_trainer.layer_grid import recommend_sizes
+from ese_trainer.evaluation.layer_grid import recommend_sizes
+from ese_trainer.evaluation.tables import markdown_table
 from ese_trainer.losses import PAIR_TERMS
+from ese_trainer.modeling.arguments import MoEArguments
 from ese_trainer.paths import looks_like_local_path
-from ese_trainer.tables import markdown_table
 
 CITATIONS = {
     "AnglE": """@inproceedings{li-li-2024-aoe,

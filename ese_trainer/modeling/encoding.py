@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ese_trainer.packing import pack, packed_attention, pool_packed
-from ese_trainer.pooling import check_pooling, pool
+from ese_trainer.modeling.packing import pack, packed_attention, pool_packed
+from ese_trainer.modeling.pooling import check_pooling, pool
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

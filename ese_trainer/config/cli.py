@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from ese_trainer.config import ConfigError
+from ese_trainer.config.parsing import ConfigError
 
 logger = logging.getLogger(__name__)
 

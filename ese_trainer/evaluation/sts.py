@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
-from ese_trainer.encoding import SentenceEncoder
-from ese_trainer.metrics import STS_SPEARMAN_PATH
-from ese_trainer.packing import use_packing
+from ese_trainer.evaluation.metrics import STS_SPEARMAN_PATH
+from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.packing import use_packing
 
 AVERAGE_KEY = "avg"
 

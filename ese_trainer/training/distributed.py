@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 
+from ese_trainer.losses import Pairs
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -51,3 +53,14 @@ def average_gradients(parameters) -> None:
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
         offset += grad.numel()
+
+
+def gather_pairs(pairs: Pairs) -> Pairs:
+    """Every process's pairs in rank order (embeddings differentiably, :func:`gather_with_grad`); the text ids keep
+    the layout all first sides, then all second sides."""
+    text_ids = pairs.text_ids
+    if text_ids is not None:
+        half = len(text_ids) // 2
+        text_ids = torch.cat([gather_without_grad(text_ids[:half]), gather_without_grad(text_ids[half:])])
+    return Pairs(gather_with_grad(pairs.emb_a), gather_with_grad(pairs.emb_b), gather_without_grad(pairs.scores),
+                 text_ids)

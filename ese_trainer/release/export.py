@@ -15,8 +15,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 import ese_trainer.modeling  # noqa: F401  (registers the MoE encoder with AutoConfig/AutoModel for ST's loader)
 from ese_trainer.hub_models import resolve_model_path
-from ese_trainer.pooling import ST_POOLING_MODES, check_pooling
-from ese_trainer.slicing import check_dims, check_layers, truncate_layers
+from ese_trainer.modeling.pooling import ST_POOLING_MODES, check_pooling
+from ese_trainer.modeling.slicing import check_dims, check_layers, truncate_layers
 
 _LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                         "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last"}

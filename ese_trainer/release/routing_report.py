@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ese_trainer.run_io import save_json
+from ese_trainer.release.run_io import save_json
 
 
 def utilisation_history(log_history: list[dict], prefix: str = "moe") -> list[dict]:

@@ -8,9 +8,9 @@ from collections import defaultdict
 import torch
 from accelerate import Accelerator
 
-from ese_trainer.objective import ESE_HEAD_ROUTING, MOE_ROUTING, ObjectiveOutput
-from ese_trainer.routing import RoutingTally
-from ese_trainer.training_model import TrainingModel
+from ese_trainer.training.objective import ESE_HEAD_ROUTING, MOE_ROUTING, ObjectiveOutput
+from ese_trainer.training.routing import RoutingTally
+from ese_trainer.training.training_model import TrainingModel
 
 
 def routing_tallies(model: TrainingModel) -> dict[str, RoutingTally]:

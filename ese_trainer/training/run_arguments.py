@@ -10,9 +10,11 @@ from typing import NamedTuple
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ese_trainer.arguments import DataArguments, ESEArguments, LossArguments, ModelArguments, MoEArguments
-from ese_trainer.config import ConfigError, parse_config
-from ese_trainer.hub_push import check_push_ready
+from ese_trainer.config.parsing import ConfigError, parse_config
+from ese_trainer.data.arguments import DataArguments
+from ese_trainer.ese.arguments import ESEArguments
+from ese_trainer.losses.arguments import LossArguments
+from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
 
 ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, TrainingArguments)
 
@@ -79,13 +81,11 @@ def prepare_training_arguments(args: RunArguments) -> None:
 
 def start_run(argv: list[str], prog: str | None = None, description: str | None = None) -> tuple[RunArguments,
                                                                                                   str | None]:
-    """Parse and check the arguments, find the checkpoint to resume from, check a Hub push can happen (before
-    anything slow), set up logging and the seed. Returns the arguments and the checkpoint (or None)."""
+    """Parse and check the arguments, find the checkpoint to resume from, set up logging and the seed. Returns the
+    arguments and the checkpoint (or None)."""
     args = RunArguments(*parse_config(argv, ARGUMENT_GROUPS, prog=prog, description=description))
     prepare_training_arguments(args)
     resume = resolve_resume_checkpoint(args.training.resume_from_checkpoint, args.training.output_dir)
-    if args.training.push_to_hub:
-        check_push_ready(args.training.hub_model_id)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if args.is_main_process else logging.WARNING)
     set_seed(args.training.seed)

@@ -9,20 +9,20 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ese_trainer.data.run_data import RunData
 from ese_trainer.ese.starbucks import parse_slices
-from ese_trainer.evaluation import evaluate_sts
-from ese_trainer.export import add_sentence_transformer_files
-from ese_trainer.hub_push import push_model_dir
-from ese_trainer.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid, save_grid
-from ese_trainer.model_card import write_model_card
-from ese_trainer.objective import ESE_HEAD_ROUTING, MOE_ROUTING
-from ese_trainer.packing import use_packing
-from ese_trainer.plots import plot_loss_curves
-from ese_trainer.routing_report import save_expert_utilisation
-from ese_trainer.run_config import RunArguments
-from ese_trainer.run_data import RunData
-from ese_trainer.run_io import save_json, save_resolved_config, save_sts_results
-from ese_trainer.trainer import ESETrainer
+from ese_trainer.evaluation.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid
+from ese_trainer.evaluation.sts import evaluate_sts
+from ese_trainer.modeling.packing import use_packing
+from ese_trainer.release.export import add_sentence_transformer_files
+from ese_trainer.release.hub_push import push_model_dir
+from ese_trainer.release.model_card import write_model_card
+from ese_trainer.release.plots import plot_loss_curves
+from ese_trainer.release.routing_report import save_expert_utilisation
+from ese_trainer.release.run_io import save_grid, save_json, save_resolved_config, save_sts_results
+from ese_trainer.training.objective import ESE_HEAD_ROUTING, MOE_ROUTING
+from ese_trainer.training.run_arguments import RunArguments
+from ese_trainer.training.trainer import ESETrainer
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-from ese_trainer.arguments import DataArguments
-from ese_trainer.batching import SourceBatchSampler
-from ese_trainer.collator import add_length_column
 from ese_trainer.data import STSPairs, load_sts_pairs, load_sts_task
+from ese_trainer.data.arguments import DataArguments
+from ese_trainer.data.batching import SourceBatchSampler
+from ese_trainer.data.collator import add_length_column
 from ese_trainer.data.sources import SourceCounts, load_train_sources
 
 

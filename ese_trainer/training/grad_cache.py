@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from ese_trainer.encoding import EncodedBatch
-from ese_trainer.objective import ObjectiveOutput
+from ese_trainer.modeling.encoding import EncodedBatch
+from ese_trainer.training.objective import ObjectiveOutput
 
 
 class RandomState:

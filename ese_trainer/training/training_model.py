@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ese_trainer.encoding import MODEL_INPUT_KEYS, SentenceEncoder
-from ese_trainer.objective import EmbeddingObjective, ObjectiveOutput
+from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
+from ese_trainer.training.objective import EmbeddingObjective, ObjectiveOutput
 
 
 class TrainingModel(nn.Module):

@@ -13,16 +13,13 @@ import copy
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
-from ese_trainer.evaluation import AVERAGE_KEY, cosine_spearman, encode
-from ese_trainer.plots import plot_layer_dim_heatmap
-from ese_trainer.run_io import save_json
-from ese_trainer.slicing import check_dims, check_layers, truncate_layers
+from ese_trainer.evaluation.sts import AVERAGE_KEY, cosine_spearman, encode
+from ese_trainer.modeling.slicing import check_dims, check_layers, truncate_layers
 
 ENCODE_SECONDS_KEY = "encode_seconds"
 
@@ -129,20 +126,3 @@ def grid_markdown(grid: Mapping, scores: Mapping[str, Mapping[str, float]] | Non
             cells += [f"{seconds:.2f}", f"{deepest / seconds:.2f}x"] if seconds else ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def save_grid(grid: Mapping, path_stem: str | Path, title: str) -> list[Path]:
-    """``<stem>.json`` (the whole grid), ``<stem>.md`` (average table, then one per task) and ``<stem>.png``."""
-    path_stem = Path(path_stem)
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = (path_stem.with_name(path_stem.name + suffix) for suffix in (".json", ".md", ".png"))
-    save_json(json_path, grid)
-    tasks = grid.get("tasks", {})
-    label = "average over " + ", ".join(tasks) if len(tasks) > 1 else ", ".join(tasks)
-    sections = [f"# {title}", f"Cosine Spearman x100, {label}.\n\n{grid_markdown(grid)}"]
-    if len(tasks) > 1:
-        sections += [f"## {name}\n\n{grid_markdown(grid, scores)}" for name, scores in tasks.items()]
-    md_path.write_text("\n\n".join(sections) + "\n")
-    values = [[grid[AVERAGE_KEY][str(layer)][str(dim)] for dim in grid["dims"]] for layer in grid["layers"]]
-    plot_layer_dim_heatmap(values, grid["layers"], grid["dims"], png_path, title)
-    return [json_path, md_path, png_path]

@@ -9,15 +9,15 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
-from ese_trainer.batching import SourceBatchSampler
-from ese_trainer.collator import SCORES_KEY, TEXT_IDS_KEY
-from ese_trainer.dev_score import CosineSpearman
-from ese_trainer.distributed import average_gradients
-from ese_trainer.encoding import MODEL_INPUT_KEYS, SentenceEncoder
-from ese_trainer.grad_cache import cached_step, pair_minibatches
-from ese_trainer.objective import EmbeddingObjective, ObjectiveOutput
-from ese_trainer.term_log import TermRecorder, routing_tallies
-from ese_trainer.training_model import TrainingModel
+from ese_trainer.data.batching import SourceBatchSampler
+from ese_trainer.data.collator import SCORES_KEY, TEXT_IDS_KEY
+from ese_trainer.evaluation.dev_score import CosineSpearman
+from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
+from ese_trainer.training.distributed import average_gradients
+from ese_trainer.training.grad_cache import cached_step, pair_minibatches
+from ese_trainer.training.objective import EmbeddingObjective, ObjectiveOutput
+from ese_trainer.training.term_log import TermRecorder, routing_tallies
+from ese_trainer.training.training_model import TrainingModel
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,15 +1,19 @@
-"""Files a run writes beside its model: resolved config, data counts, STS tables."""
+"""Files a run writes beside its model: resolved config, data counts, STS tables, the layer x dims grid."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ese_trainer.tables import markdown_table
+from ese_trainer.evaluation.layer_grid import grid_markdown
+from ese_trainer.evaluation.sts import AVERAGE_KEY
+from ese_trainer.evaluation.tables import markdown_table
+from ese_trainer.release.plots import plot_layer_dim_heatmap
 
 
 def _plain(value: Any) -> Any:
@@ -46,3 +50,20 @@ def save_sts_results(output_dir: str | Path, tables: dict[str, dict[str, float]]
                                                         **tables})
     (Path(output_dir) / "eval_results.md").write_text(f"# STS results: {model_name}\n\n{table}\n")
     return table
+
+
+def save_grid(grid: Mapping, path_stem: str | Path, title: str) -> list[Path]:
+    """``<stem>.json`` (the whole grid), ``<stem>.md`` (average table, then one per task) and ``<stem>.png``."""
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = (path_stem.with_name(path_stem.name + suffix) for suffix in (".json", ".md", ".png"))
+    save_json(json_path, grid)
+    tasks = grid.get("tasks", {})
+    label = "average over " + ", ".join(tasks) if len(tasks) > 1 else ", ".join(tasks)
+    sections = [f"# {title}", f"Cosine Spearman x100, {label}.\n\n{grid_markdown(grid)}"]
+    if len(tasks) > 1:
+        sections += [f"## {name}\n\n{grid_markdown(grid, scores)}" for name, scores in tasks.items()]
+    md_path.write_text("\n\n".join(sections) + "\n")
+    values = [[grid[AVERAGE_KEY][str(layer)][str(dim)] for dim in grid["dims"]] for layer in grid["layers"]]
+    plot_layer_dim_heatmap(values, grid["layers"], grid["dims"], png_path, title)
+    return [json_path, md_path, png_path]

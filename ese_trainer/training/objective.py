@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from ese_trainer.encoding import EncodedBatch
 from ese_trainer.ese import ESE_TOTAL, ESELoss
 from ese_trainer.losses import PairLoss, Pairs, RouterLoss
+from ese_trainer.modeling.encoding import EncodedBatch
+from ese_trainer.training.distributed import gather_pairs
 
 MOE_ROUTING = "moe"
 ESE_HEAD_ROUTING = "ese_head"
@@ -43,9 +44,14 @@ class EmbeddingObjective(nn.Module):
     """
 
     def __init__(self, pair_loss: PairLoss, router_loss: RouterLoss | None = None,
-                 ese_loss: ESELoss | None = None) -> None:
+                 ese_loss: ESELoss | None = None, gather_across_devices: bool = False) -> None:
         super().__init__()
         self.pair_loss, self.router_loss, self.ese_loss = pair_loss, router_loss, ese_loss
+        self.gather_across_devices = gather_across_devices
+
+    def pair_terms(self, pairs: Pairs) -> dict[str, Tensor]:
+        """The pair loss's terms, over the global batch of every process with ``gather_across_devices``."""
+        return self.pair_loss(gather_pairs(pairs) if self.gather_across_devices else pairs)
 
     @property
     def student_layers(self) -> list[int]:
@@ -55,7 +61,7 @@ class EmbeddingObjective(nn.Module):
     def forward(self, encoded: EncodedBatch, scores: Tensor, text_ids: Tensor | None = None) -> ObjectiveOutput:
         scores = scores.to(encoded.embeddings.device)
         pairs = Pairs(*encoded.embeddings.chunk(2, dim=0), scores, text_ids)
-        terms = self.pair_loss(pairs)
+        terms = self.pair_terms(pairs)
         loss = self.pair_loss.combine(terms)
         routing = {}
         if self.router_loss is not None and encoded.router_logits is not None:
@@ -67,8 +73,8 @@ class EmbeddingObjective(nn.Module):
             layers = {layer: tuple(embeddings.chunk(2, dim=0))
                       for layer, embeddings in encoded.layer_embeddings.items()}
             layers[self.ese_loss.num_layers] = (pairs.emb_a, pairs.emb_b)
-            ese_terms = self.ese_loss(layers, lambda emb_a, emb_b: self.pair_loss.total(
-                Pairs(emb_a, emb_b, scores, text_ids)))
+            ese_terms = self.ese_loss(layers, lambda emb_a, emb_b: self.pair_loss.combine(
+                self.pair_terms(Pairs(emb_a, emb_b, scores, text_ids))))
             if ese_terms:
                 loss = loss + ese_terms[ESE_TOTAL]
                 terms.update(ese_terms)

@@ -1,0 +1,93 @@
+"""The ``data`` arguments: training sources, the dev pairs for model selection, the STS test suite."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ese_trainer.data.batching import SAMPLING_STRATEGIES
+from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
+from ese_trainer.data.sources import TrainSource
+from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
+
+
+@dataclass
+class DataArguments:
+    """Training pairs, the dev set for model selection and the STS test suite run before and after training."""
+
+    _argument_group_name = "data"
+
+    train_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Several training sources, each batch from one: a YAML list of mappings (source, kind: "
+                  "nli|sts|triplet, split, subset, max_samples, weight, label_map, score_range, name), or their JSON "
+                  "on the command line. Unset: the one NLI source given by train_dataset and its keys."},
+    )
+    train_sampling: str = field(
+        default="proportional",
+        metadata={"help": f"How batches of several sources are drawn: {' or '.join(SAMPLING_STRATEGIES)}."},
+    )
+    hard_negative_batches: bool = field(
+        default=False,
+        metadata={"help": "Keep an NLI premise's pairs (and a triplet's two pairs) in one batch, so the contradiction "
+                  "hypothesis is a hard negative of its premise in the in-batch term (SimCSE's setting)."},
+    )
+    train_dataset: str = field(
+        default="data/SNLI",
+        metadata={"help": "NLI pairs: Hub id (sentence-transformers/all-nli, stanfordnlp/snli, nyu-mll/multi_nli), "
+                  "a jsonl/csv/tsv file or a SentEval SNLI folder (s1.*, s2.*, labels.*)."},
+    )
+    train_subset: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. pair-class."})
+    train_split: str = field(default="train", metadata={"help": "Split (or SentEval file suffix) to train on."})
+    label_map: dict | str | None = field(
+        default=None,
+        metadata={"help": "NLI label name -> similarity score in [0, 1] (YAML mapping or JSON string); "
+                  "default entailment 1.0, neutral 0.5, contradiction 0.0."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Random subset size (seeded)."})
+    sts_dev: str = field(
+        default="data/STS/STSBenchmark/sts-dev.csv",
+        metadata={"help": "STS-B dev pairs for model selection: a file or a Hub id (e.g. mteb/stsbenchmark-sts)."},
+    )
+    sts_dev_split: str = field(default="validation", metadata={"help": "Split of sts_dev when it is a Hub id."})
+    sts_data_dir: str = field(
+        default=EMBEDDED_DATA_DIR,
+        metadata={"help": "SentEval-layout data folder of the STS test suite (default: the embedded "
+                  f"{EMBEDDED_DATA_DIR}/ folder); '{HUB_STS_SOURCE}': the mteb/*-sts Hub datasets."},
+    )
+    sts_tasks: list[str] = field(
+        default_factory=lambda: list(STS_TASKS), metadata={"help": "STS test tasks run before and after training."}
+    )
+    suite_before_training: bool = field(
+        default=True, metadata={"help": "Also score the base model on the STS suite (the 'before' row)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.label_map is None:
+            self.label_map = dict(DEFAULT_LABEL_MAP)
+        elif isinstance(self.label_map, str):
+            try:
+                self.label_map = json.loads(self.label_map)
+            except json.JSONDecodeError:
+                raise ValueError(f"label_map: {self.label_map!r} is not a mapping of label name to score") from None
+        if not isinstance(self.label_map, dict):
+            raise ValueError(f"label_map must be a mapping of label name to score, got {self.label_map!r}")
+        self.label_map = validate_label_map(self.label_map)
+        unknown = [task for task in self.sts_tasks if task not in STS_TASKS]
+        if unknown:
+            raise ValueError(f"sts_tasks: unknown task(s) {unknown}; choose from {list(STS_TASKS)}")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise ValueError(f"max_train_samples must be positive, got {self.max_train_samples}")
+        if self.train_datasets is not None and self.max_train_samples is not None:
+            raise ValueError("max_train_samples applies to the single train_dataset; with train_datasets give each "
+                             "entry its own max_samples")
+        if self.train_sampling not in SAMPLING_STRATEGIES:
+            raise ValueError(f"train_sampling must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
+        self.train_sources()  # errors name the entry and key
+
+    def train_sources(self) -> list[TrainSource]:
+        """``train_datasets`` parsed, or the single NLI source of ``train_dataset`` and its keys."""
+        if self.train_datasets is None:
+            return [TrainSource(self.train_dataset, "nli", self.train_split, self.train_subset, self.max_train_samples,
+                                label_map=self.label_map)]
+        return [TrainSource.parse(entry, index) for index, entry in enumerate(self.train_datasets)]

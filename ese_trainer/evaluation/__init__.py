@@ -1,0 +1,1 @@
+"""Evaluation: encoding and cosine Spearman on STS pairs, the test suite, the layer x dims grid, the dev score."""

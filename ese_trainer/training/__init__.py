@@ -1,0 +1,1 @@
+"""Training: the objective over the encoder's embeddings, the Trainer that optimises it, GradCache, gathers."""
