@@ -3,8 +3,8 @@
     python -m bench.ese_compare train --start a --seeds 42 43 44
     python -m bench.ese_compare report
 
-Variants, each trained by ``recipes/train_nli.py`` on the same data (6,000 SNLI dev pairs), steps (187), batch (32),
-schedule and seeds, final weights:
+Variants, each trained by ``recipes/train_nli.py`` on the same data (2,000 SNLI dev rows, a premise with its
+hypotheses each: about 5,500 pairs), steps (62), batch (32 rows), schedule and seeds, final weights:
 
 - ``no-ese``: plain training; ``espresso-pca`` / ``espresso-moe``: ESE with the PCA / learned-head target;
   ``starbucks``: the fixed diagonal of (layer, dims) slices (``ese.schedule: starbucks``);
@@ -16,6 +16,8 @@ the mean STS-B **dev** score of its diagonal cells (seed 42); the other seeds ru
 a subset (e.g. more seeds for the runs whose comparison is closest). Test sets are read once per chosen run: the full
 layer x dims grid on the suite (7-task average per cell). Starts: ``a`` all-MiniLM-L6-v2, ``b`` its first 3 layers.
 Results: ``bench/results/ese_schedules.{json,md}`` and one heatmap per variant, ``ese_schedules_<start>_<variant>.png``.
+Run records (``bench/results/ese_runs/<start>/``) are reused; one of other data (the pair layout's 6,000 pairs) is
+refused: move the folder aside first (e.g. to ``bench/results/archive/``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from bench.jobs import ESE_RUNS, ESE_VARIANTS, WORK, ese_diagonal, start_model
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNING_RATES = (2e-5, 1e-4)
-PAIRS = 6000
-BATCH = 32
+ROWS = 2000  # max_train_samples: SNLI dev rows (about 2.75 pairs each)
+BATCH = 32  # rows per batch
 
 
 def grid_dims(start: str) -> list[int]:
@@ -43,7 +45,7 @@ def grid_dims(start: str) -> list[int]:
 
 def train(start: str, variant: str, lr: float, seed: int, model: str, output_dir: Path, extra: list[str]) -> None:
     command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke_snli.yaml",
-               "--model_name_or_path", model, "--max_train_samples", str(PAIRS), "--learning_rate", str(lr),
+               "--model_name_or_path", model, "--max_train_samples", str(ROWS), "--learning_rate", str(lr),
                "--seed", str(seed),
                "--per_device_train_batch_size", str(BATCH), "--eval_strategy", "no", "--save_strategy", "no",
                "--eval_on_start", "false", "--load_best_model_at_end", "false", "--suite_before_training", "false",
@@ -79,7 +81,13 @@ def run(start: str, name: str, lr: float, seed: int) -> dict:
     ``separate-LxD``."""
     record_file = ESE_RUNS / start / f"{name}_lr{lr:g}_seed{seed}.json"
     if record_file.is_file():
-        return json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text())
+        if record.get("rows") != ROWS:
+            described = (f"{record['rows']} rows" if "rows" in record
+                         else f"{record.get('pairs')} pairs, the pair layout")
+            raise SystemExit(f"{record_file}: trained on other data ({described}; this benchmark trains on {ROWS} "
+                             f"rows): move {ESE_RUNS} aside (e.g. to bench/results/archive/) and train again")
+        return record
     output_dir = WORK / "ese" / start / f"{name}_lr{lr:g}_seed{seed}"
     started = time.perf_counter()
     model = start_model(start)
@@ -96,7 +104,10 @@ def run(start: str, name: str, lr: float, seed: int) -> dict:
     print(f"== ESE start {start}: {name}, lr {lr:g}, seed {seed}", flush=True)
     train(start, name, lr, seed, model, output_dir, extra)
     dev = grid(output_dir, None, grid_dims(start), output_dir / "dev_grid")
-    record = {"start": start, "name": name, "learning_rate": lr, "seed": seed, "pairs": PAIRS, "batch": BATCH,
+    counts = json.loads((output_dir / "data_counts.json").read_text())["sources"][0]["rows"]
+    steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    record = {"start": start, "name": name, "learning_rate": lr, "seed": seed, "rows": counts["rows"],
+              "pairs": counts["ranking_pairs"], "steps": steps, "batch": BATCH,
               "dev_grid": dev["avg"], "train_seconds": round(time.perf_counter() - started, 1),
               "folder": os.path.relpath(output_dir, REPO)}
     if name.startswith("separate-"):

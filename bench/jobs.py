@@ -1,13 +1,14 @@
 """What the quality and ESE benchmarks share: where results go, the start models, the training sources, the
-contenders. The runners (``bench.quality_vs_peers``, ``bench.ese_schedules``) and their reports import this module;
-neither imports the other's report back."""
+contenders and their learning-rate grids, the objective sweep. The runners (``bench.quality_vs_peers``,
+``bench.ese_schedules``) and their reports import this module; neither imports the other's report back."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,13 +19,14 @@ WORK = REPO / "outputs" / "quality"
 # AnglE's own venv (its pins clash with ours): bench/peers/setup_angle_venv.sh makes it; ESE_ANGLE_PYTHON overrides.
 ANGLE_PYTHON = Path(os.environ.get("ESE_ANGLE_PYTHON", REPO / ".venv-angle" / "bin" / "python"))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-BATCH = 32
-CHECKPOINTS = 8  # evenly spaced checkpoints per run, the last at the final step
+BATCH = 32  # rows (ours, triplet contenders) or pairs (pair contenders) per optimizer step
+EPOCHS = 1  # passes over every source, the same for every contender
+CHECKPOINTS = 8  # evenly spaced dev evaluations per run, the last at the final step
+SEEDS = (42, 43, 44)
 SNLI = [{"source": "data/SNLI", "kind": "nli", "split": "dev"}, {"source": "data/SNLI", "kind": "nli", "split": "test"}]
 IN_DOMAIN = [{"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "name": "stsb-train"},
              {"source": "data/SICK/SICK_train.txt", "kind": "sts", "name": "sick-train"}]
-RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2: same order, see docstring
-CONTENDERS = ("ours", "ours-hardneg", "st-combined", "st-mnrl", "angle", "raw-labels")
+RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2, normalised: same order
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,69 @@ class Start:
     label: str
     description: str
     sources: tuple[dict, ...]
+    learning_rates: tuple[float, ...]  # the grid every contender's rate is chosen from, on STS-B dev
 
 
 STARTS = {
-    "a": Start("a", "all-MiniLM-L6-v2 as released", tuple(SNLI)),
-    "b": Start("b", "all-MiniLM-L6-v2 cut to its first 3 layers", tuple(SNLI)),
+    "a": Start("a", "all-MiniLM-L6-v2 as released", tuple(SNLI), (5e-6, 1e-5, 2e-5)),
+    "b": Start("b", "all-MiniLM-L6-v2 cut to its first 3 layers", tuple(SNLI), (5e-5, 1e-4, 2e-4)),
     "c": Start("c", "all-MiniLM-L6-v2 + STS-B train and SICK train (in-domain for STS-B, SICK-R)",
-               tuple(SNLI + IN_DOMAIN)),
+               tuple(SNLI + IN_DOMAIN), (1e-5, 2e-5, 4e-5)),
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A recipe in the comparison: ``trainer`` ``ours`` (``recipes/train_nli.py`` with ``recipe_args``), ``st``
+    (sentence-transformers' trainer, ``bench/peers/st_train.py --mode st_mode``) or ``angle`` (AnglE's own
+    trainer); ``unit`` is what a batch holds (rows or pairs)."""
+
+    name: str
+    description: str
+    trainer: str
+    unit: str = "rows"
+    recipe_args: tuple[str, ...] = ()
+    st_mode: str = ""
+
+
+SEED_OBJECTIVE = ("--cosent_w", "1", "--ibn_w", "1", "--angle_w", "1", "--hinge_w", "0", "--ibn_scale", "20",
+                  "--ibn_directions", "query_to_doc", "--ibn_hardness_mode", "none", "--negative_max_score", "0")
+CONTENDERS = {
+    "ours": Contender("ours", "ours, the recipe's defaults", "ours"),
+    "ours-111": Contender("ours-111", "ours with the seed's 1:1:1 weights (CoSENT, in-batch, AnglE)", "ours",
+                          recipe_args=SEED_OBJECTIVE),
+    "st-mnrl": Contender("st-mnrl", "sentence-transformers, MNRL on (premise, entailment, contradiction) triplets",
+                         "st", st_mode="mnrl"),
+    "st-gist": Contender("st-gist", "sentence-transformers, GISTEmbedLoss on the triplets, start model as guide",
+                         "st", st_mode="gist"),
+    "st-combined": Contender("st-combined", "sentence-transformers, CoSENT + MNRL + AnglE on the pairs", "st",
+                             unit="pairs", st_mode="combined"),
+    "angle": Contender("angle", "AnglE's own trainer (angle-emb 0.6.1), its NLI weights", "angle", unit="pairs"),
+    "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
+                            recipe_args=("--label_map", json.dumps(RAW_LABELS))),
+    "ours-moe": Contender("ours-moe", "ours on the start upcycled to 4 experts (top-2) in every layer", "ours",
+                          recipe_args=("--moe.enabled", "true", "--moe.num_experts", "4",
+                                       "--moe.num_experts_per_tok", "2", "--moe.router_learning_rate", "2e-4")),
+}
+
+# Candidate objectives for ours, compared on STS-B dev only (``sweep``): recipe arguments over the seed's
+# objective. Weights are cosent : ibn : angle.
+SWEEP = {
+    "w1-1-1": (),
+    "w1-10-1": ("--ibn_w", "10"),
+    "w1-30-1": ("--ibn_w", "30"),
+    "w0-30-1": ("--cosent_w", "0", "--ibn_w", "30"),
+    "w0-1-0": ("--cosent_w", "0", "--angle_w", "0"),
+}
+# Variants on top of a base weighting (``sweep --base NAME``): scale, neutral in the softmax, hardness, hinge, guide.
+SWEEP_OPTIONS = {
+    "scale30": ("--ibn_scale", "30"),
+    "scale50": ("--ibn_scale", "50"),
+    "neutral-neg": ("--negative_max_score", "0.5"),
+    "hardneg5": ("--ibn_hardness_mode", "hard_negatives", "--ibn_hardness_strength", "5"),
+    "hinge": ("--hinge_w", "1"),
+    "guide": ("--guide_model", "start"),
+    "q2q": ("--ibn_directions", "query_to_doc", "query_to_query"),
 }
 
 
@@ -53,6 +111,26 @@ def start_model(start: str) -> str:
         subprocess.run([sys.executable, "recipes/export_slice.py", "--model_name_or_path", MINILM, "--layer", "3",
                         "--dim", "384", "--output_dir", str(folder)], cwd=REPO, check=True)
     return str(folder)
+
+
+@dataclass
+class RunRecord:
+    """One training run's record: what ran and what dev chose (``test`` is added by ``score``)."""
+
+    start: str
+    contender: str
+    learning_rate: float
+    seed: int
+    variant: str = ""
+    arguments: list[str] = field(default_factory=list)
+    steps: int = 0
+    texts_per_step: float = 0.0
+    dev_by_step: dict = field(default_factory=dict)
+    selected_step: int = 0
+    selected_dev: float = 0.0
+    train_seconds: float = 0.0
+    machine: str = ""
+    test: dict = field(default_factory=dict)
 
 
 # The ESE schedule comparison (bench.ese_schedules): its variants and the diagonal of (layer, dims) slices.

@@ -4,12 +4,15 @@
                              [--warmup 2] [--num_experts 4] [--top_k 2] [--seed 0]
                              [--output bench/results/moe_step.json]
 
-What is measured: one training step, on the *same* batch for every model: ``batch_size`` real SNLI pairs
-(``data/SNLI``, split ``dev``; ``2 x batch_size`` texts) tokenised by the model's own tokenizer
-(:class:`ese_trainer.collator.PairCollator`, max length 128, padded to the longest text), fp32 on CPU:
+What is measured: one training step, on the *same* batch for every model: ``batch_size`` real SNLI rows
+(``data/SNLI``, split ``dev``; a row is a premise with its hypotheses, about 3.75 texts per row), the first batch
+the recipe's sampler draws (:class:`ese_trainer.data.batching.SourceBatchSampler`: no text twice), tokenised by the
+model's own tokenizer (:class:`ese_trainer.data.collator.RowCollator`: the anchors, then the other texts; max
+length 128, padded to the longest text), fp32 on CPU:
 
-- forward of both sides in one pass (:class:`ese_trainer.encoding.SentenceEncoder`, mean pooling, 1 chunk);
-- the recipe's objective (:func:`ese_trainer.model_loading.build_objective` with the default loss arguments:
+- forward of every text in one pass (:class:`ese_trainer.modeling.encoding.SentenceEncoder`, mean pooling,
+  1 chunk);
+- the recipe's objective (:func:`ese_trainer.training.build.build_objective` with the default loss arguments:
   CoSENT + in-batch negatives + AnglE, weights 1, scale 20, plus for the MoE encoder its router terms
   ``router_aux_loss_coef · loss_router_aux + router_z_loss_coef · loss_router_z``);
 - backward, ``torch.optim.AdamW`` step (fused when the CPU build supports it), ``zero_grad``.
@@ -78,20 +81,26 @@ class Contender:
 
 
 def load_batch(model_path: str, batch_size: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """One collated batch of ``batch_size`` real SNLI dev pairs and a description of its tokens."""
+    """One collated batch of ``batch_size`` real SNLI dev rows (the first the recipe's sampler draws) and a
+    description of its tokens."""
     from transformers import AutoTokenizer
 
-    from ese_trainer.data import load_nli_pairs
-    from ese_trainer.data.collator import PairCollator
+    from ese_trainer.data.batching import SourceBatchSampler
+    from ese_trainer.data.collator import RowCollator, row_text_ids
+    from ese_trainer.data.sources import TrainSource, load_train_sources
 
-    pairs, _ = load_nli_pairs(str(REPO / "data" / "SNLI"), split="dev", max_samples=batch_size, seed=seed)
-    if len(pairs) < batch_size:
-        raise SystemExit(f"data/SNLI dev has only {len(pairs)} usable pairs, fewer than --batch_size {batch_size}")
+    source = TrainSource.parse({"source": str(REPO / "data" / "SNLI"), "split": "dev"}, 0)
+    rows, _ = load_train_sources([source], seed)
+    if len(rows) < batch_size:
+        raise SystemExit(f"data/SNLI dev has only {len(rows)} rows, fewer than --batch_size {batch_size}")
+    row_texts = [row_text_ids(row) for row in rows.select_columns(["anchor", "texts"])]
+    sampler = SourceBatchSampler(rows["source"], row_texts, batch_size, [1.0], seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    batch = PairCollator(tokenizer, MAX_SEQ_LENGTH)([pairs[i] for i in range(batch_size)])
+    batch = RowCollator(tokenizer, MAX_SEQ_LENGTH)([rows[index] for index in next(iter(sampler))])
     batch = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
     mask = batch["attention_mask"]
-    info = {"texts": int(mask.shape[0]), "padded_length": int(mask.shape[1]), "padded_tokens": int(mask.numel()),
+    info = {"rows": batch_size, "texts": int(mask.shape[0]), "padded_length": int(mask.shape[1]),
+            "padded_tokens": int(mask.numel()),
             "real_tokens": int(mask.sum()), "padding_fraction": 1.0 - float(mask.sum()) / mask.numel()}
     return batch, info
 
@@ -201,7 +210,7 @@ def write_markdown(path: Path, payload: dict) -> str:
         "# MoE vs. dense train-step time, normalised by FLOPs (CPU, fp32)", "",
         f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}", "",
         f"Model {settings['model']}, {settings['num_experts']} experts, top-{settings['top_k']}, experts in all "
-        f"layers; one batch of {settings['batch_size']} SNLI dev pairs = {batch['texts']} texts, padded to "
+        f"layers; one batch of {settings['batch_size']} SNLI dev rows = {batch['texts']} texts, padded to "
         f"{batch['padded_length']} tokens ({batch['real_tokens']} real of {batch['padded_tokens']}, "
         f"{100 * batch['padding_fraction']:.0f}% padding); {settings['warmup']} warm-up + {settings['steps']} timed "
         f"steps per model, round-robin; AdamW {'fused' if settings['fused_adamw'] else 'default (not fused)'}.", "",
@@ -237,7 +246,8 @@ def write_markdown(path: Path, payload: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=MODEL_ID, help="dense BERT checkpoint (Hub id or folder)")
-    parser.add_argument("--batch_size", type=int, default=32, help="pairs per batch (2x as many texts)")
+    parser.add_argument("--batch_size", type=int, default=32, help="rows per batch (a premise with its hypotheses: "
+                        "about 3.75 texts per row)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model before timing")
     parser.add_argument("--num_experts", type=int, default=4)
@@ -302,7 +312,7 @@ def main() -> None:
         }
     settings = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                 "num_experts": args.num_experts, "top_k": args.top_k, "moe_layers": "all", "seed": args.seed,
-                "data": "data/SNLI dev", "max_seq_length": MAX_SEQ_LENGTH, "pooling": "mean", "forward_chunks": 1,
+                "data": "data/SNLI dev rows", "max_seq_length": MAX_SEQ_LENGTH, "pooling": "mean", "forward_chunks": 1,
                 "loss": "the recipe's objective: cosent + ibn + angle (weights 1, scale 20) + the MoE router terms",
                 "optimizer": "AdamW", "fused_adamw": fused, "lr": LEARNING_RATE,
                 "torch_threads": torch.get_num_threads(), "target_overhead": TARGET_OVERHEAD, "batch": batch_info}

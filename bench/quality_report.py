@@ -2,9 +2,11 @@
 
     python -m bench.quality_vs_peers report
 
-Per start: the start model's row, then each contender's mean (± standard deviation over seeds, when there are
-several) on every task and the 7-task average, the learning rate all contenders used (chosen on STS-B dev by
-tuning ours) and the dev score of the checkpoints chosen. Writes ``bench/results/quality_vs_peers.{json,md,png}``.
+Per start: the start model's row, then each contender at its own learning rate (chosen on STS-B dev from the start's
+grid): seeds, steps, texts per step, the dev score of the checkpoints chosen and the test suite (mean ± standard
+deviation over seeds); the differences to ours over paired seeds; how dev ranked the contenders against how test
+did. The objective sweep (dev only) goes to its own table. Writes ``bench/results/quality_vs_peers.{json,md,png}``
+and ``bench/results/objective_sweep.md``.
 """
 
 from __future__ import annotations
@@ -18,55 +20,124 @@ from bench.machine import describe_machine
 
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness", "avg")
 HEADERS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "avg")
+REFERENCE = "ours"
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def collect() -> dict:
-    """``{start: {"start_model": scores, "learning_rate": lr, "contenders": {name: [record, ...]}}}``: every
-    start's records at its chosen learning rate."""
+    """``{start: {"start_model", "contenders": {name: {"tuning", "records"}}, "sweep": [record, ...]}}``."""
     summary = {}
     for start in STARTS:
         folder = RUNS / start
-        if not (folder / "tuned_lr.json").is_file():
+        tuned_file = folder / "tuned.json"
+        sweep = [json.loads(path.read_text()) for path in sorted((folder / "sweep").glob("*.json"))]
+        if not tuned_file.is_file() and not sweep:
             continue
-        tuned = json.loads((folder / "tuned_lr.json").read_text())
-        lr = tuned["learning_rate"]
+        tuned = json.loads(tuned_file.read_text()) if tuned_file.is_file() else {}
         contenders = {}
         for name in CONTENDERS:
+            if name not in tuned:
+                continue
+            lr = tuned[name]["learning_rate"]
             records = [json.loads(path.read_text()) for path in sorted(folder.glob(f"{name}_lr{lr:g}_seed*.json"))]
-            if records:
-                contenders[name] = records
-        summary[start] = {"start_model": json.loads((folder / "start_model.json").read_text()),
-                          "learning_rate": lr, "tuning": tuned, "contenders": contenders}
+            contenders[name] = {"tuning": tuned[name], "records": records}
+        start_file = folder / "start_model.json"
+        summary[start] = {"start_model": json.loads(start_file.read_text()) if start_file.is_file() else None,
+                          "contenders": contenders, "sweep": sweep}
     return summary
+
+
+def paired_differences(entry: dict) -> dict[str, dict]:
+    """Per contender, ours minus it on the 7-task test average, seed by seed (the seeds both ran)."""
+    ours = {record["seed"]: record["test"]["avg"] for record in entry["contenders"].get(REFERENCE, {}).get(
+        "records", []) if record["test"]}
+    differences = {}
+    for name, item in entry["contenders"].items():
+        if name == REFERENCE:
+            continue
+        theirs = {record["seed"]: record["test"]["avg"] for record in item["records"] if record["test"]}
+        seeds = sorted(set(ours) & set(theirs))
+        if seeds:
+            values = [ours[seed] - theirs[seed] for seed in seeds]
+            differences[name] = {"seeds": seeds, "mean": statistics.mean(values),
+                                 "std": statistics.stdev(values) if len(values) > 1 else None}
+    return differences
+
+
+def rankings(entry: dict) -> tuple[list[str], list[str]]:
+    """Contenders ordered by their mean chosen-dev score and by their mean test average (scored ones only)."""
+    scored = {name: item for name, item in entry["contenders"].items()
+              if item["records"] and all(record["test"] for record in item["records"])}
+    by_dev = sorted(scored, key=lambda name: -statistics.mean(r["selected_dev"] for r in scored[name]["records"]))
+    by_test = sorted(scored, key=lambda name: -statistics.mean(r["test"]["avg"] for r in scored[name]["records"]))
+    return by_dev, by_test
+
+
+def start_section(start: str, entry: dict) -> list[str]:
+    lines = [f"## Start ({start}): {STARTS[start].description}", "",
+             f"Learning-rate grid: {', '.join(f'{lr:g}' for lr in STARTS[start].learning_rates)} (each contender's "
+             "rate: its best STS-B dev score, seed 42).", "",
+             "| contender | lr (dev of each candidate) | seeds | steps | texts/step | dev (chosen) | "
+             + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 6) + "|"]
+    model = entry["start_model"]
+    if model:
+        lines.append(f"| start model | – | – | – | – | {model['dev']:.2f} | "
+                     + " | ".join(f"{model[task]:.2f}" for task in TASKS) + " |")
+    for name, item in entry["contenders"].items():
+        records = item["records"]
+        candidates = ", ".join(f"{lr}: {dev:.2f}" for lr, dev in item["tuning"]["candidates"].items())
+        scored = [record for record in records if record["test"]]
+        tests = " | ".join(cell([r["test"][task] for r in scored]) if scored else "–" for task in TASKS)
+        lines.append(f"| {name} | {item['tuning']['learning_rate']:g} ({candidates}) | {len(records)} | "
+                     f"{records[0]['steps']} | {records[0]['texts_per_step']:.0f} | "
+                     f"{cell([r['selected_dev'] for r in records])} | {tests} |")
+    differences = paired_differences(entry)
+    if differences:
+        lines += ["", f"{REFERENCE} minus each contender, 7-task test average over paired seeds:", ""]
+        lines += [f"- {name}: {d['mean']:+.2f}" + (f" ± {d['std']:.2f}" if d["std"] is not None else "")
+                  + f" (seeds {', '.join(map(str, d['seeds']))})" for name, d in differences.items()]
+    by_dev, by_test = rankings(entry)
+    if by_dev:
+        lines += ["", f"Ranked by dev: {' > '.join(by_dev)}", f"Ranked by test: {' > '.join(by_test)}"]
+    return [*lines, ""]
+
+
+def sweep_markdown(summary: dict) -> str:
+    lines = ["# Ours: candidate objectives on STS-B dev", "",
+             "Every variant: `recipes/train_nli.py` on the start's job (`bench/quality_vs_peers.py`), seed 42, the "
+             "middle rate of the start's grid; the seed's objective (`ours-111`: CoSENT 1, in-batch 1, AnglE 1, scale "
+             "20) plus the arguments shown. Dev only: the test sets are not read for these runs. Command: "
+             "`python -m bench.quality_vs_peers sweep --start S [--base NAME]`.", ""]
+    for start, entry in summary.items():
+        if not entry["sweep"]:
+            continue
+        lines += [f"## Start ({start})", "", "| variant | arguments | lr | dev (chosen) | chosen step / steps |",
+                  "|---|---|---|---|---|"]
+        for record in sorted(entry["sweep"], key=lambda r: -r["selected_dev"]):
+            arguments = " ".join(record["arguments"][len(CONTENDERS["ours-111"].recipe_args):])
+            lines.append(f"| {record['variant']} | `{arguments or '(seed objective)'}` | {record['learning_rate']:g} "
+                         f"| {record['selected_dev']:.2f} | {record['selected_step']} / {record['steps']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown(summary: dict) -> str:
     lines = ["# Quality against the recipes people would otherwise use", "",
              "Cosine Spearman x100 on the test sets (STS12–16 SentEval \"all\", STS-B, SICK-R), our evaluator, mean "
-             "pooling; mean ± standard deviation over seeds. Every contender: the same start, training pairs, "
-             "optimizer steps, batch 32, learning rate, schedule (linear, 10% warmup, AdamW, weight decay 0.01) and "
-             "seeds; the checkpoint with the best STS-B **dev** score is the one scored. Command: "
-             "`python -m bench.quality_vs_peers tune|run ...` then `python -m bench.quality_vs_peers report`.", "",
-             f"Machine: {describe_machine()}", ""]
+             "pooling; mean ± standard deviation over seeds. Every contender: the same start, one pass over each "
+             "training source, batches of 32 of its unit (a row: a premise with its hypotheses, or a triplet; or a "
+             "pair), linear schedule with 10% warmup, AdamW, weight decay 0.01, the same seeds, its own learning "
+             "rate chosen on STS-B dev; the checkpoint with the best STS-B **dev** score is the one scored. Commands: "
+             "`python -m bench.quality_vs_peers tune|seeds|score ...` then `python -m bench.quality_vs_peers "
+             "report`.", "", f"Machine: {describe_machine()}", ""]
     for start, entry in summary.items():
-        lines += [f"## Start ({start}): {STARTS[start].description}", "",
-                  f"Learning rate {entry['learning_rate']:g} for every contender (ours' best STS-B dev score among "
-                  + ", ".join(f"{lr}: {dev:.2f}" for lr, dev in entry["tuning"]["candidates"].items()) + ").", "",
-                  "| model | seeds | steps | dev (chosen) | " + " | ".join(HEADERS) + " |",
-                  "|---" * (len(HEADERS) + 4) + "|",
-                  f"| start model | – | – | {entry['start_model']['dev']:.2f} | "
-                  + " | ".join(f"{entry['start_model'][task]:.2f}" for task in TASKS) + " |"]
-        for name, records in entry["contenders"].items():
-            cells = [_cell([record["test"][task] for record in records]) for task in TASKS]
-            lines.append(f"| {name} | {len(records)} | {records[0]['steps']} | "
-                         f"{_cell([record['selected_dev'] for record in records])} | " + " | ".join(cells) + " |")
-        lines.append("")
+        if entry["contenders"]:
+            lines += start_section(start, entry)
     return "\n".join(lines)
 
 
@@ -76,16 +147,21 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
-    for axis, (start, entry) in zip(axes[0], summary.items()):
-        names = list(entry["contenders"])
-        means = [statistics.mean(r["test"]["avg"] for r in entry["contenders"][n]) for n in names]
-        errors = [statistics.stdev(r["test"]["avg"] for r in entry["contenders"][n])
-                  if len(entry["contenders"][n]) > 1 else 0.0 for n in names]
-        axis.bar(names, means, yerr=errors, color="tab:blue", capsize=3)
-        axis.axhline(entry["start_model"]["avg"], color="grey", linestyle="--", label="start model")
-        low = min(means + [entry["start_model"]["avg"]])
-        axis.set_ylim(low - 3, max(means + [entry["start_model"]["avg"]]) + 1.5)
+    shown = {start: entry for start, entry in summary.items()
+             if any(r["test"] for item in entry["contenders"].values() for r in item["records"])}
+    if not shown:
+        return
+    figure, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    for axis, (start, entry) in zip(axes[0], shown.items()):
+        names = [name for name, item in entry["contenders"].items() if any(r["test"] for r in item["records"])]
+        values = [[r["test"]["avg"] for r in entry["contenders"][name]["records"] if r["test"]] for name in names]
+        means = [statistics.mean(v) for v in values]
+        errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        axis.bar(names, means, yerr=errors, color=["tab:red" if n == REFERENCE else "tab:blue" for n in names],
+                 capsize=3)
+        base = entry["start_model"]["avg"] if entry["start_model"] else min(means)
+        axis.axhline(base, color="grey", linestyle="--", label="start model")
+        axis.set_ylim(min(means + [base]) - 3, max(means + [base]) + 1.5)
         axis.set(title=f"start ({start})", ylabel="7-task STS avg (Spearman x100)")
         axis.tick_params(axis="x", rotation=40)
         axis.legend(fontsize=8)
@@ -97,10 +173,11 @@ def plot(summary: dict, path: Path) -> None:
 def write_report() -> None:
     summary = collect()
     if not summary:
-        raise SystemExit("no tuned start yet: run `python -m bench.quality_vs_peers tune ...` first")
+        raise SystemExit("no runs yet: run `python -m bench.quality_vs_peers sweep|tune ...` first")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality_vs_peers.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = markdown(summary)
     (RESULTS / "quality_vs_peers.md").write_text(text + "\n")
+    (RESULTS / "objective_sweep.md").write_text(sweep_markdown(summary) + "\n")
     plot(summary, RESULTS / "quality_vs_peers.png")
     print(text)

@@ -1,33 +1,32 @@
-"""Quality against the recipes people would otherwise use: the same job for every contender.
+"""Quality against the recipes people would otherwise use: the same job for every contender, choices on dev only.
 
-    python -m bench.quality_vs_peers tune --start a --lrs 1e-5 2e-5 5e-5       # ours, seed 42: lr chosen on dev
-    python -m bench.quality_vs_peers variant --start a --name ibn5 --recipe_args "--ibn_w 5"  # candidate default
-    python -m bench.quality_vs_peers run --start a --seeds 42 43 44 [--contenders ...]
+    python -m bench.quality_vs_peers sweep --start b                      # ours' candidate objectives (dev only)
+    python -m bench.quality_vs_peers sweep --start b --base w0-30-1        # options on top of one weighting
+    python -m bench.quality_vs_peers tune --start b                        # every contender x the lr grid (dev)
+    python -m bench.quality_vs_peers seeds --start b --seeds 43 44 --contenders ours st-mnrl
+    python -m bench.quality_vs_peers score --start b                       # the test suite, chosen runs only
     python -m bench.quality_vs_peers report
 
-Every contender gets the same start model, training pairs, optimizer steps, batch size (32), learning rate (ours',
-chosen on STS-B dev by ``tune``), schedule (linear, 10% warmup, AdamW, weight decay 0.01) and seeds; each saves a
-checkpoint at the same steps and the one with the best STS-B **dev** Spearman is scored on the test suite (STS12–16
-"all", STS-B, SICK-R; our evaluator, mean pooling). Test sets are read for that final table only.
+The job (per start, ``bench/jobs.py``): the same start model, the same sources with one pass over each
+(``EPOCHS``), batches of 32 of each contender's unit (a row: a premise with its hypotheses, or a triplet; or a
+pair), linear schedule with 10% warmup, AdamW, weight decay 0.01, the same seeds. Every contender gets its own
+learning rate, the best STS-B **dev** score of the start's grid (seed 42); 8 evenly spaced checkpoints per run and
+the best by dev is the run's model. Test sets are read by ``score`` only, for the runs ``tune`` chose.
 
 Starts: ``a`` all-MiniLM-L6-v2 as released; ``b`` the same cut to its first 3 layers (``recipes/export_slice.py``):
-a weaker encoder with room to learn; ``c`` start ``a`` with STS-B train and SICK train added as in-domain scored
-sources (STS-B and SICK-R are then in-domain). Training data: the embedded SNLI dev + test pairs (19.7k).
+a weaker encoder with room to learn; ``c`` start ``a`` with STS-B train and SICK train as in-domain scored
+sources. Training data: the embedded SNLI dev + test pairs (19.7k pairs; 7.2k premise rows).
 
-Contenders:
+Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with the seed's 1:1:1 weights,
+sentence-transformers' trainer with MNRL or GISTEmbedLoss on (premise, entailment, contradiction) triplets (the
+no-duplicates sampler) or with CoSENT + MNRL + AnglE on the pairs, AnglE's own trainer (angle-emb 0.6.1 in its own
+virtualenv, ``bench/peers/setup_angle_venv.sh``), and ours with raw class ids (the original bug). At (c) the STS
+sources are trained with CoSENT (ST: a dataset of their own, proportional sampler; AnglE: pairs in its one file).
 
-- ``ours``: ``recipes/train_nli.py`` (CoSENT + in-batch negatives + AnglE, label map 1 / 0.5 / 0, its defaults);
-- ``ours-hardneg``: the same with ``hard_negative_batches`` (a premise's pairs in one batch);
-- ``st-combined``: ``SentenceTransformerTrainer`` with ``CoSENTLoss`` + ``AnglELoss`` on every pair and
-  ``MultipleNegativesRankingLoss`` on the positive pairs (``bench/peers/st_train.py``);
-- ``st-mnrl``: its recommended NLI set-up, ``MultipleNegativesRankingLoss`` on (premise, entailment,
-  contradiction) triplets with the no-duplicates sampler (same steps and batch: the triplets are cycled);
-- ``angle``: AnglE's own trainer (``angle-emb`` 0.6.1, in ``.venv-angle``: ``bench/peers/setup_angle_venv.sh``)
-  with its NLI settings (cosine 0, ibn 30, angle 1; entailment 1 / contradiction 0, neutral dropped), mean pooling;
-- ``raw-labels``: ours with the original bug, raw NLI class ids as scores.
-
-Runs are resumable: each writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` and is
-skipped when that file exists. ``report`` writes ``bench/results/quality_vs_peers.{json,md,png}``.
+Every run writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` (sweep runs under
+``sweep/``) and is skipped when that file exists; its selected model is kept under ``outputs/quality/models``
+until ``score`` reads it. ``report`` writes ``bench/results/quality_vs_peers.{json,md,png}`` and
+``bench/results/objective_sweep.md``.
 """
 
 from __future__ import annotations
@@ -35,239 +34,312 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 from bench.jobs import (
     ANGLE_PYTHON,
     BATCH,
     CHECKPOINTS,
     CONTENDERS,
-    RAW_LABELS,
+    EPOCHS,
     REPO,
     RUNS,
     STARTS,
+    SWEEP,
+    SWEEP_OPTIONS,
     WORK,
+    Contender,
+    RunRecord,
     start_model,
 )
+from bench.machine import describe_machine
+
+DEV_FILE = "data/STS/STSBenchmark/sts-dev.csv"
 
 
-def training_pairs(start: str) -> tuple[Path, Path, int]:
-    """The start's training pairs as jsonl (the rows our loader reads, NLI labels kept by name), the NLI
-    triplets, and the number of optimizer steps: one epoch of the pairs."""
+def training_files(start: str) -> dict:
+    """The start's training data for every trainer, from our loader (labels through the label map, one row per
+    premise and positive): ``pairs.jsonl`` (every pair, NLI label kept by name), ``triplets.jsonl`` (premise,
+    entailment, a contradiction of that premise), ``angle.jsonl`` (AnglE's format A: NLI without neutral, the STS
+    pairs); and their sizes, for the step counts and texts per step."""
+    from ese_trainer.data.rows import NEGATIVE, POSITIVE
     from ese_trainer.data.sources import TrainSource, load_train_sources
 
-    folder = WORK / "data"
-    pairs_file, triplets_file = folder / f"{start}_pairs.jsonl", folder / f"{start}_triplets.jsonl"
+    folder = WORK / "data" / start
+    meta_file = folder / "meta.json"
+    if meta_file.is_file():
+        return json.loads(meta_file.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
     specs = [TrainSource.parse(entry, index) for index, entry in enumerate(STARTS[start].sources)]
-    if not pairs_file.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        pairs, counts = load_train_sources(specs, seed=0)
-        names = [count.name if spec.kind == "sts" else "nli" for spec, count in zip(specs, counts)]
-        label_of = {1.0: "entailment", 0.5: "neutral", 0.0: "contradiction"}
-        with pairs_file.open("w") as handle:
-            for row in pairs:
-                source = names[row["source"]]
-                handle.write(json.dumps({"sentence1": row["sentence1"], "sentence2": row["sentence2"],
-                                         "score": row["score"], "source": source,
-                                         "label": label_of[row["score"]] if source == "nli" else None}) + "\n")
-        by_premise: dict[str, dict[str, str]] = {}
-        for row in pairs:
-            if names[row["source"]] == "nli" and row["score"] != 0.5:
-                by_premise.setdefault(row["sentence1"], {}).setdefault(label_of[row["score"]], row["sentence2"])
-        with triplets_file.open("w") as handle:
-            for premise, hypotheses in by_premise.items():
-                if {"entailment", "contradiction"} <= set(hypotheses):
-                    handle.write(json.dumps({"anchor": premise, "positive": hypotheses["entailment"],
-                                             "negative": hypotheses["contradiction"]}) + "\n")
-    rows = sum(1 for _ in pairs_file.open())
-    return pairs_file, triplets_file, rows // BATCH
+    rows, counts = load_train_sources(specs, seed=0)
+    names = [count.name if spec.kind == "sts" else "nli" for spec, count in zip(specs, counts)]
+    label_of = {1.0: "entailment", 0.5: "neutral", 0.0: "contradiction"}
+    sizes = {"rows": {}, "pairs": {}, "triplets": {}, "angle": 0, "row_texts": {}}
+    negatives: dict[str, list[str]] = {}
+    for row in rows:
+        if names[row["source"]] == "nli":
+            negatives.setdefault(row["anchor"], []).extend(
+                text for text, role in zip(row["texts"], row["roles"]) if role == NEGATIVE)
+    with (folder / "pairs.jsonl").open("w") as pairs, (folder / "triplets.jsonl").open("w") as triplets, \
+            (folder / "angle.jsonl").open("w") as angle:
+        seen: dict[str, int] = {}
+        for row in rows:
+            source = names[row["source"]]
+            sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
+            sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
+            for text, score in zip(row["texts"], row["scores"]):
+                label = label_of[score] if source == "nli" else None
+                pairs.write(json.dumps({"sentence1": row["anchor"], "sentence2": text, "score": score,
+                                        "source": source, "label": label}) + "\n")
+                sizes["pairs"][source] = sizes["pairs"].get(source, 0) + 1
+                if label != "neutral":
+                    angle.write(json.dumps({"text1": row["anchor"], "text2": text, "label": score}) + "\n")
+                    sizes["angle"] += 1
+            if source == "nli" and POSITIVE in row["roles"] and negatives[row["anchor"]]:
+                pool = negatives[row["anchor"]]  # a premise's contradictions, dealt over its entailments
+                use = seen.get(row["anchor"], 0)
+                seen[row["anchor"]] = use + 1
+                positive = row["texts"][row["roles"].index(POSITIVE)]
+                triplets.write(json.dumps({"anchor": row["anchor"], "positive": positive,
+                                           "negative": pool[use % len(pool)]}) + "\n")
+                sizes["triplets"]["nli"] = sizes["triplets"].get("nli", 0) + 1
+    for name in names:
+        if name != "nli":
+            sizes["triplets"][name] = sizes["pairs"][name]
+    meta_file.write_text(json.dumps(sizes, indent=2) + "\n")
+    return sizes
 
 
-def sts_source_names(start: str) -> list[str]:
-    return [source["name"] for source in STARTS[start].sources if source["kind"] == "sts"]
-
-
-def run_ours(start: str, contender: str, lr: float, seed: int, steps: int, output_dir: Path,
-             recipe_args: list[str] = ()) -> Path:
-    """Our recipe (``recipe_args`` appended: a tuning variant), selecting its best checkpoint on STS-B dev itself;
-    returns the released folder."""
-    save_steps = max(1, steps // CHECKPOINTS)
-    sources = [dict(source) for source in STARTS[start].sources]
-    extra = []
-    if contender == "raw-labels":
-        extra = ["--label_map", json.dumps(RAW_LABELS), "--ibn_positive_threshold", "0.5"]
-    if contender == "ours-hardneg":
-        extra = ["--hard_negative_batches", "true"]
-    command = [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke_snli.yaml",
-               "--model_name_or_path", start_model(start), "--train_datasets", *map(json.dumps, sources),
-               "--max_steps", str(steps), "--learning_rate", str(lr), "--seed", str(seed),
-               "--per_device_train_batch_size", str(BATCH), "--warmup_steps", "0.1", "--weight_decay", "0.01",
-               "--eval_steps", str(save_steps), "--save_steps", str(save_steps), "--eval_on_start", "false",
-               "--save_total_limit", "2", "--suite_before_training", "false", "--sts_tasks", "STSBenchmark",
-               "--output_dir", str(output_dir), "--disable_tqdm", "true", *extra, *recipe_args]
-    subprocess.run(command, cwd=REPO, check=True)
-    return output_dir
-
-
-def run_peer(start: str, contender: str, lr: float, seed: int, steps: int, output_dir: Path) -> list[Path]:
-    """A peer's own trainer; returns its checkpoint folders."""
-    pairs_file, triplets_file, _ = training_pairs(start)
-    save_steps = max(1, steps // CHECKPOINTS)
-    common = ["--learning_rate", str(lr), "--batch_size", str(BATCH), "--max_steps", str(steps),
-              "--seed", str(seed), "--save_steps", str(save_steps)]
-    if contender.startswith("st-"):
-        command = [sys.executable, "bench/peers/st_train.py", "--model", start_model(start),
-                   "--pairs_jsonl", str(pairs_file), "--triplets_jsonl", str(triplets_file),
-                   "--sts_sources", *sts_source_names(start), "--mode", contender.removeprefix("st-"),
-                   "--output_dir", str(output_dir), "--warmup_ratio", "0.1", "--weight_decay", "0.01", *common]
+def job_shape(start: str, contender: Contender) -> tuple[int, float]:
+    """Optimizer steps of one pass over every source in batches of ``BATCH`` units, and texts per step."""
+    sizes = training_files(start)
+    if contender.trainer == "angle":
+        return EPOCHS * (sizes["angle"] // BATCH), 2.0 * BATCH
+    if contender.trainer == "ours":
+        units, texts = sizes["rows"], sum(sizes["row_texts"].values()) / sum(sizes["rows"].values())
+    elif contender.unit == "pairs":
+        units, texts = sizes["pairs"], 2.0
     else:
-        angle_file = output_dir.parent / f"{start}_angle_pairs.jsonl"
-        with pairs_file.open() as source, angle_file.open("w") as target:
-            for line in source:
-                row = json.loads(line)
-                if row["source"] == "nli" and row["label"] == "neutral":
-                    continue  # AnglE's NLI practice: entailment 1, contradiction 0, neutral not used
-                target.write(json.dumps({"text1": row["sentence1"], "text2": row["sentence2"],
-                                         "label": row["score"]}) + "\n")
+        units = sizes["triplets"]
+        texts = (3 * units["nli"] + 2 * sum(v for k, v in units.items() if k != "nli")) / sum(units.values())
+    return EPOCHS * sum(count // BATCH for count in units.values()), texts * BATCH
+
+
+def recipe_config(start: str, lr: float, seed: int, steps: int, output_dir: Path) -> dict:
+    """Our recipe's config for the job (the recipe's defaults for everything else, the loss included)."""
+    every = max(1, steps // CHECKPOINTS)
+    return {"model_name_or_path": start_model(start), "pooling": "mean", "max_seq_length": 128,
+            "train_datasets": [dict(source) for source in STARTS[start].sources],
+            "sts_dev": DEV_FILE, "sts_tasks": "none", "suite_before_training": False, "output_dir": str(output_dir),
+            "seed": seed, "per_device_train_batch_size": BATCH, "per_device_eval_batch_size": 64,
+            "learning_rate": lr, "warmup_steps": 0.1, "weight_decay": 0.01, "num_train_epochs": EPOCHS,
+            "logging_steps": 10, "eval_on_start": False, "eval_strategy": "steps", "eval_steps": every,
+            "save_strategy": "steps", "save_steps": every, "save_total_limit": 2, "load_best_model_at_end": True,
+            "metric_for_best_model": "sts_dev_spearman", "greater_is_better": True, "report_to": "none",
+            "dataloader_pin_memory": False, "disable_tqdm": True}
+
+
+def run_ours(start: str, contender: Contender, lr: float, seed: int, steps: int, output_dir: Path,
+             extra: tuple[str, ...]) -> tuple[dict[int, float], Path]:
+    config = output_dir / "job.yaml"
+    config.write_text(yaml.safe_dump(recipe_config(start, lr, seed, steps, output_dir)))
+    subprocess.run([sys.executable, "recipes/train_nli.py", "--config", str(config), *contender.recipe_args,
+                    *extra], cwd=REPO, check=True)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    dev = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
+           if "eval_sts_dev_spearman" in entry}
+    return dev, output_dir
+
+
+def run_peer(start: str, contender: Contender, lr: float, seed: int, steps: int, output_dir: Path
+             ) -> tuple[dict[int, float], Path]:
+    folder = WORK / "data" / start
+    sts = [source["name"] for source in STARTS[start].sources if source["kind"] == "sts"]
+    common = ["--learning_rate", str(lr), "--batch_size", str(BATCH), "--seed", str(seed),
+              "--save_steps", str(max(1, steps // CHECKPOINTS)), "--weight_decay", "0.01"]
+    if contender.trainer == "st":
+        command = [sys.executable, "bench/peers/st_train.py", "--model", start_model(start), "--mode",
+                   contender.st_mode, "--pairs_jsonl", str(folder / "pairs.jsonl"), "--triplets_jsonl",
+                   str(folder / "triplets.jsonl"), "--sts_sources", *sts, "--epochs", str(EPOCHS),
+                   "--output_dir", str(output_dir), "--warmup_ratio", "0.1", *common]
+    else:
         if not ANGLE_PYTHON.is_file():
             subprocess.run(["bash", "bench/peers/setup_angle_venv.sh", ".venv-angle"], cwd=REPO, check=True)
-        command = [str(ANGLE_PYTHON), "bench/peers/angle_train.py", "--model", start_model(start),
-                   "--train_jsonl", str(angle_file), "--output_dir", str(output_dir), "--pooling_strategy", "avg",
+        command = [str(ANGLE_PYTHON), "bench/peers/angle_train.py", "--model", start_model(start), "--train_jsonl",
+                   str(folder / "angle.jsonl"), "--output_dir", str(output_dir), "--pooling_strategy", "avg",
                    "--cosine_w", "0", "--ibn_w", "30", "--angle_w", "1", "--warmup_steps", "0.1",
-                   "--weight_decay", "0.01", "--logging_steps", "50", "--threads", str(os.cpu_count()), *common]
+                   "--epochs", str(EPOCHS), "--logging_steps", "50", "--threads", str(os.cpu_count()), *common]
     subprocess.run(command, cwd=REPO, check=True)
-    return sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    dev_pairs = dev_task()
+    dev = {int(path.name.split("-")[1]): score(path, start, dev_pairs)["dev"] for path in checkpoints}
+    best = max(dev, key=dev.get)
+    return dev, output_dir / f"checkpoint-{best}"
 
 
-def load_encoder(folder: Path, tokenizer_source: str):
+def load_encoder(folder: Path, start: str):
     from transformers import AutoModel, AutoTokenizer
 
+    import ese_trainer.modeling  # noqa: F401  (an MoE run's folder)
+
     model_folder = folder if (folder / "config.json").is_file() else folder / "0_Transformer"
-    tokenizer_folder = model_folder if (model_folder / "tokenizer.json").is_file() else tokenizer_source
+    tokenizer_folder = model_folder if (model_folder / "tokenizer.json").is_file() else start_model(start)
     return AutoModel.from_pretrained(model_folder).eval(), AutoTokenizer.from_pretrained(tokenizer_folder)
 
 
-def score(folder: Path, tokenizer_source: str, tasks: dict) -> dict[str, float]:
+def score(folder: Path, start: str, tasks: dict) -> dict[str, float]:
     from ese_trainer.evaluation.sts import evaluate_sts
 
-    model, tokenizer = load_encoder(folder, tokenizer_source)
+    model, tokenizer = load_encoder(folder, start)
     return evaluate_sts(model, tokenizer, tasks, "mean", 128, 128, show_progress=False)
 
 
-def suite_and_dev():
-    from ese_trainer.data import STS_TASKS, load_sts_pairs, load_sts_task
+def dev_task() -> dict:
+    from ese_trainer.data import load_sts_pairs
 
-    dev = {"dev": load_sts_pairs("data/STS/STSBenchmark/sts-dev.csv", name="dev")}
-    return {task: load_sts_task(task) for task in STS_TASKS}, dev
+    return {"dev": load_sts_pairs(DEV_FILE, name="dev")}
 
 
-def run_one(start: str, contender: str, lr: float, seed: int, variant: str = "", recipe_args: list[str] = ()) -> dict:
-    """Train, select on dev, score on the suite; the record is written to ``quality_runs``. ``variant`` names
-    ``recipe_args`` given to our recipe (a candidate default, tuned on dev)."""
-    label = f"{contender}+{variant}" if variant else contender
-    record_file = RUNS / start / f"{label}_lr{lr:g}_seed{seed}.json"
-    if record_file.is_file():
-        return json.loads(record_file.read_text())
-    _, _, steps = training_pairs(start)
+def record_path(start: str, label: str, lr: float, seed: int, sweep: bool = False) -> Path:
+    return RUNS / start / ("sweep" if sweep else "") / f"{label}_lr{lr:g}_seed{seed}.json"
+
+
+def model_path(start: str, label: str, lr: float, seed: int) -> Path:
+    return WORK / "models" / start / f"{label}_lr{lr:g}_seed{seed}"
+
+
+def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extra: tuple[str, ...] = ()) -> dict:
+    """Train one contender (or one sweep variant of ours), select its checkpoint on dev, keep that model; the
+    record goes to ``quality_runs``."""
+    contender = CONTENDERS[name]
+    label = f"{name}+{variant}" if variant else name
+    path = record_path(start, label, lr, seed, sweep=bool(variant))
+    if path.is_file():
+        return json.loads(path.read_text())
+    steps, texts = job_shape(start, contender)
     output_dir = WORK / "runs" / start / f"{label}_lr{lr:g}_seed{seed}"
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
-    suite, dev = suite_and_dev()
+    print(f"== start {start}, {label}, lr {lr:g}, seed {seed}, {steps} steps x {texts:.0f} texts", flush=True)
     started = time.perf_counter()
-    print(f"== start {start}, {label}, lr {lr:g}, seed {seed}, {steps} steps {' '.join(recipe_args)}", flush=True)
-    if contender.startswith("ours") or contender == "raw-labels":
-        released = run_ours(start, contender, lr, seed, steps, output_dir, list(recipe_args))
-        state = json.loads((released / "trainer_state.json").read_text())
-        dev_by_step = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
-                       if "eval_sts_dev_spearman" in entry}
-        selected_step = int(Path(state["best_model_checkpoint"]).name.split("-")[1])
-        selected = released
+    if contender.trainer == "ours":
+        dev, selected = run_ours(start, contender, lr, seed, steps, output_dir, extra)
     else:
-        checkpoints = run_peer(start, contender, lr, seed, steps, output_dir)
-        dev_by_step = {int(path.name.split("-")[1]): score(path, start_model(start), dev)["dev"]
-                       for path in checkpoints}
-        selected_step = max(dev_by_step, key=dev_by_step.get)
-        selected = output_dir / f"checkpoint-{selected_step}"
-    train_seconds = time.perf_counter() - started
-    results = score(selected, start_model(start), suite)
-    record = {"start": start, "contender": label, "recipe_args": list(recipe_args), "learning_rate": lr,
-              "seed": seed, "steps": steps,
-              "batch": BATCH, "dev_by_step": dev_by_step, "selected_step": selected_step,
-              "selected_dev": dev_by_step[selected_step], "test": results,
-              "train_and_select_seconds": round(train_seconds, 1)}
-    record_file.parent.mkdir(parents=True, exist_ok=True)
-    record_file.write_text(json.dumps(record, indent=2) + "\n")
-    for checkpoint in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    print(f"   dev {record['selected_dev']:.2f} at step {selected_step}; 7-task avg {results['avg']:.2f}", flush=True)
-    return record
+        dev, selected = run_peer(start, contender, lr, seed, steps, output_dir)
+    seconds = time.perf_counter() - started
+    best = max(dev, key=dev.get)
+    kept = model_path(start, label, lr, seed)
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(selected, kept, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.pth"))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    record = RunRecord(start, label, lr, seed, variant, [*contender.recipe_args, *extra], steps, round(texts, 1),
+                       {str(step): value for step, value in sorted(dev.items())}, best, dev[best],
+                       round(seconds, 1), describe_machine())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    print(f"   dev {dev[best]:.2f} at step {best} ({seconds:.0f} s)", flush=True)
+    return asdict(record)
 
 
-def start_row(start: str) -> dict[str, float]:
-    """The untrained start model on the suite (cached)."""
-    cache = RUNS / start / "start_model.json"
-    if not cache.is_file():
-        suite, dev = suite_and_dev()
-        scores = score(Path(start_model(start)), start_model(start), {**suite, **dev})  # one load, one pass
-        scores["avg"] = statistics.mean(scores[task] for task in suite)  # the 7 test tasks only, not dev
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(scores, indent=2) + "\n")
-    return json.loads(cache.read_text())
+def tuned(start: str) -> dict:
+    path = RUNS / start / "tuned.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def tuned_lr(start: str) -> float:
-    choice = RUNS / start / "tuned_lr.json"
-    if not choice.is_file():
-        raise SystemExit(f"start {start}: no learning rate chosen yet; run: python -m bench.quality_vs_peers tune "
-                         f"--start {start} --lrs ...")
-    return json.loads(choice.read_text())["learning_rate"]
+def tune(start: str, names: list[str], seed: int) -> None:
+    """Each contender at every rate of the start's grid (one seed); its best dev score picks its rate."""
+    choice = tuned(start)
+    for name in names:
+        records = [run_one(start, name, lr, seed) for lr in STARTS[start].learning_rates]
+        best = max(records, key=lambda record: record["selected_dev"])
+        choice[name] = {"learning_rate": best["learning_rate"], "seed": seed, "chosen_on": "STS-B dev",
+                        "candidates": {f"{r['learning_rate']:g}": round(r["selected_dev"], 4) for r in records}}
+        (RUNS / start / "tuned.json").write_text(json.dumps(choice, indent=2) + "\n")
+        print(f"start {start}, {name}: learning rate {best['learning_rate']:g} (dev {best['selected_dev']:.2f})")
 
 
-def tune(start: str, lrs: list[float], seed: int) -> None:
-    """Ours at each learning rate (one seed); the best STS-B dev score picks the rate every contender gets."""
-    records = [run_one(start, "ours", lr, seed) for lr in lrs]
-    best = max(records, key=lambda record: record["selected_dev"])
-    choice = {"learning_rate": best["learning_rate"], "chosen_on": "STS-B dev (best checkpoint)", "seed": seed,
-              "candidates": {f"{record['learning_rate']:g}": record["selected_dev"] for record in records}}
-    (RUNS / start / "tuned_lr.json").write_text(json.dumps(choice, indent=2) + "\n")
-    print(f"start {start}: learning rate {best['learning_rate']:g} (dev {best['selected_dev']:.2f})")
+def chosen_rate(start: str, name: str) -> float:
+    choice = tuned(start).get(name)
+    if choice is None:
+        raise SystemExit(f"start {start}: {name} has no learning rate yet; run: python -m bench.quality_vs_peers tune "
+                         f"--start {start} --contenders {name}")
+    return choice["learning_rate"]
+
+
+def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed: int) -> None:
+    """Ours' candidate objectives at one rate (default: the middle of the start's grid), dev only."""
+    rate = lr or STARTS[start].learning_rates[len(STARTS[start].learning_rates) // 2]
+    for name in names:
+        if base:
+            arguments = (*SWEEP[base], *SWEEP_OPTIONS[name])
+            variant = f"{base}+{name}"
+        else:
+            arguments, variant = SWEEP[name], name
+        run_one(start, "ours-111", rate, seed, variant, arguments)
+
+
+def score_chosen(start: str) -> None:
+    """The test suite for every run at its contender's chosen rate (all seeds), and for the start model."""
+    from ese_trainer.data import STS_TASKS, load_sts_task
+
+    suite = {task: load_sts_task(task) for task in STS_TASKS}
+    start_file = RUNS / start / "start_model.json"
+    if not start_file.is_file():
+        scores = score(Path(start_model(start)), start, {**suite, **dev_task()})
+        scores["avg"] = sum(scores[task] for task in suite) / len(suite)
+        start_file.write_text(json.dumps(scores, indent=2) + "\n")
+    for name, choice in tuned(start).items():
+        lr = choice["learning_rate"]
+        for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
+            record = json.loads(path.read_text())
+            if record["test"]:
+                continue
+            folder = model_path(start, name, lr, record["seed"])
+            record["test"] = score(folder, start, suite)
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    tune_parser = commands.add_parser("tune")
+    sweep_parser = commands.add_parser("sweep", help="ours' candidate objectives, dev only")
+    sweep_parser.add_argument("--start", choices=STARTS, required=True)
+    sweep_parser.add_argument("--names", nargs="+", help="SWEEP (or with --base, SWEEP_OPTIONS) names; default all")
+    sweep_parser.add_argument("--base", choices=SWEEP)
+    sweep_parser.add_argument("--lr", type=float)
+    sweep_parser.add_argument("--seed", type=int, default=42)
+    tune_parser = commands.add_parser("tune", help="every contender x the start's learning-rate grid, dev only")
     tune_parser.add_argument("--start", choices=STARTS, required=True)
-    tune_parser.add_argument("--lrs", type=float, nargs="+", required=True)
+    tune_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
     tune_parser.add_argument("--seed", type=int, default=42)
-    run_parser = commands.add_parser("run")
-    run_parser.add_argument("--start", choices=STARTS, required=True)
-    run_parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    run_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    variant_parser = commands.add_parser("variant", help="ours with candidate defaults, at the tuned learning rate")
-    variant_parser.add_argument("--start", choices=STARTS, required=True)
-    variant_parser.add_argument("--name", required=True)
-    variant_parser.add_argument("--seed", type=int, default=42)
-    variant_parser.add_argument("--recipe_args", required=True, help="e.g. '--ibn_w 5' (quoted: one argument)")
+    seeds_parser = commands.add_parser("seeds", help="more seeds at each contender's chosen rate")
+    seeds_parser.add_argument("--start", choices=STARTS, required=True)
+    seeds_parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    seeds_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
+    score_parser = commands.add_parser("score", help="the test suite, for the chosen runs")
+    score_parser.add_argument("--start", choices=STARTS, required=True)
     commands.add_parser("report")
     args = parser.parse_args()
-    if args.command == "tune":
-        start_row(args.start)
-        tune(args.start, args.lrs, args.seed)
-    elif args.command == "run":
-        start_row(args.start)
-        lr = tuned_lr(args.start)
+    if args.command == "sweep":
+        names = args.names or list(SWEEP_OPTIONS if args.base else SWEEP)
+        sweep(args.start, names, args.base, args.lr, args.seed)
+    elif args.command == "tune":
+        tune(args.start, args.contenders, args.seed)
+    elif args.command == "seeds":
         for seed in args.seeds:
-            for contender in args.contenders:
-                run_one(args.start, contender, lr, seed)
-    elif args.command == "variant":
-        run_one(args.start, "ours", tuned_lr(args.start), args.seed, args.name, shlex.split(args.recipe_args))
+            for name in args.contenders:
+                run_one(args.start, name, chosen_rate(args.start, name), seed)
+    elif args.command == "score":
+        score_chosen(args.start)
     else:
         from bench.quality_report import write_report
 

@@ -29,13 +29,15 @@ SECTIONS = [  # (results file stem, heading)
 
 
 def plot_throughput(path: Path) -> bool:
-    """Bars of training pairs/s and evaluation sentences/s per contender."""
+    """Bars of training rows/s (pairs/s in results of the pair layout) and evaluation sentences/s per contender."""
     panels = []
-    for stem, unit, key in (("train_throughput", "pairs/s", "pairs_per_second"),
-                            ("eval_throughput", "sentences/s", "sentences_per_second")):
+    for stem, units in (("train_throughput", (("rows/s", "rows_per_second"), ("pairs/s", "pairs_per_second"))),
+                        ("eval_throughput", (("sentences/s", "sentences_per_second"),))):
         file = RESULTS / f"{stem}.json"
         if file.is_file():
-            panels.append((stem.replace("_", " "), unit, json.loads(file.read_text())[key]))
+            results = json.loads(file.read_text())
+            unit, key = next((unit, key) for unit, key in units if key in results)
+            panels.append((stem.replace("_", " "), unit, results[key]))
     if not panels:
         return False
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)

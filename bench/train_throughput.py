@@ -2,27 +2,37 @@
 
     python -m bench.train_throughput [--steps 20] [--batch 32] [--repeats 3] [--bf16]
 
-Every contender trains all-MiniLM-L6-v2 on the same ``steps x batch`` real SNLI pairs (one epoch, so the same
-tokens), AdamW (the Trainer's fused default), the same loss terms, for a fixed number of steps, alternating the
-contenders ``repeats`` times (the median run counts):
+Every contender trains all-MiniLM-L6-v2 on the same ``steps x batch`` real SNLI dev rows (a seeded subset; a row
+is a premise with its hypotheses: its entailment as positive, its contradiction as hard negative, its neutral as a
+scored pair), cut into the same ``steps`` batches of ``batch`` rows as the recipe cuts them (``SourceBatchSampler``:
+no text twice in a batch), in the same order; one epoch, AdamW (the Trainer's fused default), the same loss terms
+(the recipe's defaults: CoSENT + in-batch negatives + AnglE), alternating the contenders ``repeats`` times (the
+median run counts):
 
-- **ours, packed**: ``ESETrainer`` with the padding-free forward (only real tokens through the encoder);
+- **ours, packed**: ``ESETrainer`` with the recipe's batch sampler, ``RowCollator`` (every text of a batch's rows
+  encoded once) and the padding-free forward (only real tokens through the encoder);
 - **ours, padded**: the same with padded batches in 2 length-sorted forward chunks (the previous default);
-- **sentence-transformers**: ``SentenceTransformerTrainer`` with ``CoSENTLoss + AnglELoss +
-  MultipleNegativesRankingLoss`` (query→doc and query→query, both ways) on one embedding of each column;
-- **bare, packed / padded**: a plain PyTorch loop doing the same work — collate each batch (tokenise), the same
-  model and objective (``TrainingModel``), backward, clip at norm 1, fused AdamW step — with no Trainer: the floor
-  our loop's overhead is measured against.
+- **sentence-transformers**: ``SentenceTransformerTrainer`` on the same texts in its pair layout: every scored pair
+  ``(anchor, text, score)`` of the rows, each step the pairs of the same rows (so a premise is encoded once per
+  pair), with ``CoSENTLoss + AnglELoss`` on every pair and ``MultipleNegativesRankingLoss`` (query→doc) on the
+  positive pairs (no hard negatives in its softmax: in the pair layout a contradiction is a pair of its own), on
+  one embedding of each column;
+- **bare, packed / padded**: a plain PyTorch loop doing the same work as ours — collate each batch (tokenise), the
+  same model and objective (``TrainingModel``), backward, clip at norm 1, fused AdamW step — with no Trainer: the
+  floor our loop's overhead is measured against.
 
-Reports pairs/s and real (non-padding) tokens/s, the ratios, and a compute floor: the run's real-token FLOPs
-(``6 x non-embedding parameters`` per token, forward + backward) over this machine's measured fp32 (or bf16) matmul
-FLOP/s, and each contender's time over that floor. Results: ``bench/results/train_throughput[_bf16].{json,md}``.
+Reports rows/s (the same rows for every contender), the texts and real (non-padding) tokens each contender encodes
+and its tokens/s, the ratios, and a compute floor: the real-token FLOPs of the rows' texts, each encoded once per
+batch as ours does (``6 x non-embedding parameters`` per token, forward + backward), over this machine's measured
+fp32 (or bf16) matmul FLOP/s, and each contender's time over that floor. Results:
+``bench/results/train_throughput[_bf16].{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -42,11 +52,40 @@ LEARNING_RATE = 5e-6
 MAX_LENGTH = 128
 
 
-def load_pairs(count: int):
-    from ese_trainer.data import load_nli_pairs
+def load_rows(steps: int, batch: int, seed: int = 0):
+    """``steps x batch`` SNLI dev rows (a seeded subset) and the recipe's batch sampler over them: one epoch is
+    exactly ``steps`` batches of ``batch`` rows, the same batches in the same order every time it is iterated."""
+    from ese_trainer.data.batching import SourceBatchSampler
+    from ese_trainer.data.collator import row_text_ids
+    from ese_trainer.data.sources import TrainSource, load_train_sources
 
-    pairs, _ = load_nli_pairs(str(REPO / "data" / "SNLI"), split="test", max_samples=count, seed=0)
-    return pairs
+    count = steps * batch
+    source = TrainSource.parse({"source": str(REPO / "data" / "SNLI"), "split": "dev", "max_samples": count}, 0)
+    rows, _ = load_train_sources([source], seed)
+    if len(rows) < count:
+        raise SystemExit(f"data/SNLI dev has {len(rows)} rows, fewer than --steps x --batch = {count}")
+    row_texts = [row_text_ids(row) for row in rows.select_columns(["anchor", "texts"])]
+    return rows, SourceBatchSampler(rows["source"], row_texts, batch, [1.0], seed=seed)
+
+
+def row_pairs(rows, batches: list[list[int]]):
+    """The rows' scored pairs ``(anchor, text, score)`` as sentence-transformers' columns (``sentence1``,
+    ``sentence2``, ``score``), in batch order, and the pairs of each batch (indices into them)."""
+    from datasets import Dataset
+
+    columns: dict[str, list] = {"sentence1": [], "sentence2": [], "score": []}
+    pair_batches = []
+    for batch in batches:
+        start = len(columns["score"])
+        for index in batch:
+            row = rows[index]
+            for text, score in zip(row["texts"], row["scores"]):
+                if score is not None and not math.isnan(score):
+                    columns["sentence1"].append(row["anchor"])
+                    columns["sentence2"].append(text)
+                    columns["score"].append(score)
+        pair_batches.append(list(range(start, len(columns["score"]))))
+    return Dataset.from_dict(columns), pair_batches
 
 
 def our_parts(packed: bool):
@@ -65,10 +104,10 @@ def our_parts(packed: bool):
     return tokenizer, encoder, build_objective(LossArguments(), ESEArguments(), model.config)
 
 
-def run_ours(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
+def run_ours(rows, sampler, batch: int, steps: int, packed: bool, bf16: bool) -> float:
     from transformers import TrainingArguments
 
-    from ese_trainer.data.collator import PairCollator
+    from ese_trainer.data.collator import RowCollator
     from ese_trainer.training.trainer import ESETrainer
 
     tokenizer, encoder, objective = our_parts(packed)
@@ -76,18 +115,19 @@ def run_ours(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
         args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps,
                                  learning_rate=LEARNING_RATE, save_strategy="no", report_to="none",
                                  remove_unused_columns=False, disable_tqdm=True, logging_steps=steps,
-                                 train_sampling_strategy="sequential",  # the bare loop's batches, in its order
                                  dataloader_drop_last=True, use_cpu=True, seed=0, dataloader_pin_memory=False,
                                  bf16=bf16)
-        trainer = ESETrainer(encoder, objective, args=args, train_dataset=pairs,
-                             data_collator=PairCollator(tokenizer, MAX_LENGTH), processing_class=tokenizer)
+        trainer = ESETrainer(encoder, objective, args=args, train_dataset=rows,
+                             data_collator=RowCollator(tokenizer, MAX_LENGTH), processing_class=tokenizer,
+                             train_batch_sampler=sampler)  # the bare loop's batches, in its order
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
 
 
 class STCombinedLoss(nn.Module):
-    """sentence-transformers' CoSENT + AnglE + symmetric MNRL over one embedding of each column."""
+    """sentence-transformers' CoSENT + AnglE on every pair + MNRL (query→doc, our default direction) on the positive
+    pairs (score 1: a row's positive), over one embedding of each column."""
 
     def __init__(self, model) -> None:
         from sentence_transformers.sentence_transformer.losses import (
@@ -99,19 +139,36 @@ class STCombinedLoss(nn.Module):
         super().__init__()
         self.model = model
         self.cosent, self.angle = CoSENTLoss(model), AnglELoss(model)
-        self.mnrl = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "query_to_query"))
+        self.mnrl = MultipleNegativesRankingLoss(model, directions=("query_to_doc",))
 
     def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
         from sentence_transformers.base.losses.merged_forward import embed_columns
 
         emb_a, emb_b = embed_columns(self.model, sentence_features)
-        ibn = (self.mnrl.compute_loss_from_embeddings([emb_a, emb_b], labels)
-               + self.mnrl.compute_loss_from_embeddings([emb_b, emb_a], labels)) / 2
-        return (self.cosent.compute_loss_from_embeddings([emb_a, emb_b], labels)
-                + self.angle.compute_loss_from_embeddings([emb_a, emb_b], labels) + ibn)
+        loss = (self.cosent.compute_loss_from_embeddings([emb_a, emb_b], labels)
+                + self.angle.compute_loss_from_embeddings([emb_a, emb_b], labels))
+        positive = labels >= 1.0
+        if positive.any():
+            loss = loss + self.mnrl.compute_loss_from_embeddings([emb_a[positive], emb_b[positive]],
+                                                                 labels[positive])
+        return loss
 
 
-def run_sentence_transformers(pairs, batch: int, steps: int, bf16: bool) -> float:
+def fixed_batches(batches: list[list[int]]):
+    """A sentence-transformers ``batch_sampler`` (a callable) yielding exactly ``batches``, in order."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    class FixedBatchSampler(DefaultBatchSampler):
+        def __iter__(self):
+            yield from batches
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    return lambda dataset, **kwargs: FixedBatchSampler(dataset, **kwargs)
+
+
+def run_sentence_transformers(pairs, pair_batches: list[list[int]], batch: int, steps: int, bf16: bool) -> float:
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
@@ -122,27 +179,27 @@ def run_sentence_transformers(pairs, batch: int, steps: int, bf16: bool) -> floa
         args = SentenceTransformerTrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LEARNING_RATE,
             save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=steps, dataloader_drop_last=True,
-            use_cpu=True, seed=0, dataloader_pin_memory=False, bf16=bf16)
+            use_cpu=True, seed=0, dataloader_pin_memory=False, bf16=bf16,
+            batch_sampler=fixed_batches(pair_batches))  # each step the pairs of ours' step's rows
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=STCombinedLoss(model))
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
 
 
-def run_bare(pairs, batch: int, steps: int, packed: bool, bf16: bool) -> float:
-    from ese_trainer.data.collator import PairCollator
+def run_bare(rows, batches: list[list[int]], packed: bool, bf16: bool) -> float:
+    from ese_trainer.data.collator import RowCollator
     from ese_trainer.training.training_model import TrainingModel
 
     tokenizer, encoder, objective = our_parts(packed)
     training_model = TrainingModel(encoder, objective).train()
-    collate = PairCollator(tokenizer, MAX_LENGTH)
-    rows = [[pairs[i] for i in range(start, start + batch)] for start in range(0, steps * batch, batch)]
+    collate = RowCollator(tokenizer, MAX_LENGTH)
     # The Trainer's defaults: fused AdamW (torch >= 2.8), weight decay 0, gradient clipping at norm 1.
     parameters = [p for p in training_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.0, fused=True)
     started = time.perf_counter()
-    for features in rows:
-        inputs = collate(features)  # tokenising is part of every step, as in the Trainer's data loader
+    for batch in batches:
+        inputs = collate([rows[index] for index in batch])  # reading and tokenising, as the Trainer's data loader
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = training_model(**inputs).loss
         loss.backward()
@@ -168,17 +225,20 @@ def matmul_flops_per_second(bf16: bool, repeats: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="rows per batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX512-bf16) for every contender")
     args = parser.parse_args()
-    pairs = load_pairs(args.steps * args.batch)
+    rows, sampler = load_rows(args.steps, args.batch)
+    batches = list(sampler)
+    pairs, pair_batches = row_pairs(rows, batches)
     runners = {
-        "ours, packed": lambda: run_ours(pairs, args.batch, args.steps, True, args.bf16),
-        "ours, padded": lambda: run_ours(pairs, args.batch, args.steps, False, args.bf16),
-        "sentence-transformers": lambda: run_sentence_transformers(pairs, args.batch, args.steps, args.bf16),
-        "bare, packed": lambda: run_bare(pairs, args.batch, args.steps, True, args.bf16),
-        "bare, padded": lambda: run_bare(pairs, args.batch, args.steps, False, args.bf16),
+        "ours, packed": lambda: run_ours(rows, sampler, args.batch, args.steps, True, args.bf16),
+        "ours, padded": lambda: run_ours(rows, sampler, args.batch, args.steps, False, args.bf16),
+        "sentence-transformers": lambda: run_sentence_transformers(pairs, pair_batches, args.batch, args.steps,
+                                                                   args.bf16),
+        "bare, packed": lambda: run_bare(rows, batches, True, args.bf16),
+        "bare, padded": lambda: run_bare(rows, batches, False, args.bf16),
     }
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for repeat in range(args.repeats):
@@ -192,8 +252,19 @@ def main() -> None:
     from ese_trainer.hub_models import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MODEL_ID))
-    texts = list(pairs["sentence1"]) + list(pairs["sentence2"])
-    real_tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+    def real_token_count(texts: list[str]) -> int:
+        return sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+    # What each contender encodes: ours every text of a batch's rows once (anchors, then the others), the peer both
+    # sides of every pair (a premise once per hypothesis).
+    row_texts = [text for batch in batches for index in batch
+                 for text in (rows[index]["anchor"], *rows[index]["texts"])]
+    pair_texts = list(pairs["sentence1"]) + list(pairs["sentence2"])
+    real_tokens = real_token_count(row_texts)
+    encoded = {"rows": {"texts": len(row_texts), "real_tokens": real_tokens},
+               "pairs": {"texts": len(pair_texts), "real_tokens": real_token_count(pair_texts)}}
+    layout = {name: "pairs" if name == "sentence-transformers" else "rows" for name in runners}
     _, encoder, _ = our_parts(False)
     non_embedding = sum(p.numel() for name, p in encoder.transformer.named_parameters()
                         if not name.startswith(("embeddings.", "pooler.")))
@@ -201,8 +272,8 @@ def main() -> None:
     rate = matmul_flops_per_second(args.bf16)
     floor = flops / rate
     median = {name: statistics.median(times) for name, times in seconds.items()}
-    pairs_per_second = {name: args.steps * args.batch / value for name, value in median.items()}
-    tokens_per_second = {name: real_tokens / value for name, value in median.items()}
+    rows_per_second = {name: args.steps * args.batch / value for name, value in median.items()}
+    tokens_per_second = {name: encoded[layout[name]]["real_tokens"] / value for name, value in median.items()}
     ours = median["ours, packed"]
     ratios = {
         "ours packed / sentence-transformers": median["sentence-transformers"] / ours,
@@ -216,7 +287,8 @@ def main() -> None:
         if value is not False)
     machine = describe_machine()
     payload = {"command": command, "machine": machine, "model": MODEL_ID, "steps": args.steps, "batch": args.batch,
-               "bf16": args.bf16, "seconds": seconds, "pairs_per_second": pairs_per_second,
+               "bf16": args.bf16, "rows": args.steps * args.batch, "pairs": len(pairs), "seconds": seconds,
+               "rows_per_second": rows_per_second, "encoded": encoded, "layout": layout,
                "real_tokens": real_tokens, "real_tokens_per_second": tokens_per_second,
                "compute_floor": {"non_embedding_parameters": non_embedding, "flops_6nd": flops,
                                  "matmul_flops_per_second": rate, "floor_seconds": floor},
@@ -224,16 +296,24 @@ def main() -> None:
     stem = "train_throughput" + ("_bf16" if args.bf16 else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = ["| contender | pairs/s | real tokens/s | time over compute floor | runs (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {pairs_per_second[name]:.1f} | {tokens_per_second[name]:.0f} | "
-              f"{median[name] / floor:.1f}x | {', '.join(f'{t:.1f}' for t in seconds[name])} |" for name in runners]
+    lines = ["| contender | rows/s | texts encoded | real tokens/s | time over compute floor | runs (s) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {rows_per_second[name]:.1f} | {encoded[layout[name]]['texts']} | "
+              f"{tokens_per_second[name]:.0f} | {median[name] / floor:.1f}x | "
+              f"{', '.join(f'{t:.1f}' for t in seconds[name])} |" for name in runners]
     summary = "\n".join([
         f"# Training throughput (all-MiniLM-L6-v2, CPU, {'bf16 autocast' if args.bf16 else 'fp32'})", "",
-        f"Command: `{command}`  ", f"Machine: {machine}", "", *lines, "",
+        f"Command: `{command}`  ", f"Machine: {machine}", "",
+        f"{args.steps} steps of {args.batch} SNLI dev rows ({args.steps * args.batch} rows, {len(pairs)} scored "
+        "pairs): "
+        f"ours encodes {encoded['rows']['texts']} texts ({encoded['rows']['real_tokens']} real tokens), "
+        f"sentence-transformers, on the same pairs, {encoded['pairs']['texts']} "
+        f"({encoded['pairs']['real_tokens']}).", "", *lines, "",
         f"ours (packed) / sentence-transformers: **{ratios['ours packed / sentence-transformers']:.2f}x**; "
         f"packed / padded: **{ratios['ours packed / ours padded']:.2f}x**; overhead of ours over the bare packed "
         f"loop: **{100 * ratios['overhead of ours packed over bare packed']:.1f}%**.", "",
-        f"Compute floor: {flops / 1e12:.2f} TFLOP ({real_tokens} real tokens x 6 x {non_embedding / 1e6:.1f}M "
+        f"Compute floor: {flops / 1e12:.2f} TFLOP ({real_tokens} real tokens of the rows' texts x 6 x "
+        f"{non_embedding / 1e6:.1f}M "
         f"non-embedding parameters) at {rate / 1e9:.0f} GFLOP/s measured matmul = {floor:.1f} s; ours takes "
         f"**{ratios['ours packed time over the compute floor']:.1f}x** that.", ""])
     (RESULTS / f"{stem}.md").write_text(summary)

@@ -1,4 +1,6 @@
-"""Fine-tune a sentence encoder on NLI pairs with the combined CoSENT + in-batch-negative + AnglE loss.
+"""Fine-tune a sentence encoder on NLI data (and STS, triplet, pair sources) with the combined loss: in-batch
+negatives over grouped rows (each premise with its entailment as positive, its contradiction as hard negative)
+plus the CoSENT and AnglE rankings of every scored pair.
 
     accelerate launch recipes/train_nli.py --config configs/smoke.yaml [--key value ...]
 
@@ -11,17 +13,17 @@ from __future__ import annotations
 
 from ese_trainer.config.cli import run_cli
 from ese_trainer.data import DataError
-from ese_trainer.data.collator import PairCollator
+from ese_trainer.data.collator import RowCollator
 from ese_trainer.data.run_data import load_run_data
 from ese_trainer.evaluation.dev_score import CosineSpearman
-from ese_trainer.hub_models import ModelNotFoundError, work_offline_if_hub_unreachable
+from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
 from ese_trainer.modeling import MoELoadingError
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.loading import load_tokenizer_and_encoder
 from ese_trainer.modeling.packing import use_packing
 from ese_trainer.release.hub_push import PushError, check_push_ready
 from ese_trainer.release.output_folder import release_run, score_suite, start_output_dir
-from ese_trainer.training.build import build_objective, learning_rates
+from ese_trainer.training.build import build_objective, guide_embeddings, learning_rates
 from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, start_run
 from ese_trainer.training.trainer import CheckpointMismatchError, ESETrainer, NonFiniteLossError
 
@@ -42,7 +44,10 @@ def run(argv: list[str]) -> dict:
     encoder.to(args.training.device)
 
     # ---- data ----
-    data = load_run_data(args.data, args.training, tokenizer, args.model.max_seq_length)
+    start_model = resolve_model_path(args.model.model_name_or_path)  # mines negatives, guides the softmax
+    data = load_run_data(args.data, args.training, mining_model=start_model)
+    guide = guide_embeddings(args.loss, start_model, data.texts(), args.model.pooling, args.model.max_seq_length,
+                             args.training.per_device_eval_batch_size)
     start_output_dir(args, data, encoder)
     tables = {}
     if args.is_main_process and data.suite and args.data.suite_before_training:
@@ -54,13 +59,13 @@ def run(argv: list[str]) -> dict:
                         packed=use_packing(args.model.packed, encoder.config), embedding_dim=args.model.embedding_dim),
         objective,
         args=args.training,
-        data_collator=PairCollator(tokenizer, args.model.max_seq_length),
+        data_collator=RowCollator(tokenizer, args.model.max_seq_length, guide),
         train_dataset=data.train,
         eval_dataset=data.dev,
         processing_class=tokenizer,
         evaluator=CosineSpearman("sts_dev"),
         learning_rates=learning_rates(args.moe, args.ese),
-        cache_minibatch_size=args.loss.cache_minibatch_size if args.loss.ibn_cache else None,
+        cache_minibatch_size=args.loss.cache_minibatch_texts if args.loss.ibn_cache else None,
         train_batch_sampler=data.sampler,
     )
 

@@ -58,3 +58,12 @@ def build_tiny_moe(vocab_size: int, seed: int = 0):
 @pytest.fixture
 def tiny_bert(tokenizer) -> BertModel:
     return build_tiny_bert(len(tokenizer))
+
+
+def snli_rows(count: int, seed: int = 0):
+    """``count`` rows of the embedded SNLI dev split (a premise with its entailment as positive, its contradiction as
+    hard negative, neutral as a ranking pair), as the recipe builds them."""
+    from ese_trainer.data.sources import TrainSource, load_train_sources
+
+    rows, _ = load_train_sources([TrainSource(str(EMBEDDED_DATA / "SNLI"), "nli", "dev", max_samples=count)], seed)
+    return rows.remove_columns("source")

@@ -1,23 +1,26 @@
-"""Collator (own tokenizer, truncation, dynamic padding, scores not under labels) and masked pooling."""
+"""Collator (own tokenizer, truncation, dynamic padding, the row layout not under labels) and masked pooling."""
 
 import pytest
 import torch
 
-from ese_trainer.data.collator import SCORES_KEY, PairCollator
+from ese_trainer.data.collator import OTHER_ROLE_KEY, OTHER_ROW_KEY, OTHER_SCORE_KEY, RowCollator
+from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.pooling import POOLING_MODES, pool
 
 
-def test_collator_tokenises_both_sides_with_dynamic_padding(tokenizer):
-    features = [{"sentence1": "A man is playing a guitar.", "sentence2": "Someone plays music.", "score": 1.0},
-                {"sentence1": "Hi.", "sentence2": "A long sentence " * 40, "score": 0.5}]
-    batch = PairCollator(tokenizer, max_seq_length=32)(features)
-    assert "labels" not in batch and batch[SCORES_KEY].dtype == torch.float32
-    assert batch[SCORES_KEY].tolist() == [1.0, 0.5]
-    assert batch["input_ids"].shape == (4, 32)  # side one rows 0-1, side two rows 2-3; truncated at 32
-    short = PairCollator(tokenizer, max_seq_length=128)(features[:1])
-    expected = max(len(tokenizer(text)["input_ids"]) for text in (features[0]["sentence1"], features[0]["sentence2"]))
-    assert short["input_ids"].shape == (2, expected)  # padded to the longest text, not to max_seq_length
+def test_collator_tokenises_every_text_once_with_dynamic_padding(tokenizer):
+    rows = [{"anchor": "A man is playing a guitar.", "texts": ["Someone plays music.", "Nobody plays."],
+             "scores": [1.0, 0.0], "roles": [POSITIVE, NEGATIVE]},
+            {"anchor": "Hi.", "texts": ["A long sentence " * 40], "scores": [0.5], "roles": [SCORED]}]
+    batch = RowCollator(tokenizer, max_seq_length=32)(rows)
+    assert "labels" not in batch and batch[OTHER_SCORE_KEY].dtype == torch.float32
+    assert batch["input_ids"].shape == (5, 32)  # anchors in rows 0-1, then the other texts; truncated at 32
+    assert batch[OTHER_ROW_KEY].tolist() == [0, 0, 1] and batch[OTHER_ROLE_KEY].tolist() == [0, 1, 2]
+    assert batch[OTHER_SCORE_KEY].tolist() == [1.0, 0.0, 0.5]
+    short = RowCollator(tokenizer, max_seq_length=128)(rows[:1])
+    expected = max(len(tokenizer(text)["input_ids"]) for text in (rows[0]["anchor"], *rows[0]["texts"]))
+    assert short["input_ids"].shape == (3, expected)  # padded to the longest text, not to max_seq_length
     assert tokenizer.decode(short["input_ids"][1], skip_special_tokens=True) == "someone plays music."
 
 
@@ -45,9 +48,9 @@ def test_pooling_formulas():
 
 
 def test_collator_gives_equal_texts_equal_ids(tokenizer):
-    features = [{"sentence1": "A dog runs.", "sentence2": "An animal runs.", "score": 1.0},
-                {"sentence1": "A dog runs.", "sentence2": "A cat sleeps.", "score": 0.0}]
-    ids = PairCollator(tokenizer)(features)["text_ids"]
+    rows = [{"anchor": "A dog runs.", "texts": ["An animal runs."], "scores": [1.0], "roles": [POSITIVE]},
+            {"anchor": "A dog runs.", "texts": ["A cat sleeps."], "scores": [0.0], "roles": [NEGATIVE]}]
+    ids = RowCollator(tokenizer)(rows)["text_ids"]
     assert ids.shape == (4,) and ids[0] == ids[1] and len(set(ids.tolist())) == 3
 
 

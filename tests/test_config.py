@@ -95,7 +95,7 @@ def test_help_lists_grouped_keys_with_their_help_and_exits_zero(capsys):
     assert "What the recipe does." in text
     sections = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert sections[:5] == ["options:", "model:", "data:", "loss:", "TrainingArguments:"]
-    assert "Weight of the in-batch-negative term." in text and "--learning_rate" in text
+    assert "Weight of the in-batch term" in text and "--learning_rate" in text
 
 
 def test_renamed_key_names_its_new_name(tmp_path):
@@ -103,3 +103,21 @@ def test_renamed_key_names_its_new_name(tmp_path):
         parse_config(["--config", write(tmp_path, "eval_batch_size: 64\n")], GROUPS)
     with pytest.raises(ConfigError, match="command line: 'eval_batch_size' was renamed"):
         parse_config(["--eval_batch_size", "64"], GROUPS)
+    with pytest.raises(ConfigError, match="'ibn_positive_threshold' was renamed to 'positive_min_score'"):
+        parse_config(["--ibn_positive_threshold", "0.9"], GROUPS)
+
+
+def test_retired_key_says_what_replaced_it(tmp_path):
+    with pytest.raises(ConfigError, match="'hard_negative_batches' was retired: every row keeps its hard negatives"):
+        parse_config(["--config", write(tmp_path, "hard_negative_batches: true\n")], GROUPS)
+
+
+@pytest.mark.parametrize("arguments,pattern", [
+    (["--ibn_directions", "doc_to_doc"], "ibn_directions must be distinct values"),
+    (["--ibn_hardness_mode", "hardest"], "ibn_hardness_mode must be one of"),
+    (["--guide_margin_strategy", "percent"], "guide_margin_strategy must be one of"),
+    (["--negative_max_score", "1.0"], "negative_max_score < positive_min_score"),
+])
+def test_bad_objective_settings_are_named(arguments, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_config(arguments, GROUPS)

@@ -44,17 +44,21 @@ def _anisotropic(batch: int = 32, dim: int = 16, seed: int = 0) -> torch.Tensor:
     return (torch.randn(batch, dim, generator=generator) * torch.logspace(0.5, -1, dim)) @ rotation + 0.5
 
 
-def _layers(num_layers: int, batch: int = 8, dim: int = 16, seed: int = 0, requires_grad: bool = False):
+def _layers(num_layers: int, texts: int = 16, dim: int = 16, seed: int = 0, requires_grad: bool = False):
+    """Per layer, the embeddings of a batch's ``texts`` texts."""
     generator = torch.Generator().manual_seed(seed)
-    return {
-        layer: tuple(torch.randn(batch, dim, generator=generator).requires_grad_(requires_grad) for _ in range(2))
-        for layer in range(1, num_layers + 1)
-    }
+    return {layer: torch.randn(texts, dim, generator=generator).requires_grad_(requires_grad)
+            for layer in range(1, num_layers + 1)}
 
 
-def _first_column_mean(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
-    """A pair loss that reads dim 0 only (inside both the full and the first-k embedding)."""
-    return emb_a[:, 0].mean()
+def _first_column_mean(embeddings: torch.Tensor) -> torch.Tensor:
+    """A loss that reads dim 0 only (inside both the full and the first-k embedding)."""
+    return embeddings[:, 0].mean()
+
+
+def _pairs_of(loss):
+    """A loss of the batch's texts read as pairs: the first half against the second half."""
+    return lambda embeddings: loss(*embeddings.chunk(2))
 
 
 # --- layer weights -------------------------------------------------------------------------------------------
@@ -89,8 +93,8 @@ def test_layer_weights_validation():
 def test_six_layer_model_students_are_layers_1_to_5(scheme):
     """Defect (a): the students are hidden_states[1..n−1] (embedding output excluded, last-but-one included)."""
     layers = _layers(6)
-    for layer, (emb_a, _) in layers.items():
-        emb_a.data[:, 0] = float(layer)  # the pair loss of layer l is l
+    for layer, embeddings in layers.items():
+        embeddings.data[:, 0] = float(layer)  # the loss of layer l is l
     distilled = []
 
     def recording_target(layer, embeddings):
@@ -106,7 +110,7 @@ def test_six_layer_model_students_are_layers_1_to_5(scheme):
     assert terms[LAST_COMPRESSED].item() == pytest.approx(6.0)
 
 
-def test_distillation_runs_on_both_sides_of_the_pairs():
+def test_distillation_runs_on_every_text_of_the_batch():
     layers = _layers(2)
     seen = {}
 
@@ -115,8 +119,8 @@ def test_distillation_runs_on_both_sides_of_the_pairs():
         return pca_target(embeddings, 4)
 
     ese_terms(layers, 2, _first_column_mean, 4, 1.0, targets=target)
-    for layer, (emb_a, emb_b) in layers.items():
-        assert torch.equal(seen[layer], torch.cat([emb_a, emb_b]))
+    for layer, embeddings in layers.items():
+        assert torch.equal(seen[layer], embeddings)
 
 
 def test_prior_terms_absent_for_single_layer_or_zero_weight():
@@ -152,15 +156,13 @@ def test_teacher_terms_train_last_layer_first_k_dims_not_through_the_target():
     some, since the PCA target reads every dim)."""
     k = 4
     layers = _layers(3, requires_grad=True)
-    terms = ese_terms(layers, 3, lambda a, b: cosent_loss(a, b, torch.linspace(0, 1, 8)), k, 2.0,
+    terms = ese_terms(layers, 3, _pairs_of(lambda a, b: cosent_loss(a, b, torch.linspace(0, 1, 8))), k, 2.0,
                       prior_layers_weight=0.0)
     terms[DISTILL_LAST].backward(retain_graph=True)  # the distillation term alone reaches e_n^k
-    for emb in layers[3]:
-        assert emb.grad[:, :k].abs().sum() > 0 and torch.all(emb.grad[:, k:] == 0)
+    assert layers[3].grad[:, :k].abs().sum() > 0 and torch.all(layers[3].grad[:, k:] == 0)
     terms[LAST_COMPRESSED].backward()
-    for emb in layers[3]:
-        assert torch.all(emb.grad[:, k:] == 0)
-    assert layers[1][0].grad is None  # prior_layers_weight 0: students untouched
+    assert torch.all(layers[3].grad[:, k:] == 0)
+    assert layers[1].grad is None  # prior_layers_weight 0: students untouched
 
 
 def test_custom_targets_are_detached_by_ese_terms():
@@ -169,9 +171,8 @@ def test_custom_targets_are_detached_by_ese_terms():
     differentiable = lambda layer, e: 2 * e[:, :k] + e[:, k : 2 * k]  # noqa: E731
     terms = ese_terms(layers, 2, _first_column_mean, k, 1.0, targets=differentiable)
     (terms[DISTILL_LAST] + terms[DISTILL_PRIOR]).backward()
-    for pair in layers.values():
-        for emb in pair:
-            assert emb.grad[:, :k].abs().sum() > 0 and torch.all(emb.grad[:, k:] == 0)
+    for embeddings in layers.values():
+        assert embeddings.grad[:, :k].abs().sum() > 0 and torch.all(embeddings.grad[:, k:] == 0)
 
 
 def test_pca_target_is_a_stop_gradient():
@@ -399,7 +400,7 @@ def test_ese_loss_with_moe_heads():
     assert sorted(loss.head_router_logits) == [1, 2, 3]  # kept for the utilisation tally
     terms[ESE_TOTAL].backward()
     assert all(parameter.grad is not None for parameter in loss.parameters())
-    assert layers[3][0].grad[:, :4].abs().sum() > 0
+    assert layers[3].grad[:, :4].abs().sum() > 0
     last_only = ESELoss(ESESettings(compression_size=4, compression_target="moe", prior_layers_weight=0.0), 3, 16)
     assert sorted(last_only.heads) == ["3"] and last_only.student_layers == []
 
@@ -426,11 +427,9 @@ def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
     hidden_states = model(**batch, output_hidden_states=True).hidden_states
     assert len(hidden_states) == 7
     mask = batch["attention_mask"].unsqueeze(-1).float()
-    layers = {layer: ((hidden_states[layer] * mask).sum(1) / mask.sum(1)).chunk(2) for layer in range(1, 7)}
+    layers = {layer: (hidden_states[layer] * mask).sum(1) / mask.sum(1) for layer in range(1, 7)}
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
-
-    def pair_loss(emb_a, emb_b):
-        return cosent_loss(emb_a, emb_b, scores)
+    pair_loss = _pairs_of(lambda emb_a, emb_b: cosent_loss(emb_a, emb_b, scores))
 
     prior_only = ESELoss(ESESettings(compression_size=128, last_layer_weight=0.0), num_layers=6, hidden_size=384)
     terms = prior_only(layers, pair_loss)

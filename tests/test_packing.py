@@ -4,21 +4,20 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig
 
-from ese_trainer.data import load_nli_pairs
-from ese_trainer.data.collator import PairCollator
+from ese_trainer.data.collator import RowCollator
 from ese_trainer.evaluation.sts import encode
 from ese_trainer.modeling import build_moe
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.packing import pack, use_packing
 from ese_trainer.modeling.pooling import POOLING_MODES
 
-from .conftest import EMBEDDED_DATA
+from .conftest import snli_rows
 
 
 @pytest.fixture(scope="module")
 def snli_batch(tokenizer):
-    pairs, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=24, seed=1)
-    return PairCollator(tokenizer, 128)([pairs[i] for i in range(24)])
+    rows = snli_rows(12, seed=1)
+    return RowCollator(tokenizer, 128)([rows[i] for i in range(12)])
 
 
 def load(minilm_path: str, kind: str):

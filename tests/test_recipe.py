@@ -14,7 +14,7 @@ from ese_trainer.evaluation.sts import encode
 
 from .conftest import EMBEDDED_DATA, REPO
 
-SMALL_RUN = ["--max_train_samples", "96", "--per_device_train_batch_size", "16", "--max_steps", "4",
+SMALL_RUN = ["--max_train_samples", "32", "--per_device_train_batch_size", "16", "--max_steps", "4",
              "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--sts_tasks", "STSBenchmark"]
 
 
@@ -41,7 +41,8 @@ def test_outputs(finished_run):
     assert "| before | 82.03 |" in (output_dir / "eval_results.md").read_text()
     assert "| before | 82.03 |" in result.stdout
     counts = json.loads((output_dir / "data_counts.json").read_text())
-    assert counts["train"]["kept"] == 9842 and counts["train"]["used_after_max_samples"] == 96
+    [source] = counts["sources"]
+    assert source["nli"]["kept"] == 9842 and source["rows_built"] == 3574 and source["rows_used"] == 32
     assert counts["sts_dev_pairs"] == 1500
     state = json.loads((output_dir / "trainer_state.json").read_text())
     evaluations = [entry for entry in state["log_history"] if "eval_sts_dev_spearman" in entry]
@@ -85,7 +86,7 @@ def test_unknown_key_fails_before_loading_anything():
 def test_threshold_above_every_label_score_is_refused(tmp_path):
     result = run_recipe("--config", "configs/smoke_snli.yaml", "--label_map", '{"entailment": 0.9, "neutral": 0.4}',
                         "--output_dir", str(tmp_path))
-    assert result.returncode == 2 and "ibn_positive_threshold=1.0 is above every label_map score" in result.stderr
+    assert result.returncode == 2 and "positive_min_score=1.0 is above every label_map score" in result.stderr
 
 
 def test_missing_model_path_is_named(tmp_path):
@@ -108,8 +109,9 @@ def test_model_card_renders_the_runs_numbers(finished_run):
     table = (output_dir / "eval_results.md").read_text().split("\n\n", 1)[1].strip()
     assert table in card.text  # the same before/after table as eval_results.md
     assert "entailment → 1.0, neutral → 0.5, contradiction → 0.0" in card.text
-    assert "| in-batch negatives (InfoNCE) | 1.0 | 20.0 |" in card.text
+    assert "| in-batch negatives (InfoNCE over positives and hard negatives) | 1.0 | 20.0 |" in card.text
     assert "@inproceedings{li-li-2024-aoe" in card.text
-    assert "| `data/SNLI[dev]` | nli | 9842 | 9842 | 96 | 1.0 | 0 / 0 / 0 | – |" in card.text
+    assert "| `data/SNLI[dev]` | nli | 9842 | 9842 | 3574 | 32 | " in card.text and "| 0 / 0 / 0 |" in card.text
+    assert card.data.datasets == ["stanfordnlp/snli"]
     # a plain run cites what it used: no ESE or MoE sections or citations
     assert "li2025ese" not in card.text and "## Mixture of Experts" not in card.text and "## Espresso" not in card.text

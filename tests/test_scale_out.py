@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 
 from ese_trainer.training.grad_cache import RandomState
 from tests.conftest import REPO
-from tests.scale_out_common import PAIRS_PER_PROCESS, one_sgd_step
+from tests.scale_out_common import ROWS_PER_PROCESS, one_sgd_step
 
 CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
 
@@ -39,8 +39,8 @@ def assert_same_step(result, reference, tolerance=1e-5, relative=False):
 
 @pytest.fixture(scope="module")
 def full_batch_step():
-    """One process holding the whole global batch (2 x PAIRS_PER_PROCESS pairs)."""
-    return one_sgd_step(per_device_pairs=2 * PAIRS_PER_PROCESS)
+    """One process holding the whole global batch (2 x ROWS_PER_PROCESS pairs)."""
+    return one_sgd_step(per_device_rows=2 * ROWS_PER_PROCESS)
 
 
 def test_two_processes_with_gathering_equal_one_full_batch(full_batch_step, tmp_path):
@@ -58,9 +58,9 @@ def test_two_processes_with_gathering_equal_one_full_batch(full_batch_step, tmp_
         assert_same_step(outputs["local"], full_batch_step)
 
 
-@pytest.mark.parametrize("minibatch", [4, 5])  # 3 equal mini-batches; 5 + 5 + 2
+@pytest.mark.parametrize("minibatch", [4, 5])  # texts per mini-batch: the rows' texts cut at any point
 def test_grad_cache_equals_full_batch(full_batch_step, minibatch):
-    cached = one_sgd_step(per_device_pairs=2 * PAIRS_PER_PROCESS, ibn_cache=True, cache_minibatch_size=minibatch)
+    cached = one_sgd_step(per_device_rows=2 * ROWS_PER_PROCESS, ibn_cache=True, cache_minibatch_texts=minibatch)
     assert_same_step(cached, full_batch_step)
     assert {"loss_cosent", "loss_ibn", "loss_angle"} <= set(cached["log"])
 
@@ -71,8 +71,8 @@ def test_grad_cache_equals_full_batch(full_batch_step, minibatch):
     ("dense", {"compression_target": "moe", "head_expert_hidden": 16}),  # ESE's learned heads train too
 ])
 def test_grad_cache_covers_the_whole_objective(model_kind, ese):
-    full = one_sgd_step(2 * PAIRS_PER_PROCESS, model_kind, ese)
-    cached = one_sgd_step(2 * PAIRS_PER_PROCESS, model_kind, ese, ibn_cache=True, cache_minibatch_size=5)
+    full = one_sgd_step(2 * ROWS_PER_PROCESS, model_kind, ese)
+    cached = one_sgd_step(2 * ROWS_PER_PROCESS, model_kind, ese, ibn_cache=True, cache_minibatch_texts=5)
     assert_same_step(cached, full, relative=True)
     heads = [name for name in full["deltas"] if name.startswith("objective.")]
     if ese and ese["compression_target"] == "moe":
@@ -98,7 +98,7 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     output_dir = tmp_path / "out"
     result = accelerate_launch(
         str(REPO / "recipes" / "train_nli.py"), "--config", "configs/moe_smoke.yaml", "--output_dir", str(output_dir),
-        "--max_steps", "5", "--max_train_samples", "200", "--per_device_train_batch_size", "8",
+        "--max_steps", "5", "--max_train_samples", "80", "--per_device_train_batch_size", "8",
         "--moe.num_experts", "8", "--moe.num_experts_per_tok", "1", "--moe.layers", "every_2",
         "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark",
         "--eval_on_start", "false", "--logging_steps", "1",

@@ -3,20 +3,20 @@
 import pytest
 import torch
 
-from ese_trainer.data import load_nli_pairs
 from ese_trainer.ese import ESELoss, ESESettings
 from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.ese.compression import pca_target
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, default_diagonal, parse_slices
 
-from .conftest import EMBEDDED_DATA
+from .conftest import snli_rows
 from .test_ese_loss import _layers
 from .test_trainer import make_trainer
 
 
-def _mean_pair_loss(emb_a, emb_b):
-    """A pair loss that reads every dim it is given."""
+def _mean_pair_loss(embeddings):
+    """A loss that reads every dim it is given (the batch's texts as pairs: first half against second half)."""
+    emb_a, emb_b = embeddings.chunk(2)
     return (emb_a * emb_b).sum(dim=1).mean()
 
 
@@ -39,8 +39,7 @@ def test_starbucks_terms_are_the_pair_loss_of_every_slice_but_the_full_one():
     loss = ESELoss(ESESettings(schedule="starbucks", starbucks_pairs=["1x4", "3x8", "4x16"]), 4, 16)
     assert loss.layers == [1, 3, 4] and loss.student_layers == [1, 3] and list(loss.parameters()) == []
     terms = loss(layers, _mean_pair_loss)
-    expected = _mean_pair_loss(layers[1][0][:, :4], layers[1][1][:, :4]) + _mean_pair_loss(layers[3][0][:, :8],
-                                                                                            layers[3][1][:, :8])
+    expected = _mean_pair_loss(layers[1][:, :4]) + _mean_pair_loss(layers[3][:, :8])
     assert torch.allclose(terms[STARBUCKS], expected) and torch.allclose(terms["loss_ese"], expected)
     assert STARBUCKS_DISTILL not in terms
 
@@ -50,13 +49,13 @@ def test_starbucks_distillation_toward_each_layers_target():
     loss = ESELoss(ESESettings(schedule="starbucks", starbucks_pairs=["1x4", "2x16"], starbucks_distill_weight=0.5,
                                kl_temperature=2.0), 2, 16)
     terms = loss(layers, _mean_pair_loss)
-    stacked = torch.cat(layers[1])
+    stacked = layers[1]
     parts = distillation_loss(stacked[:, :4], pca_target(stacked, 4), 2.0)
     assert torch.allclose(terms[STARBUCKS_DISTILL], parts["mse"] + parts["kl"], atol=1e-6)
     assert torch.allclose(terms["loss_ese"], terms[STARBUCKS] + 0.5 * terms[STARBUCKS_DISTILL])
     terms["loss_ese"].backward()
-    assert layers[1][0].grad[:, 4:].abs().sum() == 0  # only the slice's 4 dims are trained
-    assert layers[2][0].grad is None  # the full slice is the main loss, not an ESE term
+    assert layers[1].grad[:, 4:].abs().sum() == 0  # only the slice's 4 dims are trained
+    assert layers[2].grad is None  # the full slice is the main loss, not an ESE term
 
 
 def test_pca_projection_reused_between_refreshes():
@@ -82,9 +81,7 @@ def test_pca_projection_reused_between_refreshes():
 
 def test_recipe_pools_the_layers_its_slices_need(tiny_bert, tokenizer, tmp_path):
 
-    from .test_trainer import pairs  # noqa: F401
-
-    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=16, seed=3)
+    dataset = snli_rows(16, seed=3)
     ese = ESEArguments(ese_enabled=True, ese_schedule="starbucks")
     trainer = make_trainer(tiny_bert, tokenizer, dataset, tmp_path, ese_args=ese, max_steps=2)
     assert trainer.model.objective.ese_loss.slices == [(1, 24), (2, 32)]  # tiny BERT: 2 layers x 32

@@ -6,23 +6,21 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from ese_trainer.data import load_nli_pairs
-from ese_trainer.data.collator import PairCollator
+from ese_trainer.data.collator import RowCollator
 from ese_trainer.ese.arguments import ESEArguments
-from ese_trainer.losses import angle_loss, cosent_loss, in_batch_negative_loss
+from ese_trainer.losses import InBatchSettings, RowBatch, angle_loss, cosent_loss, in_batch_negatives_loss
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.pooling import pool
 from ese_trainer.training.build import build_objective
 from ese_trainer.training.trainer import ESETrainer, NonFiniteLossError
 
-from .conftest import EMBEDDED_DATA
+from .conftest import snli_rows
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    dataset, _ = load_nli_pairs(str(EMBEDDED_DATA / "SNLI"), split="dev", max_samples=16, seed=3)
-    return dataset
+    return snli_rows(16, seed=3)
 
 
 def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, ese_args=None, learning_rates=None,
@@ -35,21 +33,26 @@ def make_trainer(model, tokenizer, dataset, tmp_path, loss_args=None, ese_args=N
     settings.update(overrides)
     objective = build_objective(loss_args or LossArguments(), ese_args or ESEArguments(), model.config)
     return ESETrainer(SentenceEncoder(model, "mean"), objective, args=TrainingArguments(**settings),
-                      train_dataset=dataset, data_collator=PairCollator(tokenizer, 64), processing_class=tokenizer,
+                      train_dataset=dataset, data_collator=RowCollator(tokenizer, 64), processing_class=tokenizer,
                       learning_rates=learning_rates)
 
 
 def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_path):
     loss_args = LossArguments(cosent_w=0.5, ibn_w=2.0, angle_w=0.25, cosent_scale=10, ibn_scale=30, angle_scale=5)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, loss_args)
-    batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
+    batch = RowCollator(tokenizer, 64)([pairs[i] for i in range(8)])
     loss = trainer.compute_loss(trainer.model, batch)
     hidden = tiny_bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        token_type_ids=batch["token_type_ids"]).last_hidden_state
-    emb_a, emb_b = pool(hidden, batch["attention_mask"], "mean").chunk(2)
-    scores = batch["scores"]
-    expected = (0.5 * cosent_loss(emb_a, emb_b, scores, 10) + 2.0 * in_batch_negative_loss(emb_a, emb_b, scores, 30)
-                + 0.25 * angle_loss(emb_a, emb_b, scores, 5))
+    embeddings = pool(hidden, batch["attention_mask"], "mean")
+    layout = RowBatch(embeddings, batch["other_row"], batch["other_role"], batch["other_score"], batch["text_ids"])
+    first, second, scores = layout.scored_pairs()
+    documents, doc_row, positive = layout.documents()
+    ids = batch["text_ids"]
+    ibn = in_batch_negatives_loss(embeddings[:8], embeddings[documents], doc_row, positive, InBatchSettings(scale=30),
+                                  ids[:8], ids[documents])
+    expected = (0.5 * cosent_loss(embeddings[first], embeddings[second], scores, 10) + 2.0 * ibn
+                + 0.25 * angle_loss(embeddings[first], embeddings[second], scores, 5))
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
@@ -57,14 +60,14 @@ def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, 
     reference = copy.deepcopy(tiny_bert)  # no dropout in the tiny BERT
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, gradient_accumulation_steps=2)
     reference_trainer = make_trainer(reference, tokenizer, pairs, tmp_path)
-    collate = PairCollator(tokenizer, 64)
+    collate = RowCollator(tokenizer, 64)
     micro_losses, micro_cosent = [], []
     for start in (0, 4):
         batch = collate([pairs[i] for i in range(start, start + 4)])
         output = reference_trainer.model(**batch)
         (output.loss / 2).backward()
         micro_losses.append(output.loss.item())
-        micro_cosent.append(cosent_loss(output.pairs.emb_a, output.pairs.emb_b, batch["scores"]).item())
+        micro_cosent.append(cosent_loss(output.pairs.emb_a, output.pairs.emb_b, output.pairs.scores).item())
     before = {name: p.detach().clone() for name, p in tiny_bert.named_parameters()}
     trainer.train()
     logged = trainer.state.log_history[0]
@@ -77,7 +80,8 @@ def test_gradient_accumulation_uses_mean_micro_batch_loss(tiny_bert, tokenizer, 
 
 
 def test_only_weighted_terms_are_logged(tiny_bert, tokenizer, pairs, tmp_path):
-    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0), max_steps=2)
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0, hinge_w=0.0),
+                           max_steps=2)
     trainer.train()
     logged = trainer.state.log_history[0]
     assert "loss_cosent" in logged and "loss_ibn" not in logged and "loss_angle" not in logged

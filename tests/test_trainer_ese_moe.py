@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertModel
 
-from ese_trainer.data.collator import PairCollator
+from ese_trainer.data.collator import RowCollator
 from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.ese.loss import combine_ese_terms, ese_terms
-from ese_trainer.losses import cosent_loss, router_z_loss, switch_balance_loss
+from ese_trainer.losses import RowBatch, cosent_loss, router_z_loss, switch_balance_loss
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.pooling import pool
 from ese_trainer.training.build import ESE_HEAD_PARAMETERS, ROUTER_PARAMETERS
@@ -20,20 +20,23 @@ from .test_trainer import make_trainer, pairs  # noqa: F401  (pairs is a fixture
 def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
     ese = ESEArguments(ese_enabled=True, ese_compression_size=8, ese_layer_weighting="uniform",
                        ese_last_layer_weight=0.5, ese_prior_layers_weight=2.0)
-    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0),
+    trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0, hinge_w=0.0),
                            ese_args=ese)
     # students: transformer layers 1..n-1, never the embedding output
     assert trainer.model.objective.student_layers == trainer.model.encoder.pooled_layers == [1]
-    batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
+    batch = RowCollator(tokenizer, 64)([pairs[i] for i in range(8)])
     loss = trainer.compute_loss(trainer.model, batch)
     hidden = tiny_bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        token_type_ids=batch["token_type_ids"], output_hidden_states=True).hidden_states
-    layers = {layer: pool(hidden[layer], batch["attention_mask"], "mean").chunk(2) for layer in (1, 2)}
-    def pair_loss(emb_a, emb_b):
-        return cosent_loss(emb_a, emb_b, batch["scores"], 20.0)
+    layers = {layer: pool(hidden[layer], batch["attention_mask"], "mean") for layer in (1, 2)}
+    first, second, scores = RowBatch(layers[2], batch["other_row"], batch["other_role"],
+                                     batch["other_score"]).scored_pairs()
+
+    def pair_loss(embeddings):
+        return cosent_loss(embeddings[first], embeddings[second], scores, 20.0)
 
     terms = ese_terms(layers, 2, pair_loss, 8, 1.0, "uniform", 0.5, 2.0)
-    expected = pair_loss(*layers[2]) + combine_ese_terms(terms, 0.5, 2.0)
+    expected = pair_loss(layers[2]) + combine_ese_terms(terms, 0.5, 2.0)
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
@@ -66,17 +69,21 @@ def test_ese_moe_target_heads_are_trained_logged_and_checkpointed(tiny_bert, tok
 
 def test_moe_router_losses_enter_the_loss_and_are_logged(tokenizer, pairs, tmp_path):  # noqa: F811
     model = build_tiny_moe(len(tokenizer))
-    trainer = make_trainer(model, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0), max_steps=2,
-                           optim="adamw_torch", learning_rate=1e-4, learning_rates={ROUTER_PARAMETERS: 1e-2})
-    batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(8)])
+    trainer = make_trainer(model, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0, hinge_w=0.0),
+                           max_steps=2, optim="adamw_torch", learning_rate=1e-4,
+                           learning_rates={ROUTER_PARAMETERS: 1e-2})
+    batch = RowCollator(tokenizer, 64)([pairs[i] for i in range(8)])
     loss = trainer.compute_loss(trainer.model, batch)
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    token_type_ids=batch["token_type_ids"])
     assert sum(logits.shape[0] for logits in output.router_logits[:1]) == int(batch["attention_mask"].sum())
-    emb_a, emb_b = pool(output.last_hidden_state, batch["attention_mask"], "mean").chunk(2)
+    embeddings = pool(output.last_hidden_state, batch["attention_mask"], "mean")
+    first, second, scores = RowBatch(embeddings, batch["other_row"], batch["other_role"],
+                                     batch["other_score"]).scored_pairs()
     balance = torch.stack([switch_balance_loss(logits, 2) for logits in output.router_logits]).mean()
     z_loss = torch.stack([router_z_loss(logits) for logits in output.router_logits]).mean()
-    expected = cosent_loss(emb_a, emb_b, batch["scores"], 20.0) + 0.1 * balance + 0.001 * z_loss
+    expected = (cosent_loss(embeddings[first], embeddings[second], scores, 20.0) + 0.1 * balance
+                + 0.001 * z_loss)
     assert torch.allclose(loss, expected, atol=1e-5)
     trainer.train()
     logged = trainer.state.log_history[0]

@@ -28,6 +28,13 @@ RENAMED_KEYS = {
     "ese_moe_top_k": "ese_head_top_k",
     "ese_moe_aux_loss_coef": "ese_head_balance_weight",
     "ese_moe_learning_rate": "ese_head_learning_rate",
+    # grouped rows: a text's role (positive, hard negative, ranking pair only) follows its score
+    "ibn_positive_threshold": "positive_min_score",
+    "cache_minibatch_size": "cache_minibatch_texts",  # GradCache splits the batch's texts, not pairs
+}
+# Keys that were retired: the old name is refused with what replaced it.
+RETIRED_KEYS = {
+    "hard_negative_batches": "every row keeps its hard negatives (an NLI premise's contradiction) with its anchor",
 }
 SECTIONS = ("moe", "ese")
 
@@ -65,9 +72,11 @@ def valid_keys(dataclass_types: tuple[type, ...]) -> list[str]:
 
 def _unknown_key_error(keys: list[str], source: str, valid: list[str]) -> ConfigError:
     renamed = [key for key in keys if RENAMED_KEYS.get(key) in valid]
-    if renamed:
+    retired = [key for key in keys if key in RETIRED_KEYS]
+    if renamed or retired:
         return ConfigError(f"{source}: " + "; ".join(
-            f"{display_key(key)!r} was renamed to {display_key(RENAMED_KEYS[key])!r}" for key in renamed))
+            [f"{display_key(key)!r} was renamed to {display_key(RENAMED_KEYS[key])!r}" for key in renamed]
+            + [f"{display_key(key)!r} was retired: {RETIRED_KEYS[key]}" for key in retired]))
     hints = []
     for key in keys:
         close = difflib.get_close_matches(key, valid, n=1)

@@ -7,31 +7,37 @@ from dataclasses import dataclass, field
 
 from ese_trainer.data.batching import SAMPLING_STRATEGIES
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
+from ese_trainer.data.rows import RoleThresholds
 from ese_trainer.data.sources import TrainSource
 from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
 
 
 @dataclass
 class DataArguments:
-    """Training pairs, the dev set for model selection and the STS test suite run before and after training."""
+    """Training rows (sources, roles), the dev set for model selection and the STS test suite run before and after
+    training."""
 
     _argument_group_name = "data"
 
     train_datasets: list[str] | None = field(
         default=None,
         metadata={"help": "Several training sources, each batch from one: a YAML list of mappings (source, kind: "
-                  "nli|sts|triplet, split, subset, max_samples, weight, label_map, score_range, name), or their JSON "
-                  "on the command line. Unset: the one NLI source given by train_dataset and its keys."},
+                  "nli|sts|triplet|pair, split, subset, max_samples (rows), weight, label_map, score_range, name, "
+                  "mine_negatives), or their JSON on the command line. Unset: the one NLI source given by "
+                  "train_dataset and its keys."},
     )
     train_sampling: str = field(
         default="proportional",
         metadata={"help": f"How batches of several sources are drawn: {' or '.join(SAMPLING_STRATEGIES)}."},
     )
-    hard_negative_batches: bool = field(
-        default=False,
-        metadata={"help": "Keep an NLI premise's pairs (and a triplet's two pairs) in one batch, so the contradiction "
-                  "hypothesis is a hard negative of its premise in the in-batch term (SimCSE's setting)."},
-    )
+    positive_min_score: float = field(
+        default=1.0,
+        metadata={"help": "A row's text scoring at least this against its anchor is its positive (the in-batch "
+                  "term's target): an NLI entailment (1.0 in the label map), an STS pair of gold 5."})
+    negative_max_score: float = field(
+        default=0.0,
+        metadata={"help": "A row's text scoring at most this is a hard negative (in every anchor's softmax): an NLI "
+                  "contradiction (0.0); 0.5 adds neutral. Texts in between are ranking pairs only."})
     train_dataset: str = field(
         default="data/SNLI",
         metadata={"help": "NLI pairs: Hub id (sentence-transformers/all-nli, stanfordnlp/snli, nyu-mll/multi_nli), "
@@ -44,7 +50,9 @@ class DataArguments:
         metadata={"help": "NLI label name -> similarity score in [0, 1] (YAML mapping or JSON string); "
                   "default entailment 1.0, neutral 0.5, contradiction 0.0."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Random subset size (seeded)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "A random subset of this many rows "
+                                                                  "(seeded; an NLI row is a premise with its "
+                                                                  "hypotheses)."})
     sts_dev: str = field(
         default="data/STS/STSBenchmark/sts-dev.csv",
         metadata={"help": "STS-B dev pairs for model selection: a file or a Hub id (e.g. mteb/stsbenchmark-sts)."},
@@ -56,7 +64,8 @@ class DataArguments:
                   f"{EMBEDDED_DATA_DIR}/ folder); '{HUB_STS_SOURCE}': the mteb/*-sts Hub datasets."},
     )
     sts_tasks: list[str] = field(
-        default_factory=lambda: list(STS_TASKS), metadata={"help": "STS test tasks run before and after training."}
+        default_factory=lambda: list(STS_TASKS),
+        metadata={"help": "STS test tasks run before and after training; 'none': no test set is read (a tuning run)."}
     )
     suite_before_training: bool = field(
         default=True, metadata={"help": "Also score the base model on the STS suite (the 'before' row)."}
@@ -73,6 +82,8 @@ class DataArguments:
         if not isinstance(self.label_map, dict):
             raise ValueError(f"label_map must be a mapping of label name to score, got {self.label_map!r}")
         self.label_map = validate_label_map(self.label_map)
+        if [str(task).lower() for task in self.sts_tasks] == ["none"]:
+            self.sts_tasks = []
         unknown = [task for task in self.sts_tasks if task not in STS_TASKS]
         if unknown:
             raise ValueError(f"sts_tasks: unknown task(s) {unknown}; choose from {list(STS_TASKS)}")
@@ -84,6 +95,7 @@ class DataArguments:
         if self.train_sampling not in SAMPLING_STRATEGIES:
             raise ValueError(f"train_sampling must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
         self.train_sources()  # errors name the entry and key
+        self.role_thresholds()
 
     def train_sources(self) -> list[TrainSource]:
         """``train_datasets`` parsed, or the single NLI source of ``train_dataset`` and its keys."""
@@ -91,3 +103,6 @@ class DataArguments:
             return [TrainSource(self.train_dataset, "nli", self.train_split, self.train_subset, self.max_train_samples,
                                 label_map=self.label_map)]
         return [TrainSource.parse(entry, index) for index, entry in enumerate(self.train_datasets)]
+
+    def role_thresholds(self) -> RoleThresholds:
+        return RoleThresholds(self.positive_min_score, self.negative_max_score)

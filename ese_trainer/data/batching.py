@@ -1,9 +1,11 @@
-"""Batches for several training sources: each batch from one source, hard negatives kept together.
+"""Batches of grouped rows: each optimizer step from one source, no text twice in a step's batches.
 
 In-batch negatives compare like with like only when a batch holds one source (sentence-transformers'
-multi-dataset batch samplers do the same). With ``keep_groups`` the pairs of a group (an NLI premise's entailment,
-neutral and contradiction hypotheses; a triplet's two pairs) go into the same batch, so that the contradiction
-hypothesis is a hard negative of its premise in the in-batch term (SimCSE's supervised setting, Gao et al. 2021).
+multi-dataset batch samplers do the same), and a text that appears in two rows of a batch would be a false
+negative of itself (its no-duplicates batch sampler's rule; the loss masks duplicates too). With several processes
+the rule holds for the global batch: the ``processes`` consecutive batches of one step, which accelerate hands one
+to each process, come from the same source and share no text, so negatives gathered across processes stay
+within one source too.
 """
 
 from __future__ import annotations
@@ -26,82 +28,107 @@ class _Epoch:
         self.epoch = epoch
 
 
+def no_duplicate_batches(order: Sequence[int], row_texts: Sequence[Sequence[int]], size: int,
+                         count: int) -> tuple[list[list[int]], int]:
+    """``count`` batches of ``size`` rows from ``order``, in order, a row joining a batch only when none of its texts
+    is in it yet (a skipped row waits for the next batch). Returns the batches and how many of them had to take a
+    row that shares a text (only when the rows left cannot fill a batch otherwise; the loss masks such a duplicate).
+    """
+    remaining, batches, relaxed = list(order), [], 0
+    for _ in range(count):
+        batch, seen, skipped = [], set(), []
+        for position, row in enumerate(remaining):
+            if len(batch) == size:
+                skipped.extend(remaining[position:])
+                break
+            if seen.isdisjoint(row_texts[row]):
+                batch.append(row)
+                seen.update(row_texts[row])
+            else:
+                skipped.append(row)
+        if len(batch) < size:  # every row left was scanned: fill up with the first ones skipped
+            relaxed += 1
+            missing = size - len(batch)
+            batch, skipped = batch + skipped[:missing], skipped[missing:]
+        batches.append(batch)
+        remaining = skipped
+    return batches, relaxed
+
+
 class SourceBatchSampler(Sampler[list[int]]):
-    """Batches of ``batch_size`` row indices, each batch from one source, in a seeded order.
+    """Batches of ``batch_size`` row indices, each optimizer step's ``processes`` batches from one source and sharing
+    no text (:func:`no_duplicate_batches` over the step's ``processes x batch_size`` rows), in a seeded order.
 
     Per epoch a source contributes ``round(weight · rows)`` rows (whole shuffled passes over its rows, the last one
-    cut short: weight 2 = every row twice, 0.5 = half of them), cut into batches; an incomplete last batch is
-    dropped. ``proportional``: all batches of all sources in random order, so each source's share of the steps is
-    its share of the rows; ``round_robin``: one batch of each source in turn, stopping when a source runs out.
+    cut short: weight 2 = every row twice, 0.5 = half of them), cut into steps; the rows left over that fill no step
+    are dropped. ``proportional``: all steps of all sources in random order, so each source's share of the steps is
+    its share of the rows; ``round_robin``: one step of each source in turn, stopping when a source runs out.
 
     Args:
         sources: the source index of every row.
-        groups: the group id of every row (rows of a group stay adjacent with ``keep_groups``; a group is split
-            only at a batch boundary).
-        batch_size: rows per batch.
+        row_texts: the texts of every row, as ids (equal texts, equal ids).
+        batch_size: rows per batch (per process).
         weights: per source, the rows drawn per epoch as a multiple of its size.
         strategy: ``proportional`` or ``round_robin``.
-        keep_groups: keep each group's rows in one batch (hard negatives).
         seed: the order is a function of ``seed`` and the epoch only, the same in every process.
+        processes: batches per optimizer step (the number of processes; accelerate gives each its own).
     """
 
-    def __init__(self, sources: Sequence[int], groups: Sequence[int], batch_size: int, weights: Sequence[float],
-                 strategy: str = "proportional", keep_groups: bool = False, seed: int = 0) -> None:
+    def __init__(self, sources: Sequence[int], row_texts: Sequence[Sequence[int]], batch_size: int,
+                 weights: Sequence[float], strategy: str = "proportional", seed: int = 0, processes: int = 1) -> None:
         if strategy not in SAMPLING_STRATEGIES:
             raise ValueError(f"sampling strategy must be one of {SAMPLING_STRATEGIES}, got {strategy!r}")
-        if len(sources) != len(groups):
-            raise ValueError(f"{len(sources)} source ids but {len(groups)} group ids")
-        self.batch_size, self.strategy, self.keep_groups, self.seed = batch_size, strategy, keep_groups, seed
+        if len(sources) != len(row_texts):
+            raise ValueError(f"{len(sources)} source ids but {len(row_texts)} rows of text ids")
+        self.batch_size, self.strategy, self.seed, self.processes = batch_size, strategy, seed, processes
         self.sampler = _Epoch()
         self.rows_by_source: list[list[int]] = [[] for _ in weights]
         for row, source in enumerate(sources):
             self.rows_by_source[source].append(row)
-        self.groups, self.weights = list(groups), list(weights)
+        self.row_texts, self.weights = [tuple(texts) for texts in row_texts], list(weights)
         self.rows_per_epoch = [round(weight * len(rows)) for weight, rows in zip(self.weights, self.rows_by_source)]
-        empty = [index for index, count in enumerate(self.rows_per_epoch) if count < batch_size]
+        empty = [index for index, count in enumerate(self.rows_per_epoch) if count < self.step_rows]
         if empty:
-            raise ValueError(f"source(s) {empty} give fewer than one batch of {batch_size} rows per epoch")
+            raise ValueError(f"source(s) {empty} give fewer than one step of {self.step_rows} rows per epoch "
+                             f"({processes} process(es) x batch {batch_size})")
+        self.relaxed_batches = 0
+
+    @property
+    def step_rows(self) -> int:
+        return self.batch_size * self.processes
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _order(self, rows: list[int], rng: random.Random) -> list[int]:
-        """One shuffled pass over ``rows``: by whole groups (in shuffled group order) with ``keep_groups``."""
-        if not self.keep_groups:
-            return rng.sample(rows, len(rows))
-        members: dict[int, list[int]] = {}
-        for row in rows:
-            members.setdefault(self.groups[row], []).append(row)
-        order = list(members.values())
-        rng.shuffle(order)
-        return [row for group in order for row in group]
-
-    def source_batches(self, source: int, rng: random.Random) -> list[list[int]]:
-        """The batches of one source for one epoch."""
+    def source_steps(self, source: int, rng: random.Random) -> list[list[int]]:
+        """The steps (global batches of ``processes x batch_size`` rows) of one source for one epoch."""
         rows, wanted = self.rows_by_source[source], self.rows_per_epoch[source]
         drawn: list[int] = []
         while len(drawn) < wanted:
-            drawn += self._order(rows, rng)
-        drawn = drawn[:wanted]
-        return [drawn[start:start + self.batch_size] for start in range(0, wanted - self.batch_size + 1,
-                                                                         self.batch_size)]
+            drawn += rng.sample(rows, len(rows))
+        steps, relaxed = no_duplicate_batches(drawn[:wanted], self.row_texts, self.step_rows,
+                                              wanted // self.step_rows)
+        self.relaxed_batches += relaxed
+        return steps
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.sampler.epoch)
-        per_source = [self.source_batches(source, rng) for source in range(len(self.weights))]
+        self.relaxed_batches = 0
+        per_source = [self.source_steps(source, rng) for source in range(len(self.weights))]
         if self.strategy == "proportional":
-            batches = [batch for batches in per_source for batch in batches]
-            rng.shuffle(batches)
+            steps = [step for steps in per_source for step in steps]
+            rng.shuffle(steps)
         else:
-            rounds = min(len(batches) for batches in per_source)
-            batches = [per_source[source][index] for index in range(rounds) for source in range(len(per_source))]
-        return iter(batches)
+            rounds = min(len(steps) for steps in per_source)
+            steps = [per_source[source][index] for index in range(rounds) for source in range(len(per_source))]
+        for step in steps:
+            for start in range(0, self.step_rows, self.batch_size):
+                yield step[start:start + self.batch_size]
 
     def __len__(self) -> int:
-        counts = [count // self.batch_size for count in self.rows_per_epoch]
-        return sum(counts) if self.strategy == "proportional" else len(counts) * min(counts)
+        return sum(self.steps_per_source()) * self.processes
 
-    def batches_per_source(self) -> list[int]:
-        """Batches each source contributes per epoch."""
-        counts = [count // self.batch_size for count in self.rows_per_epoch]
+    def steps_per_source(self) -> list[int]:
+        """Optimizer steps each source contributes per epoch."""
+        counts = [count // self.step_rows for count in self.rows_per_epoch]
         return counts if self.strategy == "proportional" else [min(counts)] * len(counts)

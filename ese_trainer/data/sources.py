@@ -1,14 +1,16 @@
-"""Training sources: NLI pairs, scored STS pairs and NLI triplets, several in one run.
+"""Training sources as grouped rows: NLI premises, scored STS pairs, triplets/n-tuples and plain pairs, several in one
+run.
 
-Every source becomes pairs ``(sentence1, sentence2, score ∈ [0, 1])`` plus two columns the batch sampler uses:
-``source`` (its index: each batch comes from one source) and ``group`` (pairs that belong together — an NLI
-premise's hypotheses, a triplet's two pairs — so that hard negatives can share a batch).
+Every source becomes rows (:mod:`ese_trainer.data.rows`): an anchor with its positive, hard negatives and scored
+texts, plus a ``source`` column (each batch comes from one source).
 
-- ``nli``: labels through the label map; unlabelled, unknown-label and empty rows dropped and counted.
-- ``sts``: gold scores in ``score_range`` (default [0, 5]) normalised like evaluation data; a NaN, non-numeric or
-  out-of-range score is an error naming the file and row.
-- ``triplet``: ``(anchor, positive, negative)`` rows (all-nli's ``triplet`` layout) become the pairs
-  ``(anchor, positive, 1.0)`` and ``(anchor, negative, 0.0)`` of one group.
+- ``nli``: labels through the label map; a premise's hypotheses become its rows (one per positive, the rest dealt
+  over them); unlabelled, unknown-label and empty rows dropped and counted.
+- ``sts``: gold scores in ``score_range`` (default [0, 5]) normalised like evaluation data, each pair a row whose
+  role follows its score; a NaN, non-numeric or out-of-range score is an error naming the file and row.
+- ``triplet``: ``(anchor, positive, negative)`` or ``(anchor, positive, negative_1..negative_k)`` rows (all-nli's
+  ``triplet`` layout), read as they are: the positive scores 1, the negatives 0.
+- ``pair``: ``(anchor, positive)`` rows with no negative of their own (``mine_negatives`` can add some).
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from datasets import Dataset, concatenate_datasets, load_dataset
 
 from ese_trainer.data.errors import DataError
 from ese_trainer.data.files import normalise_text, read_table, require_columns
+from ese_trainer.data.mining import MiningSettings, mine_row_negatives
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, load_nli_pairs, validate_label_map
+from ese_trainer.data.rows import DEFAULT_THRESHOLDS, NEGATIVE, POSITIVE, RoleThresholds, Rows
 from ese_trainer.data.sts import DEFAULT_SCORE_RANGE, load_sts_pairs
 from ese_trainer.paths import looks_like_local_path
 
-SOURCE_KINDS = ("nli", "sts", "triplet")
-TRIPLET_COLUMNS = ("anchor", "positive", "negative")
+SOURCE_KINDS = ("nli", "sts", "triplet", "pair")
+ROW_SOURCE_COLUMNS = ("anchor", "texts", "scores", "roles", "source")
 
 
 @dataclass(frozen=True)
 class TrainSource:
     """One entry of ``train_datasets``.
 
-    ``source``: Hub id, file or folder; ``kind``: nli, sts or triplet; ``split``/``subset``: of a Hub dataset (or the
-    SentEval file suffix); ``max_samples``: a seeded random subset; ``weight``: how many times its rows are drawn
-    per epoch (1 = each once); ``label_map`` (nli; default the run's); ``score_range`` (sts; default [0, 5]);
-    ``name`` (default: the source).
+    ``source``: Hub id, file or folder; ``kind``: nli, sts, triplet or pair; ``split``/``subset``: of a Hub dataset
+    (or the SentEval file suffix); ``max_samples``: a seeded random subset of this many rows; ``weight``: how many
+    times its rows are drawn per epoch (1 = each once); ``label_map`` (nli; default the run's); ``score_range`` (sts;
+    default [0, 5]); ``name`` (default: the source); ``mine_negatives``: hard negatives mined for its rows with a
+    positive (:class:`~ese_trainer.data.mining.MiningSettings` keys, ``{}`` for the defaults).
     """
 
     source: str
@@ -50,6 +55,7 @@ class TrainSource:
     label_map: dict | None = None
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE
     name: str | None = None
+    mine_negatives: dict | None = None
 
     @classmethod
     def parse(cls, entry: dict | str, index: int) -> TrainSource:
@@ -91,7 +97,20 @@ class TrainSource:
                 raise ValueError(f"{where}: {error}") from None
         if self.kind != "nli" and self.label_map is not None:
             raise ValueError(f"{where}: label_map applies to kind nli only")
+        if self.mine_negatives is not None:
+            try:
+                self.mining_settings()
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{where}: mine_negatives: {error}") from None
         return self
+
+    def mining_settings(self) -> MiningSettings | None:
+        if self.mine_negatives is None:
+            return None
+        if not isinstance(self.mine_negatives, dict):
+            raise ValueError(f"expected a mapping of {[item.name for item in fields(MiningSettings)]}, "
+                             f"got {self.mine_negatives!r}")
+        return MiningSettings(**self.mine_negatives)
 
     @property
     def display_name(self) -> str:
@@ -101,104 +120,132 @@ class TrainSource:
 
 @dataclass
 class SourceCounts:
-    """What one source gave: rows read, pairs kept (and, for NLI, what was dropped and why), pairs used."""
+    """What one source gave: rows read, pairs kept (for NLI, what was dropped and why), the rows built, the rows used
+    (after ``max_samples``) and what they hold (``rows``: with a positive, hard negatives, ranking pairs), and mined
+    negatives."""
 
     name: str
     kind: str
     weight: float
+    source: str = ""
     rows_read: int = 0
     pairs: int = 0
-    pairs_used: int = 0
+    rows_built: int = 0
+    rows_used: int = 0
+    rows: dict = field(default_factory=dict)
     nli: dict = field(default_factory=dict)
+    mined: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _groups_by_first_text(sentences1: list[str]) -> list[int]:
-    """Pairs that share their first text (an NLI premise) share a group id."""
-    ids: dict[str, int] = {}
-    return [ids.setdefault(text, len(ids)) for text in sentences1]
+def _tuple_columns(source: str, columns: list[str]) -> list[str]:
+    """``anchor, positive`` then ``negative`` or ``negative_1..negative_k`` (all present), in that order."""
+    require_columns(source, columns, ["anchor", "positive"])
+    numbered = sorted((column for column in columns if column.startswith("negative_")
+                       and column.removeprefix("negative_").isdigit()),
+                      key=lambda column: int(column.removeprefix("negative_")))
+    return ["anchor", "positive", *(["negative"] if "negative" in columns else []), *numbered]
 
 
-def _read_triplets(spec: TrainSource) -> list[tuple[str, str, str]]:
+def _read_tuples(spec: TrainSource) -> list[tuple[str, ...]]:
+    """Rows of text columns (``anchor``, ``positive``, negatives): an empty text or a missing column is an error
+    naming the file and row."""
     if looks_like_local_path(spec.source):
         columns, rows = read_table(spec.source)
-        require_columns(spec.source, columns, list(TRIPLET_COLUMNS))
-        triplets = []
+        wanted = _tuple_columns(spec.source, columns)
+        if spec.kind == "triplet" and len(wanted) < 3:
+            raise DataError(f"{spec.source}: missing column 'negative' (or negative_1..negative_k) of a triplet "
+                            f"source; found {columns}")
+        tuples = []
         for line, row in rows:
-            texts = tuple(normalise_text(row.get(column)) for column in TRIPLET_COLUMNS)
-            if not all(texts):
-                raise DataError(f"{spec.source}:{line}: empty text in a triplet")
-            triplets.append(texts)
-        return triplets
+            texts = tuple(normalise_text(row.get(column)) for column in wanted)
+            empty = [column for column, text in zip(wanted, texts) if not text]
+            if empty:
+                raise DataError(f"{spec.source}:{line}: empty text in column(s) {empty}")
+            tuples.append(texts)
+        return tuples
+    where = f"{spec.source}[{spec.split}]"
     dataset = load_dataset(spec.source, spec.subset, split=spec.split)
-    require_columns(f"{spec.source}[{spec.split}]", dataset.column_names, list(TRIPLET_COLUMNS))
-    return [tuple(normalise_text(row[column]) for column in TRIPLET_COLUMNS) for row in dataset]
+    wanted = _tuple_columns(where, dataset.column_names)
+    tuples = []
+    for index, row in enumerate(dataset):
+        texts = tuple(normalise_text(row[column]) for column in wanted)
+        if not all(texts):
+            raise DataError(f"{where} row {index}: empty text")
+        tuples.append(texts)
+    return tuples
 
 
-def _whole_groups(pairs: Dataset, max_samples: int, seed: int) -> Dataset:
-    """About ``max_samples`` pairs made of whole groups, the groups drawn at random (the last one may be cut)."""
-    members: dict[int, list[int]] = {}
-    for row, group in enumerate(pairs["group"]):
-        members.setdefault(group, []).append(row)
-    order = list(members)
-    random.Random(seed).shuffle(order)
-    rows = [row for group in order for row in members[group]][:max_samples]
-    return pairs.select(rows)
+def _nli_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, seed: int,
+              counts: SourceCounts) -> Rows:
+    pairs, nli_counts = load_nli_pairs(spec.source, spec.split, spec.subset, spec.label_map or label_map, None, seed)
+    counts.rows_read, counts.pairs = nli_counts.rows_read, nli_counts.kept
+    counts.nli = nli_counts.to_dict()
+    hypotheses: dict[str, list[tuple[str, float]]] = {}
+    for premise, hypothesis, score in zip(pairs["sentence1"], pairs["sentence2"], pairs["score"]):
+        hypotheses.setdefault(premise, []).append((hypothesis, score))
+    rows = Rows()
+    for premise, scored in hypotheses.items():
+        rows.group(premise, scored, thresholds)
+    return rows
 
 
-def _source_pairs(spec: TrainSource, label_map: dict, seed: int, keep_groups: bool) -> tuple[Dataset, SourceCounts]:
-    counts = SourceCounts(name=spec.display_name, kind=spec.kind, weight=spec.weight)
+def _source_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, seed: int,
+                 counts: SourceCounts) -> Rows:
     if spec.kind == "nli":
-        # With hard-negative groups a subset is drawn by whole premises, else by rows.
-        pairs, nli_counts = load_nli_pairs(spec.source, spec.split, spec.subset, spec.label_map or label_map,
-                                           None if keep_groups else spec.max_samples, seed)
-        counts.rows_read, counts.pairs = nli_counts.rows_read, nli_counts.kept
-        pairs = pairs.add_column("group", _groups_by_first_text(pairs["sentence1"]))
-        if keep_groups and spec.max_samples is not None and spec.max_samples < len(pairs):
-            pairs = _whole_groups(pairs, spec.max_samples, seed)
-            nli_counts.used_after_max_samples = len(pairs)
-        counts.nli = nli_counts.to_dict()
-        return pairs, counts
+        return _nli_rows(spec, label_map, thresholds, seed, counts)
+    rows = Rows()
     if spec.kind == "sts":
         sts = load_sts_pairs(spec.source, spec.split, spec.display_name, spec.score_range)
         counts.rows_read = counts.pairs = len(sts)
-        pairs = Dataset.from_dict({"sentence1": sts.sentences1, "sentence2": sts.sentences2, "score": sts.scores,
-                                   "group": list(range(len(sts)))})
-    else:
-        triplets = _read_triplets(spec)
-        counts.rows_read, counts.pairs = len(triplets), 2 * len(triplets)
-        pairs = Dataset.from_dict({
-            "sentence1": [anchor for anchor, _, _ in triplets for _ in range(2)],
-            "sentence2": [text for _, positive, negative in triplets for text in (positive, negative)],
-            "score": [score for _ in triplets for score in (1.0, 0.0)],
-            "group": [index for index in range(len(triplets)) for _ in range(2)],
-        })
-    if spec.max_samples is not None and spec.max_samples < len(pairs):
-        pairs = _whole_groups(pairs, spec.max_samples, seed) if keep_groups else \
-            pairs.shuffle(seed=seed).select(range(spec.max_samples))
-    return pairs, counts
+        for first, second, score in zip(sts.sentences1, sts.sentences2, sts.scores):
+            rows.add(first, [second], [score], [thresholds.role(score)])
+        return rows
+    tuples = _read_tuples(spec)
+    counts.rows_read = len(tuples)
+    for anchor, positive, *negatives in tuples:
+        rows.add(anchor, [positive, *negatives], [1.0] + [0.0] * len(negatives),
+                 [POSITIVE] + [NEGATIVE] * len(negatives))
+    counts.pairs = sum(len(texts) for texts in rows.texts)
+    return rows
+
+
+def _subset(rows: Rows, max_samples: int | None, seed: int) -> Rows:
+    if max_samples is None or max_samples >= len(rows):
+        return rows
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), max_samples))
+    subset = Rows()
+    for index in chosen:
+        subset.add(rows.anchor[index], rows.texts[index], rows.scores[index], rows.roles[index])
+    return subset
 
 
 def load_train_sources(sources: list[TrainSource], seed: int, label_map: dict | None = None,
-                       keep_groups: bool = False) -> tuple[Dataset, list[SourceCounts]]:
-    """All sources as one dataset of pairs with ``source`` and ``group`` columns (groups numbered apart across
-    sources), and what each source gave. ``label_map`` is the default of NLI sources without their own;
-    ``keep_groups`` draws ``max_samples`` subsets by whole groups (hard-negative batches need them whole)."""
+                       thresholds: RoleThresholds = DEFAULT_THRESHOLDS, mining_model: str | None = None,
+                       mining_cache: str | Path | None = None) -> tuple[Dataset, list[SourceCounts]]:
+    """All sources as one dataset of rows (``anchor``, ``texts``, ``scores``, ``roles``, ``source``) and what each
+    source gave. ``label_map`` is the default of NLI sources without their own; ``thresholds`` turn scores into
+    roles; ``mining_model`` (a folder) mines the negatives of sources with ``mine_negatives``, its embeddings cached
+    in ``mining_cache``."""
     if not sources:
         raise DataError("train_datasets: no source given")
     label_map = validate_label_map(label_map or DEFAULT_LABEL_MAP)
-    parts, all_counts, group_offset = [], [], 0
+    parts, all_counts = [], []
     for index, spec in enumerate(sources):
-        pairs, counts = _source_pairs(spec, label_map, seed, keep_groups)
-        if len(pairs) == 0:
-            raise DataError(f"{counts.name}: no usable pairs")
-        pairs = pairs.map(lambda batch, offset=group_offset, source=index: {
-            "group": [group + offset for group in batch["group"]], "source": [source] * len(batch["group"])},
-            batched=True, desc=f"source {index}")
-        group_offset += max(pairs["group"]) + 1
-        counts.pairs_used = len(pairs)
-        parts.append(pairs.select_columns(["sentence1", "sentence2", "score", "source", "group"]))
+        counts = SourceCounts(name=spec.display_name, kind=spec.kind, weight=spec.weight, source=spec.source)
+        rows = _source_rows(spec, label_map, thresholds, seed, counts)
+        if len(rows) == 0:
+            raise DataError(f"{counts.name}: no usable rows")
+        counts.rows_built = len(rows)
+        rows = _subset(rows, spec.max_samples, seed)
+        mining = spec.mining_settings()
+        if mining is not None:
+            if mining_model is None:
+                raise DataError(f"{counts.name}: mine_negatives needs a model to mine with")
+            rows, counts.mined = mine_row_negatives(rows, mining, mining_model, counts.name, mining_cache)
+        counts.rows, counts.rows_used = rows.counts.to_dict(), len(rows)
+        parts.append(Dataset.from_dict({**rows.columns(), "source": [index] * len(rows)}))
         all_counts.append(counts)
     return concatenate_datasets(parts), all_counts

@@ -2,13 +2,12 @@
 
 An encoder with ``n`` transformer layers is trained so that (i) the first ``k`` dims of an embedding work on their
 own (compression) and (ii) earlier layers already give usable embeddings (layer learning). Notation: ``e_ℓ`` is
-the pooled embedding of ``hidden_states[ℓ]`` for both sides of the ``B`` pairs (``B x D`` each); ``e_ℓ^k`` its
-first ``k`` dims; ``L_sim`` the trainer's combined pair loss (cosine/ibn/angle) of two ``B x d`` tensors;
-``t_ℓ = sg(target(e_ℓ))`` the stop-gradient compression target (``2B x k``, default
-:func:`~ese_trainer.ese.compression.pca_target`) of the ``2B`` stacked embeddings; ``L_dist(s, t) = MSE(s, t) +
-τ²·KL(softmax(t/τ) ‖ softmax(s/τ))`` (:func:`~ese_trainer.ese.distillation.distillation_loss`) on the ``2B``
-stacked first-``k`` dims; students ``ℓ ∈ S ⊆ {1..n−1}`` with weights ``w_ℓ``
-(:func:`~ese_trainer.ese.layer_weights.layer_weights`)::
+the pooled embedding of ``hidden_states[ℓ]`` for every text of the batch (``N x D``: the rows' anchors and their
+other texts); ``e_ℓ^k`` its first ``k`` dims; ``L_sim`` the trainer's combined loss (CoSENT/ibn/AnglE/hinge) of the
+batch's rows with ``N x d`` embeddings; ``t_ℓ = sg(target(e_ℓ))`` the stop-gradient compression target (``N x k``,
+default :func:`~ese_trainer.ese.compression.pca_target`); ``L_dist(s, t) = MSE(s, t) + τ²·KL(softmax(t/τ) ‖
+softmax(s/τ))`` (:func:`~ese_trainer.ese.distillation.distillation_loss`) on the first ``k`` dims; students
+``ℓ ∈ S ⊆ {1..n−1}`` with weights ``w_ℓ`` (:func:`~ese_trainer.ese.layer_weights.layer_weights`)::
 
     loss_ese_last_compressed = L_sim(e_n^k)
     loss_ese_distill_last    = L_dist(e_n^k, t_n)
@@ -64,11 +63,11 @@ HEAD_RECONSTRUCTION = "loss_ese_head_reconstruction"
 HEAD_BALANCE = "loss_ese_head_balance"
 ESE_TOTAL = "loss_ese"
 
-PairLoss = Callable[[Tensor, Tensor], Tensor]  # the pair loss of two B x d embeddings, scores bound in
+PairLoss = Callable[[Tensor], Tensor]  # the trainer's loss of N x d embeddings of the batch's texts (rows bound in)
 TargetFn = Callable[[int, Tensor], "Tensor | CompressionOutput"]
 
 
-def _check_inputs(layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], num_layers: int, compression_size: int,
+def _check_inputs(layer_embeddings: Mapping[int, Tensor], num_layers: int, compression_size: int,
                   kl_temperature: float) -> None:
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -76,19 +75,16 @@ def _check_inputs(layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], num_lay
         raise ValueError("layer_embeddings is empty")
     if not (kl_temperature > 0 and math.isfinite(kl_temperature)):
         raise ValueError(f"kl_temperature must be a finite number > 0, got {kl_temperature}")
-    for layer, pair in layer_embeddings.items():
+    for layer, embeddings in layer_embeddings.items():
         if layer == 0:
             raise ValueError("layer 0 is hidden_states[0], the embedding-layer output, not a transformer layer; "
                              f"ESE layers are 1..{num_layers}")
         if not 1 <= layer <= num_layers:
             raise ValueError(f"layer {layer} outside 1..{num_layers} (num_layers={num_layers})")
-        if len(pair) != 2:
-            raise ValueError(f"layer {layer}: expected a pair (emb_a, emb_b), got {len(pair)} tensors")
-        emb_a, emb_b = pair
-        if emb_a.dim() != 2 or emb_a.shape != emb_b.shape:
-            raise ValueError(f"layer {layer}: expected two B x D embeddings of equal shape, got "
-                             f"{tuple(emb_a.shape)} and {tuple(emb_b.shape)}")
-        dim = emb_a.shape[-1]
+        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+            raise ValueError(f"layer {layer}: expected the N x D embeddings of the batch's texts, got "
+                             f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings)}")
+        dim = embeddings.shape[-1]
         if not 1 <= compression_size < dim:
             raise ValueError(f"compression_size={compression_size} must be in 1..D-1 (D={dim}, layer {layer}): "
                              "k >= D leaves nothing to compress")
@@ -123,7 +119,7 @@ def _distill(student: Tensor, target: Tensor, temperature: float) -> Tensor:
 
 
 def ese_terms(
-    layer_embeddings: Mapping[int, tuple[Tensor, Tensor]],
+    layer_embeddings: Mapping[int, Tensor],
     num_layers: int,
     pair_loss: PairLoss,
     compression_size: int,
@@ -136,9 +132,10 @@ def ese_terms(
     """The unweighted ESE terms (module docstring), keyed by their log name.
 
     ``layer_embeddings`` maps a transformer layer ``ℓ ∈ 1..n`` (``hidden_states[ℓ]``) to the pooled embeddings
-    of both sides of the pairs; layer ``n`` is the teacher and every other key a student. ``pair_loss(emb_a,
-    emb_b)`` is the trainer's combined pair loss (the pair scores bound in). ``targets(ℓ, 2B x D) -> 2B x k``
-    (or a :class:`CompressionOutput`) replaces :func:`pca_target`; its result is always detached.
+    of every text of the batch (``N x D``); layer ``n`` is the teacher and every other key a student.
+    ``pair_loss(embeddings)`` is the trainer's combined loss of the batch's rows with those embeddings.
+    ``targets(ℓ, N x D) -> N x k`` (or a :class:`CompressionOutput`) replaces :func:`pca_target`; its result is
+    always detached.
     """
     if layer_weighting not in LAYER_WEIGHTINGS:
         raise ValueError(f"unknown layer weighting {layer_weighting!r}; choose one of {', '.join(LAYER_WEIGHTINGS)}")
@@ -151,20 +148,19 @@ def ese_terms(
     students = sorted(layer for layer in layer_embeddings if layer != num_layers) if prior_layers_weight != 0 else []
     weights = layer_weights(students, layer_weighting, num_layers)
     distilled = ([num_layers] if use_last else []) + students
-    stacked = {layer: torch.cat(layer_embeddings[layer], dim=0) for layer in distilled}
+    stacked = {layer: layer_embeddings[layer] for layer in distilled}
     target_of, head_outputs = _compression_targets(stacked, k, targets)
 
     terms: dict[str, Tensor] = {}
     if use_last:
-        emb_a, emb_b = layer_embeddings[num_layers]
-        terms[LAST_COMPRESSED] = pair_loss(emb_a[:, :k], emb_b[:, :k])
+        terms[LAST_COMPRESSED] = pair_loss(layer_embeddings[num_layers][:, :k])
         terms[DISTILL_LAST] = _distill(stacked[num_layers][:, :k], target_of[num_layers], kl_temperature)
     if students:
         total_weight = sum(weights.values())
         prior, distill_prior = [], []
         for layer in students:
-            emb_a, emb_b = layer_embeddings[layer]
-            prior.append(weights[layer] * (pair_loss(emb_a, emb_b) + pair_loss(emb_a[:, :k], emb_b[:, :k])))
+            embeddings = layer_embeddings[layer]
+            prior.append(weights[layer] * (pair_loss(embeddings) + pair_loss(embeddings[:, :k])))
             distill_prior.append(weights[layer] * _distill(stacked[layer][:, :k], target_of[layer], kl_temperature))
         terms[PRIOR] = torch.stack(prior).sum() / total_weight
         terms[DISTILL_PRIOR] = torch.stack(distill_prior).sum() / total_weight
@@ -253,8 +249,8 @@ class ESELoss(nn.Module):
             cached = self._projections[layer] = pca_projection(embeddings, k)
         return embeddings.detach().float() @ cached[:, :k]
 
-    def forward(self, layer_embeddings: Mapping[int, tuple[Tensor, Tensor]], pair_loss: PairLoss) -> dict[str, Tensor]:
-        """The terms of ``layer_embeddings`` (layer → both sides' embeddings) restricted to :attr:`layers`."""
+    def forward(self, layer_embeddings: Mapping[int, Tensor], pair_loss: PairLoss) -> dict[str, Tensor]:
+        """The terms of ``layer_embeddings`` (layer → the batch's ``N x D`` embeddings) restricted to :attr:`layers`."""
         missing = [layer for layer in self.layers if layer not in layer_embeddings]
         if missing:
             raise ValueError(f"layer_embeddings lacks layers {missing} (needs {self.layers})")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from ese_trainer.ese.distillation import distillation_loss
@@ -66,27 +65,27 @@ def parse_slices(values: Sequence[str] | None, num_layers: int, hidden_size: int
 
 
 def starbucks_terms(
-    layer_embeddings: Mapping[int, tuple[Tensor, Tensor]],
+    layer_embeddings: Mapping[int, Tensor],
     slices: Sequence[tuple[int, int]],
     num_layers: int,
-    pair_loss: Callable[[Tensor, Tensor], Tensor],
+    pair_loss: Callable[[Tensor], Tensor],
     distill_weight: float = 0.0,
     kl_temperature: float = 1.0,
     target: Callable[[int, Tensor, int], Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """The terms of the module docstring. ``layer_embeddings`` maps layer ℓ to both sides' embeddings; ``target(ℓ,
-    stacked 2B x D, d)`` returns ``t_ℓ^d`` (detached), needed when ``distill_weight`` is not 0."""
-    hidden = next(iter(layer_embeddings.values()))[0].shape[-1]
+    """The terms of the module docstring. ``layer_embeddings`` maps layer ℓ to the embeddings of every text of the
+    batch (``N x D``); ``pair_loss`` is the trainer's loss of ``N x d`` embeddings of those texts; ``target(ℓ, N x D,
+    d)`` returns ``t_ℓ^d`` (detached), needed when ``distill_weight`` is not 0."""
+    hidden = next(iter(layer_embeddings.values())).shape[-1]
     trained = [(layer, dim) for layer, dim in slices if (layer, dim) != (num_layers, hidden)]
     if not trained:
         return {}
-    terms = {STARBUCKS: sum(pair_loss(layer_embeddings[layer][0][:, :dim], layer_embeddings[layer][1][:, :dim])
-                            for layer, dim in trained)}
+    terms = {STARBUCKS: sum(pair_loss(layer_embeddings[layer][:, :dim]) for layer, dim in trained)}
     distilled = [(layer, dim) for layer, dim in trained if dim < hidden]
     if distill_weight and distilled:
         total = 0.0
         for layer, dim in distilled:
-            stacked = torch.cat(layer_embeddings[layer], dim=0)
+            stacked = layer_embeddings[layer]
             parts = distillation_loss(stacked[:, :dim], target(layer, stacked, dim).detach(), kl_temperature)
             total = total + parts["mse"] + parts["kl"]
         terms[STARBUCKS_DISTILL] = total

@@ -1,66 +1,196 @@
-"""In-batch negatives: a symmetric InfoNCE over every text of the batch."""
+"""In-batch negatives over grouped rows: each anchor's softmax over every positive and hard negative of the batch."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ese_trainer.losses._checks import check_pair_inputs
+DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+PARTITION_MODES = ("joint", "per_direction")
+HARDNESS_MODES = ("none", "hard_negatives", "in_batch_negatives", "all_negatives")
+GUIDE_MARGIN_STRATEGIES = ("absolute", "relative")
 
 
-def in_batch_negative_loss(
-    emb_a: Tensor,
-    emb_b: Tensor,
-    scores: Tensor,
-    scale: float = 20.0,
-    positive_threshold: float = 1.0,
-    text_ids: Tensor | None = None,
-) -> Tensor:
-    """Symmetric InfoNCE over the 2B texts ``t = [a_1..a_B, b_1..b_B]`` of a batch, compared by ``scale·cos``.
+@dataclass(frozen=True)
+class InBatchSettings:
+    """How the in-batch term is built (every field off/default = sentence-transformers'
+    ``MultipleNegativesRankingLoss``).
 
-    Pair i is a positive when ``s_i ≥ positive_threshold``; for each positive pair both directions are anchors::
+    ``directions``/``partition_mode``: which similarity blocks enter each anchor's softmax, one joint softmax or one
+    per direction (as sentence-transformers'); ``hardness_mode``/``hardness_strength``: ``α·sg(cos)`` added to the
+    logits of the penalised negatives (Lan et al. 2025; EmbeddingGemma for a row's own hard negatives);
+    ``guide_margin``/``guide_margin_strategy``: with guide embeddings, a candidate the guide scores above the anchor's
+    positive (less the margin) leaves the softmax (GISTEmbed).
+    """
 
-        L = −1/(2P) Σ_{i positive} [ log softmax_{t ≠ a_i}(scale·cos(a_i, t))[b_i]
-                                    + log softmax_{t ≠ b_i}(scale·cos(b_i, t))[a_i] ]
+    scale: float = 20.0
+    directions: tuple[str, ...] = ("query_to_doc",)
+    partition_mode: str = "joint"
+    hardness_mode: str = "none"
+    hardness_strength: float = 0.0
+    guide_margin: float = 0.0
+    guide_margin_strategy: str = "absolute"
 
-    The anchor itself is excluded from its softmax; every other text, including both sides of
-    neutral/contradiction pairs, is a negative — a contradiction hypothesis in the same batch as its premise is
-    that premise's hard negative (SimCSE's supervised setting).
+    def __post_init__(self) -> None:
+        unknown = set(self.directions) - set(DIRECTIONS)
+        if unknown or "query_to_doc" not in self.directions or len(set(self.directions)) != len(self.directions):
+            raise ValueError(f"directions must be distinct values of {DIRECTIONS} including query_to_doc, "
+                             f"got {list(self.directions)}")
+        if self.partition_mode not in PARTITION_MODES:
+            raise ValueError(f"partition_mode must be one of {PARTITION_MODES}, got {self.partition_mode!r}")
+        if self.partition_mode == "per_direction" and {"query_to_query", "doc_to_doc"} & set(self.directions):
+            raise ValueError("partition_mode per_direction needs every direction to hold the positive: use joint with "
+                             "query_to_query or doc_to_doc")
+        if self.hardness_mode not in HARDNESS_MODES:
+            raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got {self.hardness_mode!r}")
+        if self.hardness_strength < 0:
+            raise ValueError(f"hardness_strength must be >= 0, got {self.hardness_strength}")
+        if self.guide_margin_strategy not in GUIDE_MARGIN_STRATEGIES:
+            raise ValueError(f"guide_margin_strategy must be one of {GUIDE_MARGIN_STRATEGIES}, "
+                             f"got {self.guide_margin_strategy!r}")
+
+
+DEFAULT_SETTINGS = InBatchSettings()  # sentence-transformers' MultipleNegativesRankingLoss at scale 20
+
+
+@dataclass
+class Blocks:
+    """Each anchor's candidates, one ``A x K`` block of cosines per direction, with the anchors (rows that have a
+    positive: ``rows``), their positive's column in ``query_to_doc`` (``targets``) and what leaves each softmax
+    (``excluded``: the anchor itself, its row's own documents where a direction calls for it, duplicates of the
+    anchor or positive text, guide-flagged false negatives)."""
+
+    rows: Tensor
+    targets: Tensor
+    cosines: dict[str, Tensor]
+    excluded: dict[str, Tensor]
+
+
+def _cosines(left: Tensor, right: Tensor) -> Tensor:
+    return F.normalize(left.float(), dim=-1) @ F.normalize(right.float(), dim=-1).T
+
+
+def _direction_blocks(queries: Tensor, docs: Tensor, rows: Tensor, targets: Tensor, directions) -> dict[str, Tensor]:
+    """The cosine block of every direction: its query (the anchor, or for ``doc_to_*`` the anchor's positive) against
+    its candidates (all documents, or all anchors)."""
+    anchors, positives = queries[rows], docs[targets]
+    blocks = {"query_to_doc": _cosines(anchors, docs)}
+    if "query_to_query" in directions:
+        blocks["query_to_query"] = _cosines(anchors, queries)
+    if "doc_to_query" in directions:
+        blocks["doc_to_query"] = _cosines(positives, queries)
+    if "doc_to_doc" in directions:
+        blocks["doc_to_doc"] = _cosines(positives, docs)
+    return blocks
+
+
+def in_batch_blocks(anchors: Tensor, docs: Tensor, doc_row: Tensor, positive: Tensor,
+                    settings: InBatchSettings, anchor_ids: Tensor | None = None, doc_ids: Tensor | None = None,
+                    guide: tuple[Tensor, Tensor] | None = None) -> Blocks:
+    """The similarity blocks of :func:`in_batch_negatives_loss` and what each excludes (see there)."""
+    rows = torch.nonzero(positive >= 0).flatten()
+    targets = positive[rows]
+    cosines = _direction_blocks(anchors, docs, rows, targets, settings.directions)
+    count, device = rows.numel(), anchors.device
+    own_anchor = torch.zeros(count, anchors.shape[0], dtype=torch.bool, device=device)
+    own_anchor[torch.arange(count, device=device), rows] = True
+    own_docs = doc_row[None, :] == rows[:, None]
+    target_column = torch.zeros(count, docs.shape[0], dtype=torch.bool, device=device)
+    target_column[torch.arange(count, device=device), targets] = True
+    # "own" columns stay in the softmax whatever the masks below say: the target, and (doc_to_query) the pair itself
+    excluded = {"query_to_doc": torch.zeros_like(target_column)}
+    kept = {"query_to_doc": target_column}
+    if "query_to_query" in cosines:
+        excluded["query_to_query"], kept["query_to_query"] = own_anchor, torch.zeros_like(own_anchor)
+    if "doc_to_query" in cosines:
+        excluded["doc_to_query"], kept["doc_to_query"] = torch.zeros_like(own_anchor), own_anchor
+    if "doc_to_doc" in cosines:
+        excluded["doc_to_doc"], kept["doc_to_doc"] = own_docs, torch.zeros_like(own_docs)
+    if anchor_ids is not None and doc_ids is not None:
+        same = torch.stack([anchor_ids[rows], doc_ids[targets]], dim=1)  # A x 2: the anchor's and positive's texts
+        for name in cosines:
+            candidate_ids = doc_ids if name.endswith("doc") else anchor_ids
+            duplicate = (candidate_ids[None, :, None] == same[:, None, :]).any(dim=-1)
+            excluded[name] = excluded[name] | (duplicate & ~kept[name])
+    if guide is not None:
+        guided = _direction_blocks(guide[0], guide[1], rows, targets, settings.directions)
+        threshold = guided["query_to_doc"][torch.arange(count, device=device), targets][:, None]
+        margin = settings.guide_margin * (threshold.abs() if settings.guide_margin_strategy == "relative" else 1.0)
+        for name, guided_block in guided.items():
+            excluded[name] = excluded[name] | ((guided_block > threshold - margin) & ~kept[name])
+    return Blocks(rows, targets, cosines, excluded)
+
+
+def in_batch_negatives_loss(anchors: Tensor, docs: Tensor, doc_row: Tensor, positive: Tensor,
+                            settings: InBatchSettings = DEFAULT_SETTINGS, anchor_ids: Tensor | None = None,
+                            doc_ids: Tensor | None = None, guide: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """InfoNCE with in-batch and hard negatives over grouped rows (MNRL / SimCSE-sup, and its variants)::
+
+        L = −1/A Σ_{i: row i has a positive} log softmax_{c ∈ C_i}(s · cos(q_i, c) + h_i(c))[p_i]
+
+    Row ``i`` has an anchor ``a_i``, at most one positive ``p_i`` and any number of hard negatives, all three kinds
+    texts of the batch. ``C_i`` joins, per direction: ``query_to_doc`` a_i against every positive and hard negative
+    of the batch (always); ``query_to_query`` a_i against every other anchor; ``doc_to_query`` p_i against every
+    anchor; ``doc_to_doc`` p_i against every document of the other rows. ``partition_mode`` joint: one softmax over
+    all of them; per_direction: the mean of one log-partition per direction. ``h_i`` is the hardness penalty
+    ``α · sg(cos(a_i, c))`` on the negatives ``hardness_mode`` names (query_to_doc only). A candidate whose text is the
+    anchor's or the positive's (a duplicate across rows) leaves the softmax; so does, with ``guide`` embeddings
+    (a frozen guide model's, of the same texts), every candidate the guide scores above ``cos_g(a_i, p_i) − margin``
+    (GISTEmbed's false-negative filter), never the positive itself.
 
     Args:
-        emb_a, emb_b: ``B x D`` embeddings of the two sides of ``B`` pairs.
-        scores: ``B`` scores in [0, 1]; those ``≥ positive_threshold`` mark the positive pairs.
-        scale: inverse temperature (20 = temperature 0.05).
-        positive_threshold: the score from which a pair is a positive.
-        text_ids: ``2B`` ids, equal for equal texts (an NLI premise shared by several pairs): copies of the anchor
-            and copies of its positive are left out of the anchor's softmax, so a duplicate is never a negative.
+        anchors: ``R x D`` every row's anchor.
+        docs: ``C x D`` every positive and hard negative of the batch.
+        doc_row: ``C`` the row of each document.
+        positive: ``R`` each row's positive as an index into ``docs``, −1 for a row without one (it only contributes
+            candidates: its anchor and its negatives).
+        settings: :class:`InBatchSettings` (scale = 1/temperature, directions, partition, hardness, guide margin).
+        anchor_ids, doc_ids: text ids (equal texts, equal ids) for duplicate masking.
+        guide: the guide model's embeddings of the anchors and the documents.
 
-    Returns 0 (with a graph) when the batch holds no positive pair.
+    Returns 0 (with a graph) when no row has a positive.
 
     References:
-        Gao et al., *SimCSE*, EMNLP 2021; AnglE's ``ibn`` term (Li & Li, arXiv 2309.12871).
+        van den Oord et al., arXiv 1807.03748 (InfoNCE); Gao et al., *SimCSE*, EMNLP 2021 (contradictions as hard
+        negatives); Li et al., arXiv 2308.03281 (GTE: the four directions); Lan et al., arXiv 2503.04812 (hardness
+        weighting); Solatorio, arXiv 2402.16829 (GISTEmbed's guide).
 
     Relations:
-        With every pair positive this equals the mean of sentence-transformers' ``MultipleNegativesRankingLoss``
-        with ``directions=("query_to_doc", "query_to_query")`` applied to (a, b) and to (b, a) (tested). AnglE
-        picks positives by ``int(label) != 0``, so fractional scores vanish and scores ≥ 2 create spurious targets;
-        here the threshold decides.
+        With the defaults (query_to_doc, joint, no hardness, no guide) it equals sentence-transformers'
+        ``MultipleNegativesRankingLoss`` on (anchor, positive, negative_1..k) columns, and with its directions,
+        partition and hardness settings likewise; with a guide, query_to_doc + query_to_query (+ doc_to_doc on
+        pairs) and scale 1/temperature it equals ``GISTEmbedLoss`` (tested against the installed library).
     """
-    check_pair_inputs(emb_a, emb_b, scores)
-    batch_size = emb_a.shape[0]
-    texts = F.normalize(torch.cat([emb_a, emb_b], dim=0).float(), p=2, dim=-1)
-    logits = scale * texts @ texts.T
-    logits = logits.masked_fill(torch.eye(2 * batch_size, dtype=torch.bool, device=logits.device), float("-inf"))
-    positive_rows = torch.nonzero(scores >= positive_threshold, as_tuple=True)[0]
-    if positive_rows.numel() == 0:
-        return logits.new_zeros(()) + 0.0 * texts.sum()
-    anchors = torch.cat([positive_rows, positive_rows + batch_size])
-    targets = torch.cat([positive_rows + batch_size, positive_rows])
-    anchor_logits = logits[anchors]
-    if text_ids is not None:
-        same_text = text_ids[:, None] == text_ids[None, :]
-        duplicates = same_text[anchors] | same_text[targets]
-        duplicates[torch.arange(len(targets), device=duplicates.device), targets] = False
-        anchor_logits = anchor_logits.masked_fill(duplicates, float("-inf"))
-    return F.cross_entropy(anchor_logits, targets)
+    blocks = in_batch_blocks(anchors, docs, doc_row, positive, settings, anchor_ids, doc_ids, guide)
+    if blocks.rows.numel() == 0:
+        return anchors.new_zeros((), dtype=torch.float32) + 0.0 * (anchors.sum() + docs.sum())
+    count = blocks.rows.numel()
+    logits = {}
+    for name, cosines in blocks.cosines.items():
+        scaled = settings.scale * cosines
+        if name == "query_to_doc" and settings.hardness_mode != "none" and settings.hardness_strength > 0:
+            scaled = scaled + settings.hardness_strength * cosines.detach() * _penalised(blocks, doc_row,
+                                                                                          settings.hardness_mode)
+        logits[name] = scaled.masked_fill(blocks.excluded[name], float("-inf"))
+    positive_logits = logits["query_to_doc"][torch.arange(count, device=anchors.device), blocks.targets]
+    if settings.partition_mode == "joint":
+        log_partition = torch.logsumexp(torch.cat(list(logits.values()), dim=1), dim=1)
+    else:
+        log_partition = torch.stack([torch.logsumexp(block, dim=1) for block in logits.values()]).mean(dim=0)
+    return (log_partition - positive_logits).mean()
+
+
+def _penalised(blocks: Blocks, doc_row: Tensor, mode: str) -> Tensor:
+    """Which ``query_to_doc`` logits get the hardness penalty: a row's own hard negatives (``hard_negatives``), the
+    other rows' documents (``in_batch_negatives``) or every document but the positive (``all_negatives``)."""
+    own = doc_row[None, :] == blocks.rows[:, None]
+    target = torch.zeros_like(own)
+    target[torch.arange(len(blocks.rows), device=own.device), blocks.targets] = True
+    if mode == "hard_negatives":
+        return (own & ~target).float()
+    if mode == "in_batch_negatives":
+        return (~own).float()
+    return (~target).float()

@@ -15,7 +15,7 @@ from ese_trainer.data.sts import STS_TASKS
 from ese_trainer.ese.settings import setting_names
 from ese_trainer.evaluation.layer_grid import recommend_sizes
 from ese_trainer.evaluation.tables import markdown_table
-from ese_trainer.losses import PAIR_TERMS
+from ese_trainer.losses import LOSS_TERMS
 from ese_trainer.modeling.arguments import MoEArguments
 from ese_trainer.paths import looks_like_local_path
 
@@ -75,7 +75,10 @@ MOE_CITATIONS = {
 MOE_CARD_KEYS = tuple(key.name for key in fields(MoEArguments) if key.name != "moe_enabled")
 ESE_CARD_KEYS = tuple(f"ese_{name}" for name in setting_names())
 
-RUN_FILES = ("resolved_config.yaml", "eval_results.json", "data_counts.json")
+RUN_FILES = ("resolved_config.yaml", "data_counts.json")  # eval_results.json: absent when no suite was run
+# The embedded data folders (data/README.md) and the Hub datasets they copy: the card's ``datasets:`` metadata.
+EMBEDDED_HUB_IDS = {"data/SNLI": "stanfordnlp/snli", "data/STS/STSBenchmark": "sentence-transformers/stsb",
+                    "data/SICK": "RobZamp/sick"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -96,30 +99,56 @@ def _eval_results(after: dict[str, float]) -> list[EvalResult]:
 
 
 def _loss_section(config: dict[str, Any]) -> list[str]:
-    lines = ["| term | weight | scale |", "|---|---|---|"]
-    lines += [f"| {term.title} | {config[f'{term.key}_w']} | {config[f'{term.key}_scale']} |" for term in PAIR_TERMS]
-    lines += ["", f"In-batch positives: pairs with score ≥ {config['ibn_positive_threshold']}; every other text of "
-              "the batch is a negative.",
+    scales = {"cosent": config.get("cosent_scale"), "ibn": config.get("ibn_scale"), "angle": config.get("angle_scale"),
+              "hinge": f"margin {config.get('hinge_margin')}"}
+    lines = ["Objective: every row is an anchor with its positive, hard negatives and scored texts (an NLI premise: "
+             "entailment, contradiction, neutral); the terms below are summed with their weights on one forward pass "
+             "of each row's texts.", "", "| term | weight | scale |", "|---|---|---|"]
+    lines += [f"| {term.title} | {config[f'{term.key}_w']} | {scales[term.key]} |" for term in LOSS_TERMS]
+    guide = config.get("guide_model")
+    lines += ["", f"Roles: a text scoring ≥ {config['positive_min_score']} against its anchor is its positive, "
+              f"≤ {config['negative_max_score']} a hard negative; every scored text is a ranking pair. In-batch "
+              f"directions: {', '.join(config.get('ibn_directions') or ['query_to_doc'])} "
+              f"({config.get('ibn_partition_mode', 'joint')}); hardness: {config.get('ibn_hardness_mode', 'none')}"
+              + (f" (alpha {config.get('ibn_hardness_strength')})" if config.get("ibn_hardness_mode", "none") != "none"
+                 else "")
+              + "; guide model: " + (f"`{guide}` (false negatives filtered, margin {config.get('guide_margin')})"
+                                     if guide else "none") + ".",
               f"Negatives gathered across processes: {config.get('gather_across_devices', False)}; "
               f"gradient cache: {config.get('ibn_cache', False)}."]
     return lines
 
 
-def _data_section(data_counts: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """One row per training source: rows read, pairs kept and used, NLI drops, batches per epoch."""
-    batches = data_counts.get("batches_per_epoch", {})
-    lines = ["- Training data (each batch from one source"
-             + (", an NLI premise's pairs kept in one batch as hard negatives" if config.get("hard_negative_batches")
-                else "") + "):", "",
-             "| source | kind | rows read | pairs | pairs used | weight | dropped (unlabelled / unknown label / empty) "
-             "| batches per epoch |", "|---|---|---|---|---|---|---|---|"]
+def _data_section(data_counts: dict[str, Any]) -> list[str]:
+    """One row per training source: rows read, pairs kept, rows built (with a positive, with hard negatives), rows
+    used, NLI drops, mined negatives, steps per epoch."""
+    steps = data_counts.get("steps_per_epoch", {})
+    lines = ["- Training data (each optimizer step from one source, no text twice in a step):", "",
+             "| source | kind | rows read | pairs | rows built | rows used | with positive | with hard negative "
+             "| weight | dropped (unlabelled / unknown label / empty) | mined negatives | steps per epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for item in data_counts.get("sources", []):
-        nli = item.get("nli") or {}
+        nli, rows, mined = item.get("nli") or {}, item.get("rows") or {}, item.get("mined") or {}
         dropped = (f"{nli['dropped_unlabelled']} / {nli['dropped_unknown_label']} / {nli['dropped_empty_text']}"
                    if nli else "–")
         lines.append(f"| `{item['name']}` | {item['kind']} | {item['rows_read']} | {item['pairs']} | "
-                     f"{item['pairs_used']} | {item['weight']} | {dropped} | {batches.get(item['name'], '–')} |")
+                     f"{item.get('rows_built', '–')} | {item['rows_used']} | {rows.get('rows_with_positive', '–')} | "
+                     f"{rows.get('rows_with_negative', '–')} | {item['weight']} | {dropped} | "
+                     f"{mined.get('negatives', '–')} | {steps.get(item['name'], '–')} |")
     return [*lines, ""]
+
+
+def _hub_datasets(sources: list[dict[str, Any]]) -> list[str]:
+    """The Hub ids of the training sources: a Hub id as it is, an embedded ``data/`` folder as the dataset it copies."""
+    ids = []
+    for item in sources:
+        source = str(item.get("source") or item["name"].split("[")[0])
+        embedded = next((hub_id for folder, hub_id in EMBEDDED_HUB_IDS.items()
+                         if Path(source).as_posix().startswith(folder)), None)
+        hub_id = embedded or (source if _is_hub_id(source) else None)
+        if hub_id and hub_id not in ids:
+            ids.append(hub_id)
+    return ids
 
 
 def _settings_table(config: dict[str, Any], keys: tuple[str, ...], prefix: str) -> list[str]:
@@ -192,7 +221,7 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
     state = _read_json(output_dir / "trainer_state.json")
     base_model = config["model_name_or_path"]
     sources = data_counts.get("sources", [])
-    hub_sources = [item["name"].split("[")[0] for item in sources if _is_hub_id(item["name"].split("[")[0])]
+    hub_sources = _hub_datasets(sources)
     tables = {label: results[label] for label in ("before", "after") if label in results}
 
     card_data = ModelCardData(
@@ -213,8 +242,8 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
     body = [
         f"# {card_data.model_name}",
         "",
-        f"A sentence-embedding model fine-tuned from `{base_model}` on NLI pairs with "
-        "ese-trainer (CoSENT + in-batch negatives + AnglE). It maps sentences to "
+        f"A sentence-embedding model fine-tuned from `{base_model}` with ese-trainer (in-batch negatives over "
+        "grouped rows, CoSENT and AnglE over the scored pairs; weights below). It maps sentences to "
         f"{run_info.get('embedding_dimension', 'dense')}-dimensional vectors compared by cosine similarity.",
         "",
         "## Usage",
@@ -237,7 +266,7 @@ def build_model_card(output_dir: str | Path) -> ModelCard:
         "",
         "## Training",
         "",
-        *_data_section(data_counts, config),
+        *_data_section(data_counts),
         f"- NLI label map: {label_map}.",
         f"- Pooling: `{config['pooling']}`; max sequence length {config['max_seq_length']}.",
         "",

@@ -49,8 +49,8 @@ def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module
         save_json(output_dir / "run_info.json", {
             "world_size": training.world_size,
             "global_train_batch_size": global_batch,
-            "pairs_per_optimizer_step": global_batch * training.gradient_accumulation_steps,
-            "contrastive_batch_pairs": global_batch if args.loss.gather_across_devices
+            "rows_per_optimizer_step": global_batch * training.gradient_accumulation_steps,
+            "contrastive_batch_rows": global_batch if args.loss.gather_across_devices
             else training.per_device_train_batch_size,
             "distributed_type": str(training.distributed_state.distributed_type),
             "embedding_dimension": encoder.config.hidden_size,

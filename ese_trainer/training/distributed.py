@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 
-from ese_trainer.losses import Pairs
+from ese_trainer.losses import RowBatch
 
 
 def world_size() -> int:
@@ -55,12 +56,37 @@ def average_gradients(parameters) -> None:
         offset += grad.numel()
 
 
-def gather_pairs(pairs: Pairs) -> Pairs:
-    """Every process's pairs in rank order (embeddings differentiably, :func:`gather_with_grad`); the text ids keep
-    the layout all first sides, then all second sides."""
-    text_ids = pairs.text_ids
-    if text_ids is not None:
-        half = len(text_ids) // 2
-        text_ids = torch.cat([gather_without_grad(text_ids[:half]), gather_without_grad(text_ids[half:])])
-    return Pairs(gather_with_grad(pairs.emb_a), gather_with_grad(pairs.emb_b), gather_without_grad(pairs.scores),
-                 text_ids)
+def _gather_padded(tensor: Tensor, sizes: list[int], differentiable: bool) -> Tensor:
+    """Every process's ``tensor`` (``sizes[r]`` rows on process r) concatenated in rank order: padded to the largest
+    size for the all-gather, the padding dropped after."""
+    longest = max(sizes)
+    padded = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))])
+    gathered = gather_with_grad(padded) if differentiable else gather_without_grad(padded)
+    return torch.cat([gathered[rank * longest:rank * longest + size] for rank, size in enumerate(sizes)])
+
+
+def gather_rows(batch: RowBatch) -> RowBatch:
+    """Every process's rows as one batch in rank order (embeddings differentiably, :func:`gather_with_grad`): all
+    anchors first, then all other texts, each other text's row renumbered into the global batch. Processes may hold
+    different numbers of texts."""
+    if world_size() == 1:
+        return batch
+    rows, others = batch.num_rows, batch.other_row.shape[0]
+    counts = gather_without_grad(torch.tensor([[rows, others]], device=batch.other_row.device)).tolist()
+    row_sizes, other_sizes = [count[0] for count in counts], [count[1] for count in counts]
+    offset = sum(row_sizes[:dist.get_rank()])
+
+    def both(tensor: Tensor | None, differentiable: bool) -> Tensor | None:
+        if tensor is None:
+            return None
+        return torch.cat([_gather_padded(tensor[:rows], row_sizes, differentiable),
+                          _gather_padded(tensor[rows:], other_sizes, differentiable)])
+
+    return RowBatch(
+        embeddings=both(batch.embeddings, differentiable=True),
+        other_row=_gather_padded(batch.other_row + offset, other_sizes, differentiable=False),
+        other_role=_gather_padded(batch.other_role, other_sizes, differentiable=False),
+        other_score=_gather_padded(batch.other_score, other_sizes, differentiable=False),
+        text_ids=both(batch.text_ids, differentiable=False),
+        guide=both(batch.guide, differentiable=False),
+    )

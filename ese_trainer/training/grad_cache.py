@@ -1,10 +1,11 @@
 """Gradient caching for contrastive batches larger than memory (GradCache, Gao et al., 2021, arXiv 2101.06983).
 
-A batch of B pairs is encoded in mini-batches without a graph; the objective over all B pairs and its gradient
-with respect to the encoder's outputs are computed once; each mini-batch is then re-encoded with a graph and
-back-propagated with its slice of those gradients: ``∂L/∂θ = Σ_m (∂L/∂o_m)ᵀ ∂o_m/∂θ``. The result equals
-back-propagating through the full batch at once, with the memory of one mini-batch. Dropout is replayed
-exactly by restoring the random state each mini-batch had in the first pass.
+A batch of N texts (the rows' anchors and other texts) is encoded in mini-batches of texts without a graph;
+the objective over the whole batch and its gradient with respect to the encoder's outputs are computed once;
+each mini-batch is then re-encoded with a graph and back-propagated with its slice of those gradients:
+``∂L/∂θ = Σ_m (∂L/∂o_m)ᵀ ∂o_m/∂θ``. The result equals back-propagating through the full batch at once, with the
+memory of one mini-batch. Dropout is replayed exactly by restoring the random state each mini-batch had in the
+first pass.
 """
 
 from __future__ import annotations
@@ -35,60 +36,50 @@ class RandomState:
             yield
 
 
-def pair_minibatches(inputs: dict[str, torch.Tensor], num_pairs: int, minibatch_size: int
-                     ) -> list[dict[str, torch.Tensor]]:
-    """Split a 2B-row pair batch (rows i and B+i are pair i) into mini-batches of pairs.
-
-    Each mini-batch keeps the 2b-row layout and is trimmed to the columns its texts use (left or right
-    padding).
-    """
+def text_minibatches(inputs: dict[str, torch.Tensor], minibatch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Split a batch of N texts (rows of ``input_ids``/``attention_mask``/``token_type_ids``) into consecutive
+    mini-batches of at most ``minibatch_size`` texts, each trimmed to the columns its texts use (left or right
+    padding). The rows' layout refers to text positions, which the joined outputs keep."""
     minibatches = []
-    for start in range(0, num_pairs, minibatch_size):
-        pairs = torch.arange(start, min(start + minibatch_size, num_pairs), device=inputs["input_ids"].device)
-        rows = torch.cat([pairs, pairs + num_pairs])
+    for start in range(0, inputs["input_ids"].shape[0], minibatch_size):
+        rows = slice(start, start + minibatch_size)
         used = torch.nonzero(inputs["attention_mask"][rows].any(dim=0)).flatten()
         columns = slice(int(used[0]), int(used[-1]) + 1)
         minibatches.append({key: value[rows, columns] for key, value in inputs.items()})
     return minibatches
 
 
-def _join_pair_rows(parts: list[Tensor]) -> Tensor:
-    """Mini-batches' ``2b x D`` rows (first sides, then second sides) as one ``2B x D`` leaf in the same layout."""
-    halves = [part.chunk(2, dim=0) for part in parts]
-    return torch.cat([a for a, _ in halves] + [b for _, b in halves]).detach().requires_grad_()
-
-
 def join_minibatches(parts: list[EncodedBatch]) -> EncodedBatch:
     """The whole batch's :class:`EncodedBatch` from its mini-batches', every tensor a leaf that collects the
     gradient of the loss (router logits: the tokens of all mini-batches, in order)."""
+
+    def leaf(tensors: list[Tensor]) -> Tensor:
+        return torch.cat(tensors).detach().requires_grad_()
+
     router = None
     if parts[0].router_logits is not None:
-        router = tuple(torch.cat(layer).detach().requires_grad_() for layer in zip(*(p.router_logits for p in parts)))
+        router = tuple(leaf(list(layer)) for layer in zip(*(part.router_logits for part in parts)))
     return EncodedBatch(
-        embeddings=_join_pair_rows([part.embeddings for part in parts]),
-        layer_embeddings={layer: _join_pair_rows([part.layer_embeddings[layer] for part in parts])
+        embeddings=leaf([part.embeddings for part in parts]),
+        layer_embeddings={layer: leaf([part.layer_embeddings[layer] for part in parts])
                           for layer in parts[0].layer_embeddings},
         router_logits=router,
     )
 
 
-def _surrogate(part: EncodedBatch, whole: EncodedBatch, pair_offset: int, token_offsets: list[int]) -> Tensor:
+def _surrogate(part: EncodedBatch, whole: EncodedBatch, text_offset: int, token_offsets: list[int]) -> Tensor:
     """``Σ <output, ∂L/∂output>`` over ``part``'s outputs, with the gradients from ``whole`` at ``part``'s rows."""
-    num_pairs = whole.embeddings.shape[0] // 2
 
-    def pair_rows(output: Tensor, leaf: Tensor) -> Tensor:
+    def rows(output: Tensor, leaf: Tensor, offset: int) -> Tensor:
         if leaf.grad is None:
             return output.new_zeros(())
-        size = output.shape[0] // 2
-        return ((output[:size] * leaf.grad[pair_offset:pair_offset + size]).sum()
-                + (output[size:] * leaf.grad[num_pairs + pair_offset:num_pairs + pair_offset + size]).sum())
+        return (output * leaf.grad[offset:offset + output.shape[0]]).sum()
 
-    total = pair_rows(part.embeddings, whole.embeddings)
+    total = rows(part.embeddings, whole.embeddings, text_offset)
     for layer, output in part.layer_embeddings.items():
-        total = total + pair_rows(output, whole.layer_embeddings[layer])
+        total = total + rows(output, whole.layer_embeddings[layer], text_offset)
     for output, leaf, offset in zip(part.router_logits or (), whole.router_logits or (), token_offsets):
-        if leaf.grad is not None:
-            total = total + (output * leaf.grad[offset:offset + output.shape[0]]).sum()
+        total = total + rows(output, leaf, offset)
     return total
 
 
@@ -107,8 +98,8 @@ def cached_step(
        ``Σ <output, ∂L/∂output>`` (:func:`_surrogate`): the encoder's gradient, summed over mini-batches.
 
     Every output of the encoder is cached — last-layer and per-layer embeddings and router logits — so every term
-    of the objective (pair, router, ESE) is covered. ``backward`` applies any loss scaling (gradient accumulation,
-    mixed precision); the surrogate's gradients are already scaled, so it is back-propagated as is.
+    of the objective (combined loss, router, ESE) is covered. ``backward`` applies any loss scaling (gradient
+    accumulation, mixed precision); the surrogate's gradients are already scaled, so it is back-propagated as is.
     """
     states, parts = [], []
     with torch.no_grad():
@@ -118,11 +109,11 @@ def cached_step(
     whole = join_minibatches(parts)
     output = objective(whole)
     backward(output.loss)
-    pair_offset, token_offsets = 0, [0] * len(whole.router_logits or ())
+    text_offset, token_offsets = 0, [0] * len(whole.router_logits or ())
     for minibatch, state, cached in zip(minibatches, states, parts):
         with state.restored():
             part = encode(minibatch)
-        _surrogate(part, whole, pair_offset, token_offsets).backward()
-        pair_offset += cached.embeddings.shape[0] // 2
+        _surrogate(part, whole, text_offset, token_offsets).backward()
+        text_offset += cached.embeddings.shape[0]
         token_offsets = [offset + logits.shape[0] for offset, logits in zip(token_offsets, cached.router_logits or ())]
     return output

@@ -70,9 +70,13 @@ def prepare_training_arguments(args: RunArguments) -> None:
     if training.metric_for_best_model and "test" in training.metric_for_best_model:
         raise ConfigError("metric_for_best_model must not be a test metric")
     best_score = max(data.label_map.values())
-    if loss.ibn_w and best_score < loss.ibn_positive_threshold:
-        raise ConfigError(f"ibn_positive_threshold={loss.ibn_positive_threshold} is above every label_map score "
-                          f"(max {best_score}): the in-batch-negative term would have no positive pair")
+    only_nli = all(source.kind == "nli" for source in data.train_sources())
+    if loss.uses_contrastive_terms and only_nli and best_score < data.positive_min_score:
+        raise ConfigError(f"positive_min_score={data.positive_min_score} is above every label_map score "
+                          f"(max {best_score}): no row would have a positive for the in-batch term")
+    if str(training.train_sampling_strategy) in ("group_by_length", "TrainSamplingStrategy.GROUP_BY_LENGTH"):
+        raise ConfigError("train_sampling_strategy=group_by_length does not apply: rows are batched by source with "
+                          "no text twice in a step (data.batching.SourceBatchSampler); remove the key")
     if training.hub_token:
         # Handed to huggingface_hub through the environment, so that training_args.bin never holds it.
         os.environ["HF_TOKEN"] = training.hub_token

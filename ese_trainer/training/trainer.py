@@ -10,14 +10,14 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
 from ese_trainer.data.batching import SourceBatchSampler
-from ese_trainer.data.collator import SCORES_KEY, TEXT_IDS_KEY
+from ese_trainer.data.collator import GUIDE_KEY, OTHER_ROLE_KEY, OTHER_ROW_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY
 from ese_trainer.evaluation.dev_score import CosineSpearman
 from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
 from ese_trainer.training.distributed import average_gradients
-from ese_trainer.training.grad_cache import cached_step, pair_minibatches
+from ese_trainer.training.grad_cache import cached_step, text_minibatches
 from ese_trainer.training.objective import EmbeddingObjective, ObjectiveOutput
 from ese_trainer.training.term_log import TermRecorder, routing_tallies
-from ese_trainer.training.training_model import TrainingModel
+from ese_trainer.training.training_model import TrainingModel, row_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,7 +41,8 @@ class ESETrainer(Trainer):
     ``learning_rates`` maps parameter-name patterns (regular expressions, searched) to their own learning rate
     (sentence-transformers' ``learning_rate_mapping``). ``cache_minibatch_size`` turns on GradCache
     (:mod:`ese_trainer.grad_cache`) over the whole objective; ``train_batch_sampler``
-    (:class:`~ese_trainer.batching.SourceBatchSampler`) draws the training batches (one source each).
+    (:class:`~ese_trainer.data.batching.SourceBatchSampler`) draws the training batches (one source per step, no text
+    twice in a step).
     """
 
     def __init__(self, model: SentenceEncoder, objective: EmbeddingObjective, *args,
@@ -80,7 +81,7 @@ class ESETrainer(Trainer):
             self.evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """With ``cache_minibatch_size``, GradCache over mini-batches of that many pairs; else the Trainer's."""
+        """With ``cache_minibatch_size``, GradCache over mini-batches of that many texts; else the Trainer's."""
         if not self.cache_minibatch_size:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
@@ -88,10 +89,12 @@ class ESETrainer(Trainer):
         training_model = self.accelerator.unwrap_model(model)
         accumulation = self.current_gradient_accumulation_steps
         features = {key: inputs[key] for key in MODEL_INPUT_KEYS if key in inputs}
-        minibatches = pair_minibatches(features, inputs[SCORES_KEY].shape[0], self.cache_minibatch_size)
+        minibatches = text_minibatches(features, self.cache_minibatch_size)
 
         def objective(encoded):
-            output = training_model.objective(encoded, inputs[SCORES_KEY], inputs.get(TEXT_IDS_KEY))
+            batch = row_batch(encoded.embeddings, inputs[OTHER_ROW_KEY], inputs[OTHER_ROLE_KEY],
+                              inputs[OTHER_SCORE_KEY], inputs.get(TEXT_IDS_KEY), inputs.get(GUIDE_KEY))
+            output = training_model.objective(encoded, batch)
             self._record(output, training=True)
             return output
 
