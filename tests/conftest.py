@@ -35,23 +35,23 @@ def minilm(minilm_path):
     return AutoModel.from_pretrained(minilm_path).eval()
 
 
-def build_tiny_bert(vocab_size: int, seed: int = 0) -> BertModel:
+def build_tiny_bert(vocab_size: int, seed: int = 0, dropout: float = 0.0) -> BertModel:
     """A 2-layer, 32-dim random BERT for tests of mechanics (never for quality)."""
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     return BertModel(config, add_pooling_layer=False)
 
 
-def build_tiny_moe(vocab_size: int, seed: int = 0):
+def build_tiny_moe(vocab_size: int, seed: int = 0, dropout: float = 0.0):
     """The tiny BERT's shape with 4 experts (top-2) in both layers, for tests of mechanics."""
     from ese_trainer.modeling import MoEBertConfig, MoEBertModel
 
     torch.manual_seed(seed)
     config = MoEBertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0, num_experts=4, num_experts_per_tok=2)
+                           intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                           attention_probs_dropout_prob=dropout, num_experts=4, num_experts_per_tok=2)
     return MoEBertModel(config, add_pooling_layer=False)
 
 

@@ -54,6 +54,9 @@ def test_outputs(finished_run):
         assert entry["loss"] == pytest.approx(entry["loss_cosent"] + entry["loss_ibn"] + entry["loss_angle"], abs=2e-4)
     assert (output_dir / "loss_curves.png").stat().st_size > 10_000
     assert "learning_rate" in (output_dir / "resolved_config.yaml").read_text()
+    strategy = json.loads((output_dir / "run_info.json").read_text())["strategy"]
+    assert strategy == {"requested": "single process", "strategy": "single process", "distributed_type": "NO",
+                        "fsdp": False, "zero_stage": None, "world_size": 1, "fallback": False}
 
 
 def test_saved_model_round_trips_through_sentence_transformers(finished_run):
@@ -75,6 +78,23 @@ def test_resume_from_last_checkpoint(finished_run):
     assert state["global_step"] == 6
     trained_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert trained_steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 restored from checkpoint-4, not re-run
+
+
+def test_resume_from_a_checkpoint_broken_mid_save_names_it(finished_run, tmp_path):
+    """A checkpoint whose weights were cut off by a crash mid-save: a clean error naming it, never a traceback."""
+    import shutil
+
+    output_dir, _ = finished_run
+    newest = max(output_dir.glob("checkpoint-*"), key=lambda folder: int(folder.name.split("-")[1]))
+    broken = tmp_path / newest.name
+    shutil.copytree(newest, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(tmp_path / "out"),
+                        "--sts_data_dir", str(EMBEDDED_DATA), *SMALL_RUN, "--resume_from_checkpoint", str(broken))
+    assert result.returncode == 2
+    assert f"{broken} cannot be resumed from: model.safetensors is unreadable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_key_fails_before_loading_anything():

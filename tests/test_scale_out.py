@@ -16,11 +16,11 @@ from tests.scale_out_common import ROWS_PER_PROCESS, one_sgd_step
 CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
 
 
-def accelerate_launch(*args, timeout=600):
+def accelerate_launch(*args, timeout=600, config_file=CPU_2PROC):
     """``accelerate launch --config_file cpu_2proc.yaml ...`` as the README writes it: no ACCELERATE_USE_CPU."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("ACCELERATE_USE_CPU", None)
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
                            *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -108,6 +108,8 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     info = json.loads((output_dir / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["global_train_batch_size"] == 16
     assert info["model_type"] == "ese_moe_bert"
+    assert info["strategy"] == {"requested": "ddp", "strategy": "ddp", "distributed_type": "MULTI_CPU", "fsdp": False,
+                                "zero_stage": None, "world_size": 2, "fallback": False}
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 5
     train_logs = [entry for entry in state["log_history"] if "loss" in entry]
@@ -125,3 +127,91 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     shares = utilisation["final"]["layers"]["3"]["shares"]
     assert "| 3 | " + " | ".join(f"{share:.3f}" for share in shares) in card
     assert "Switch Transformers" in card and "ESE" not in card.split("## Citation")[1]
+
+
+
+def _encoder_gradients(model_kind: str, cached: bool, seed: int) -> dict[str, torch.Tensor]:
+    """The encoder's gradient for one batch of 12 SNLI rows under the defaults (dropout 0.1, the packed forward) from
+    one seed, with GradCache over mini-batches of 7 texts, or (``cached=False``) the same mini-batches' forwards
+    concatenated into one graph and back-propagated at once: the same random stream, so the same dropout masks."""
+    from transformers import AutoTokenizer
+
+    from ese_trainer.data.collator import RowCollator
+    from ese_trainer.ese.arguments import ESEArguments
+    from ese_trainer.hub_models import resolve_model_path
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.modeling.encoding import EncodedBatch, SentenceEncoder
+    from ese_trainer.training.build import build_objective
+    from ese_trainer.training.grad_cache import cached_step, text_minibatches
+    from ese_trainer.training.training_model import MODEL_INPUT_KEYS, row_batch
+    from tests.conftest import MINILM_ID, build_tiny_bert, build_tiny_moe, snli_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
+    model = (build_tiny_moe if model_kind == "moe" else build_tiny_bert)(len(tokenizer), seed=0, dropout=0.1)
+    encoder = SentenceEncoder(model, "mean", packed=True).train()
+    objective = build_objective(LossArguments(), ESEArguments(), model.config)
+    inputs = RowCollator(tokenizer, 64)([dict(row) for row in snli_rows(12, seed=3)])
+    minibatches = text_minibatches({key: inputs[key] for key in MODEL_INPUT_KEYS if key in inputs}, 7)
+    assert len(minibatches) > 2
+
+    def loss_of(encoded: EncodedBatch):
+        return objective(encoded, row_batch(encoded.embeddings, inputs["other_row"], inputs["other_role"],
+                                            inputs["other_score"], inputs.get("text_ids")))
+
+    torch.manual_seed(seed)
+    if cached:
+        cached_step(encoder, loss_of, minibatches, lambda loss: loss.backward())
+    else:
+        parts = [encoder(minibatch) for minibatch in minibatches]
+        router = None
+        if parts[0].router_logits is not None:
+            router = tuple(torch.cat(layer) for layer in zip(*(part.router_logits for part in parts)))
+        whole = EncodedBatch(embeddings=torch.cat([part.embeddings for part in parts]),
+                             layer_embeddings={}, router_logits=router)
+        loss_of(whole).loss.backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+
+@pytest.mark.parametrize("model_kind", ["dense", "moe"])
+def test_grad_cache_replays_dropout_on_the_packed_path(model_kind):
+    """GradCache under the defaults (dropout 0.1, packed): the gradient equals the uncached step over the same
+    mini-batches and random stream (1e-4 of each parameter's largest gradient); another seed (other dropout masks)
+    gives another gradient, so dropout is live."""
+    reference = _encoder_gradients(model_kind, cached=False, seed=7)
+    cached = _encoder_gradients(model_kind, cached=True, seed=7)
+    other_masks = _encoder_gradients(model_kind, cached=False, seed=8)
+    assert set(cached) == set(reference)
+    for name, gradient in reference.items():
+        largest = gradient.abs().max().item()
+        assert (cached[name] - gradient).abs().max().item() <= 1e-4 * largest + 1e-7, name
+    embedding = "embeddings.word_embeddings.weight"
+    assert not torch.allclose(other_masks[embedding], reference[embedding], rtol=1e-3, atol=1e-6)
+
+
+def test_fsdp2_on_two_cpu_processes_equals_one_process(tmp_path):
+    """FSDP2 (``fully_shard``) over gloo, 2 CPU ranks: accelerate's FSDP2 wrapping policy under ``fsdp.yaml`` picks
+    each encoder layer (``BertLayer``, and ``MoEBertLayer`` in the MoE encoder) and the embeddings; every parameter
+    is a DTensor sharded on dim 0 over the 2-rank mesh. accelerate attaches FSDP only to GPU-like devices, so the
+    Trainer's own FSDP path cannot run on CPU: the model and objective train in a minimal AdamW loop instead.
+
+    After 3 steps the per-step losses equal one process on the same global batches (1e-6 relative) and so does
+    every full parameter (1e-6; attention key biases 5e-5: their true gradient is 0, softmax being invariant to
+    them, and Adam's normalised step acts on the rounding noise left in their place).
+    """
+    from tests.scale_out_common import fsdp_steps
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             str(REPO / "tests" / "fsdp2_worker.py"), str(tmp_path / "fsdp.pt")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = torch.load(tmp_path / "fsdp.pt")
+    for kind, layer in (("dense", "BertLayer"), ("moe", "MoEBertLayer")):
+        run, reference = sharded[kind], fsdp_steps(kind, shard=False)
+        assert run["wrapped"] == [layer, layer, "BertEmbeddings"]
+        assert set(run["placements"].values()) == {("(Shard(dim=0),)", 2)}
+        assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
+        for name, parameter in reference["parameters"].items():
+            tolerance = 5e-5 if name.endswith("key.bias") else 1e-6
+            assert (run["parameters"][name] - parameter).abs().max().item() < tolerance, (kind, name)
+        assert run["largest_change"] > 1e-3  # the parameters compared did train (3 steps at lr 1e-3)

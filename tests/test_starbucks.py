@@ -64,9 +64,9 @@ def test_pca_projection_reused_between_refreshes():
     original = loss._pca_target
 
     def counting(layer, embeddings, k):
-        cached = loss._projections.get(layer)
+        cached = getattr(loss, f"pca_projection_{layer}").clone()
         result = original(layer, embeddings, k)
-        calls.append(cached is None or loss._projections[layer] is not cached)
+        calls.append(not torch.equal(cached, getattr(loss, f"pca_projection_{layer}")))  # recomputed this step
         return result
 
     loss._pca_target = counting

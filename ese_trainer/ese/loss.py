@@ -234,20 +234,39 @@ class ESELoss(nn.Module):
                                                             settings.head_num_experts, settings.head_expert_hidden,
                                                             settings.head_top_k)
         self.head_router_logits: dict[int, Tensor] = {}
-        self._projections: dict[int, Tensor] = {}  # PCA projections reused between refreshes
-        self._forwards = 0
+        # PCA projections reused between refreshes, one per distilled layer, and the training forwards counted:
+        # buffers, so that checkpoints carry them and a resumed run reuses what the interrupted one computed.
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
+        self.pca_layers = {layer: dim for layer, dim in self._pca_sizes(hidden_size).items()}
+        for layer, dim in self.pca_layers.items():
+            self.register_buffer(f"pca_projection_{layer}", torch.zeros(hidden_size, dim))
+            self.register_buffer(f"pca_ready_{layer}", torch.zeros((), dtype=torch.bool))
 
     def _head_target(self, layer: int, embeddings: Tensor) -> CompressionOutput:
         output = self.heads[str(layer)](embeddings)
         self.head_router_logits[layer] = output.router_logits
         return output
 
+    def _pca_sizes(self, hidden_size: int) -> dict[int, int]:
+        """The dims of each layer's cached PCA projection: the largest target it is distilled toward."""
+        if self.settings.schedule == "starbucks":
+            sizes: dict[int, int] = {}
+            for layer, dim in self.slices:
+                if dim < hidden_size:
+                    sizes[layer] = max(sizes.get(layer, 0), dim)
+            return sizes
+        if self.settings.compression_target == "pca":
+            return {layer: self.settings.compression_size for layer in self.layers}
+        return {}
+
     def _pca_target(self, layer: int, embeddings: Tensor, k: int) -> Tensor:
         """PCA target of ``embeddings`` with the layer's projection, refreshed every ``pca_refresh_steps``."""
-        cached = self._projections.get(layer)
-        if cached is None or cached.shape[-1] < k or self._forwards % self.settings.pca_refresh_steps == 0:
-            cached = self._projections[layer] = pca_projection(embeddings, k)
-        return embeddings.detach().float() @ cached[:, :k]
+        projection, ready = getattr(self, f"pca_projection_{layer}"), getattr(self, f"pca_ready_{layer}")
+        if not ready or int(self.forwards) % self.settings.pca_refresh_steps == 0:
+            dims = projection.shape[1]
+            projection.copy_(pca_projection(embeddings, dims)[:, :dims])
+            ready.fill_(True)
+        return embeddings.detach().float() @ projection[:, :k].to(embeddings.device)
 
     def forward(self, layer_embeddings: Mapping[int, Tensor], pair_loss: PairLoss) -> dict[str, Tensor]:
         """The terms of ``layer_embeddings`` (layer → the batch's ``N x D`` embeddings) restricted to :attr:`layers`."""
@@ -259,7 +278,7 @@ class ESELoss(nn.Module):
         settings = self.settings
         self.head_router_logits = {}
         if self.training:
-            self._forwards += 1
+            self.forwards += 1
         selected = {layer: layer_embeddings[layer] for layer in self.layers}
         if self.slices:
             terms = starbucks_terms(selected, self.slices, self.num_layers, pair_loss,

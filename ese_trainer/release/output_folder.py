@@ -53,6 +53,7 @@ def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module
             "contrastive_batch_rows": global_batch if args.loss.gather_across_devices
             else training.per_device_train_batch_size,
             "distributed_type": str(training.distributed_state.distributed_type),
+            "strategy": args.scale_out.strategy,
             "embedding_dimension": encoder.config.hidden_size,
             "model_type": encoder.config.model_type,
             "parameters": sum(parameter.numel() for parameter in encoder.parameters()),

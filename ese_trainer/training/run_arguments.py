@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
 
+from safetensors import safe_open
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ese_trainer.config.parsing import ConfigError, parse_config
 from ese_trainer.data.arguments import DataArguments
+from ese_trainer.errors import describe_error
 from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
+from ese_trainer.training.strategy import ScaleOutArguments, check_strategy
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, TrainingArguments)
+logger = logging.getLogger(__name__)
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LossArguments, MoEArguments, ESEArguments, ScaleOutArguments,
+                   TrainingArguments)
 
 
 class RunArguments(NamedTuple):
@@ -27,6 +34,7 @@ class RunArguments(NamedTuple):
     loss: LossArguments
     moe: MoEArguments
     ese: ESEArguments
+    scale_out: ScaleOutArguments
     training: TrainingArguments
 
     @property
@@ -34,17 +42,56 @@ class RunArguments(NamedTuple):
         return self.training.process_index == 0
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (weights missing or unreadable, as after a crash mid-save; no trainer
+    state), or None when it can."""
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        return "no model weights"
+    for path in weights:
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001  (safetensors raises its own error types)
+            return f"{path.name} is unreadable ({describe_error(error)})"
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as error:
+        return f"trainer_state.json is unreadable ({describe_error(error)})"
+    return None
+
+
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """``--resume_from_checkpoint last`` (or ``true``) means the newest checkpoint in ``output_dir``."""
+    """``--resume_from_checkpoint last`` (or ``true``) means the newest checkpoint in ``output_dir`` that can be read:
+    a newest one left broken by a crash mid-save is skipped for the previous one, with a warning. A checkpoint named
+    explicitly must be readable."""
     if value is None or value.lower() in ("", "false", "none"):
         return None
     if value.lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if last is None:
+        found = Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if Path(output_dir).is_dir() else []
+        folders = sorted((path for path in found if path.is_dir() and path.name.split("-")[-1].isdigit()),
+                         key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+        if not folders:
             raise ConfigError(f"resume_from_checkpoint={value}: no checkpoint-* folder in {output_dir}")
-        return last
+        skipped = []
+        for folder in folders:
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                if skipped:
+                    logger.warning("resume_from_checkpoint=%s: skipped %s; resuming from %s", value,
+                                   "; ".join(skipped), folder)
+                return str(folder)
+            skipped.append(f"{folder} ({problem})")
+        raise ConfigError(f"resume_from_checkpoint={value}: no checkpoint in {output_dir} can be read: "
+                          + "; ".join(skipped))
     if not Path(value).is_dir():
         raise ConfigError(f"resume_from_checkpoint: {value} is not a folder")
+    problem = checkpoint_problem(Path(value))
+    if problem is not None:
+        raise ConfigError(f"resume_from_checkpoint: {value} cannot be resumed from: {problem}")
     return value
 
 
@@ -61,6 +108,7 @@ def prepare_training_arguments(args: RunArguments) -> None:
     if launched != training.world_size:
         raise ConfigError(f"launched {launched} processes but the Trainer sees {training.world_size}: set "
                           "ACCELERATE_USE_CPU=1 for CPU processes, or use_cpu: true")
+    args.scale_out.strategy = check_strategy(training, args.scale_out.allow_strategy_fallback)
     if training.world_size > 1 or loss.gather_across_devices:
         # Equal batches on every process: all-gather needs them, and a short last batch has fewer negatives.
         training.dataloader_drop_last = True

@@ -26,6 +26,12 @@ class TrainingModel(nn.Module):
     def config(self):
         return self.encoder.transformer.config
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The encoder's units that must not be split (its layers, dense or MoE): FSDP's transformer wrapping policy
+        (accelerate, without ``fsdp_transformer_layer_cls_to_wrap``) shards each of them on its own."""
+        return list(getattr(self.encoder.transformer, "_no_split_modules", None) or [])
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.encoder.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
 
