@@ -215,3 +215,21 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process(tmp_path):
             tolerance = 5e-5 if name.endswith("key.bias") else 1e-6
             assert (run["parameters"][name] - parameter).abs().max().item() < tolerance, (kind, name)
         assert run["largest_change"] > 1e-3  # the parameters compared did train (3 steps at lr 1e-3)
+
+
+def test_every_process_draws_from_the_same_source_at_each_step(tmp_path):
+    """Two sources, 2 processes: at every step both processes' batches (accelerate hands one to each) come from one
+    source and share no text, so negatives gathered across processes never compare an STS pair with an NLI row."""
+    result = accelerate_launch(str(REPO / "tests" / "source_steps_worker.py"), str(tmp_path / "steps.pt"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = torch.load(tmp_path / "steps.pt")
+    assert record["world_size"] == 2
+    source_of = record["source_of_anchor"]
+    seen = set()
+    for step in record["steps"]:
+        step_sources = {source_of[anchor] for batch in step for anchor in batch["anchors"]}
+        assert len(step_sources) == 1, step_sources
+        seen |= step_sources
+        first, second = ({text for text in batch["texts"] if text != 0} for batch in step)
+        assert not first & second
+    assert seen == {0, 1} and len(record["steps"]) >= 10
