@@ -28,9 +28,9 @@ def test_smoke_config_parses_with_defaults_and_overrides():
     assert training.learning_rate == 3e-5 and training.load_best_model_at_end
 
 
-def test_loss_defaults_are_one_and_twenty(tmp_path):
+def test_loss_defaults_are_the_weights_chosen_on_dev(tmp_path):
     _, _, loss, _ = parse_config(["--config", write(tmp_path, "output_dir: x\n")], GROUPS)
-    assert (loss.cosent_w, loss.ibn_w, loss.angle_w) == (1.0, 1.0, 1.0)
+    assert (loss.cosent_w, loss.ibn_w, loss.angle_w) == (1.0, 10.0, 1.0)
     assert (loss.cosent_scale, loss.ibn_scale, loss.angle_scale) == (20.0, 20.0, 20.0)
 
 

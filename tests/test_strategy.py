@@ -1,5 +1,6 @@
 """No silent FSDP/DeepSpeed fallback: what a launch asks for is what runs, or the run stops before loading."""
 
+import json
 import os
 
 import pytest
@@ -8,8 +9,8 @@ from transformers import TrainingArguments
 
 from ese_trainer.config.parsing import ConfigError
 from ese_trainer.training.strategy import check_strategy
-from tests.conftest import REPO
-from tests.test_scale_out import accelerate_launch
+from tests.conftest import REPO, build_tiny_bert
+from tests.test_scale_out import CPU_2PROC, accelerate_launch
 
 
 @pytest.fixture
@@ -57,3 +58,43 @@ def test_the_fsdp_config_on_cpu_processes_stops_before_loading(tmp_path):
     assert "exitcode  : 2" in result.stderr  # the recipe's own clean exit; the traceback is torchrun's report
     assert "train_nli.py\", line" not in result.stderr and "ese_trainer/" not in result.stderr
     assert not (output_dir / "run_info.json").exists()
+
+
+def _tiny_start(folder, tokenizer):
+    """A tiny BERT with the real tokenizer, saved as a start model the recipe loads by path."""
+    build_tiny_bert(len(tokenizer), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _three_steps(config_file, start, output_dir):
+    """The recipe for 3 optimizer steps on 2 processes (4 SNLI rows each), no evaluation but STS-B after."""
+    result = accelerate_launch(
+        str(REPO / "recipes" / "train_nli.py"), "--config", "configs/smoke_snli.yaml", "--model_name_or_path",
+        str(start), "--output_dir", str(output_dir), "--max_steps", "3", "--max_train_samples", "40",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "0", "--logging_steps", "1",
+        "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy", "no", "--load_best_model_at_end",
+        "false", "--sts_tasks", "STSBenchmark", "--suite_before_training", "false", config_file=config_file)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return json.loads((output_dir / "run_info.json").read_text())["strategy"], losses
+
+
+def test_deepspeed_zero2_on_two_cpu_processes_equals_ddp(tmp_path, tokenizer):
+    """``deepspeed_zero2.yaml`` on 2 CPU processes (DeepSpeed's CPU accelerator over gloo, fp32, no offload) trains
+    through the Trainer's own DeepSpeed path: a DeepSpeedEngine at ZeRO stage 2 over 2 ranks, whose per-step losses
+    equal the DDP run's on the same start, batches and seed (3 AdamW steps at lr 1e-3: the updates move them)."""
+    config = yaml.safe_load((REPO / "recipes" / "accelerate_configs" / "deepspeed_zero2.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=29547)
+    config_file = tmp_path / "deepspeed_cpu.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    start = _tiny_start(tmp_path / "start", tokenizer)
+    ddp, ddp_losses = _three_steps(CPU_2PROC, start, tmp_path / "ddp")
+    zero2, zero2_losses = _three_steps(config_file, start, tmp_path / "zero2")
+    assert zero2 == {"requested": "deepspeed", "strategy": "deepspeed", "distributed_type": "DEEPSPEED",
+                     "fsdp": False, "zero_stage": 2, "world_size": 2, "fallback": False,
+                     "trained_by": {"wrapper": "DeepSpeedEngine", "zero_stage": 2, "world_size": 2}}
+    assert ddp["trained_by"] == {"wrapper": "DistributedDataParallel"}
+    assert len(zero2_losses) == len(ddp_losses) == 3 and len(set(ddp_losses)) == 3
+    assert zero2_losses == pytest.approx(ddp_losses, rel=1e-5)

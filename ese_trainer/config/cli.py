@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -18,13 +19,34 @@ def mark_cpu_processes() -> bool:
     """On a machine without GPUs, mark the processes of a multi-process launch as CPU processes (gloo).
 
     ``accelerate launch`` sets ``ACCELERATE_USE_CPU`` only for a single process; without it the Trainer of each of
-    N CPU processes would train alone. Must run before ``TrainingArguments`` is built (it sets up the device).
-    Returns whether the mark was set.
+    N CPU processes would train alone. A DeepSpeed launch is set up by :func:`set_up_deepspeed_on_cpu` instead
+    (accelerate drops DeepSpeed under that mark). Must run before ``TrainingArguments`` is built (it sets up the
+    device). Returns whether the processes were set up as CPU processes.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        os.environ.setdefault("ACCELERATE_USE_CPU", "1")
-        return True
-    return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        return set_up_deepspeed_on_cpu()
+    os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+    return True
+
+
+def set_up_deepspeed_on_cpu() -> bool:
+    """DeepSpeed on CPU processes: its CPU accelerator over gloo, set up before the Trainer (which then reuses it).
+
+    accelerate gives processes without a GPU a communication backend only under its CPU flag, and under that flag it
+    drops DeepSpeed; asked for gloo explicitly, it initialises DeepSpeed's communication over gloo and sets up the
+    DeepSpeed distributed type. ``TrainingArguments`` would reset that state unless told to use it:
+    ``ese_trainer.training.strategy.configured_deepspeed_arguments`` says so. DeepSpeed not installed
+    is a ConfigError.
+    """
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("the launch asks for deepspeed but DeepSpeed is not installed: pip install "
+                          "--no-build-isolation deepspeed (it builds against the installed torch)")
+    from accelerate import PartialState
+
+    PartialState(backend="gloo")
+    return True
 
 
 def use_cpu_cores() -> int:
@@ -46,9 +68,9 @@ def use_cpu_cores() -> int:
 
 def run_cli(run: Callable[[list[str]], object], expected: tuple[type[BaseException], ...]) -> None:
     """Call ``run(sys.argv[1:])``; an expected error prints ``error: …`` and exits 2 (config) or 1 (other)."""
-    mark_cpu_processes()
-    use_cpu_cores()
     try:
+        mark_cpu_processes()
+        use_cpu_cores()
         run(sys.argv[1:])
     except (ConfigError, *expected) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -27,7 +27,7 @@ class LossArguments:
 
     cosent_w: float = field(default=1.0, metadata={"help": "Weight of CoSENT (a ranking of the scored pairs' "
                                                    "cosines)."})
-    ibn_w: float = field(default=1.0, metadata={"help": "Weight of the in-batch term (InfoNCE over each anchor's "
+    ibn_w: float = field(default=10.0, metadata={"help": "Weight of the in-batch term (InfoNCE over each anchor's "
                                                 "softmax of the batch's positives and hard negatives)."})
     angle_w: float = field(default=1.0, metadata={"help": "Weight of AnglE (a ranking of the scored pairs' angles)."})
     hinge_w: float = field(default=0.0, metadata={"help": "Weight of the hinge on each anchor's hardest negative "

@@ -3,6 +3,7 @@ model card and (optionally) the Hub push."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ese_trainer.release.routing_report import save_expert_utilisation
 from ese_trainer.release.run_io import save_grid, save_json, save_resolved_config, save_sts_results
 from ese_trainer.training.objective import ESE_HEAD_ROUTING, MOE_ROUTING
 from ese_trainer.training.run_arguments import RunArguments
+from ese_trainer.training.strategy import wrapper_record
 from ese_trainer.training.trainer import ESETrainer
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: R
         tokenizer.save_pretrained(output_dir)
         released = add_sentence_transformer_files(output_dir, args.model.pooling, args.model.max_seq_length,
                                                   truncate_dim=args.model.embedding_dim)
+        run_info = json.loads((output_dir / "run_info.json").read_text())
+        run_info["strategy"]["trained_by"] = wrapper_record(trainer.model_wrapped)
+        save_json(output_dir / "run_info.json", run_info)
         history = trainer.state.log_history
         plot_loss_curves(history, output_dir / "loss_curves.png", f"eval_{trainer.evaluator.metric}")
         for prefix_name, tally in trainer.recorder.tallies.items():

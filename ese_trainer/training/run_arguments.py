@@ -18,7 +18,7 @@ from ese_trainer.errors import describe_error
 from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
-from ese_trainer.training.strategy import ScaleOutArguments, check_strategy
+from ese_trainer.training.strategy import ScaleOutArguments, check_strategy, configured_deepspeed_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def start_run(argv: list[str], prog: str | None = None, description: str | None 
                                                                                                   str | None]:
     """Parse and check the arguments, find the checkpoint to resume from, set up logging and the seed. Returns the
     arguments and the checkpoint (or None)."""
+    argv = [*argv, *configured_deepspeed_arguments()]
     args = RunArguments(*parse_config(argv, ARGUMENT_GROUPS, prog=prog, description=description))
     prepare_training_arguments(args)
     resume = resolve_resume_checkpoint(args.training.resume_from_checkpoint, args.training.output_dir)

@@ -1,8 +1,10 @@
 """The distributed strategy a launch asks for and the one that actually runs: never a silent FSDP/DeepSpeed fallback.
 
-accelerate attaches FSDP only to GPU-like distributed types and drops DeepSpeed under a CPU flag: an FSDP or DeepSpeed
-launch on CPU processes quietly runs as plain DDP over gloo (``accelerate/state.py``), so a run could claim sharding
-it never did. The check below compares the two before anything is loaded.
+accelerate attaches FSDP only to GPU-like distributed types and drops DeepSpeed under a CPU flag: an FSDP launch on CPU
+processes quietly runs as plain DDP over gloo (``accelerate/state.py``), so a run could claim sharding it never did.
+The check below compares the two before anything is loaded. DeepSpeed does run on CPU processes (its CPU accelerator
+over gloo) when set up before the Trainer: ``ese_trainer.config.cli.set_up_deepspeed_on_cpu`` and
+:func:`configured_deepspeed_arguments`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
@@ -49,13 +52,25 @@ def running_strategy(training: TrainingArguments) -> dict:
     """What the processes will actually run: distributed type, FSDP on or off, ZeRO stage, world size."""
     kind = training.distributed_state.distributed_type
     zero_stage = None
-    if kind == DistributedType.DEEPSPEED and training.hf_deepspeed_config is not None:
-        zero_stage = training.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage", 0)
+    if kind == DistributedType.DEEPSPEED:
+        hf_config = getattr(training, "hf_deepspeed_config", None)  # set when TrainingArguments.deepspeed names one
+        zero_stage = (hf_config.config.get("zero_optimization", {}).get("stage", 0) if hf_config is not None
+                      else training.deepspeed_plugin.zero_stage)
     name = next((key for key, value in SHARDED.items() if value == kind), None)
     if name is None:
         name = "ddp" if training.world_size > 1 else "single process"
     return {"strategy": name, "distributed_type": str(getattr(kind, "value", kind)),
             "fsdp": kind == DistributedType.FSDP, "zero_stage": zero_stage, "world_size": training.world_size}
+
+
+def configured_deepspeed_arguments() -> list[str]:
+    """The TrainingArguments that make the Trainer reuse a DeepSpeed state the entry point set up on CPU processes
+    (:func:`ese_trainer.config.cli.set_up_deepspeed_on_cpu`) instead of resetting it to one without a backend, i.e.
+    a single process; none otherwise. TrainingArguments set up their device as they are built, so these go on the
+    command line."""
+    if not PartialState._shared_state or PartialState().distributed_type != DistributedType.DEEPSPEED:
+        return []
+    return ["--accelerator_config", '{"use_configured_state": true}']
 
 
 def check_strategy(training: TrainingArguments, allow_fallback: bool) -> dict:
@@ -82,3 +97,12 @@ def check_strategy(training: TrainingArguments, allow_fallback: bool) -> dict:
         os.environ[name] = "false"
     os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
     return {**record, "fallback": True}
+
+
+def wrapper_record(model_wrapped: object) -> dict:
+    """What trained the model, read from the wrapper the Trainer trained through (``Trainer.model_wrapped``): its
+    class, and for a DeepSpeed engine the ZeRO stage and data-parallel world size it ran with."""
+    record: dict = {"wrapper": type(model_wrapped).__name__}
+    if hasattr(model_wrapped, "zero_optimization_stage"):
+        record.update(zero_stage=model_wrapped.zero_optimization_stage(), world_size=model_wrapped.dp_world_size)
+    return record
