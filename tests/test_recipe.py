@@ -56,7 +56,8 @@ def test_outputs(finished_run):
     assert "learning_rate" in (output_dir / "resolved_config.yaml").read_text()
     strategy = json.loads((output_dir / "run_info.json").read_text())["strategy"]
     assert strategy == {"requested": "single process", "strategy": "single process", "distributed_type": "NO",
-                        "fsdp": False, "zero_stage": None, "world_size": 1, "fallback": False}
+                        "fsdp": False, "zero_stage": None, "world_size": 1, "fallback": False,
+                        "trained_by": {"wrapper": "TrainingModel"}}
 
 
 def test_saved_model_round_trips_through_sentence_transformers(finished_run):

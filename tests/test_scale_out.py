@@ -109,7 +109,8 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     assert info["world_size"] == 2 and info["global_train_batch_size"] == 16
     assert info["model_type"] == "ese_moe_bert"
     assert info["strategy"] == {"requested": "ddp", "strategy": "ddp", "distributed_type": "MULTI_CPU", "fsdp": False,
-                                "zero_stage": None, "world_size": 2, "fallback": False}
+                                "zero_stage": None, "world_size": 2, "fallback": False,
+                                "trained_by": {"wrapper": "DistributedDataParallel"}}
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 5
     train_logs = [entry for entry in state["log_history"] if "loss" in entry]

@@ -1,0 +1,87 @@
+"""The README's quick start, timed: ``make smoke`` and ``make test`` as written, and the STS table ``make smoke``
+prints, recorded with the machine.
+
+    python3 bench/smoke_record.py            # in a fresh clone: both commands, the set-up included in the first
+
+Writes ``bench/results/smoke.{json,md}``. Standard library only, so that it runs before the set-up exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+COMMANDS = (("make", "smoke"), ("make", "test"))
+
+
+def machine() -> str:
+    """The CPU model and core count (``/proc/cpuinfo``), Python version and platform."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {platform.system()}"
+
+
+def timed(command: tuple[str, ...]) -> tuple[float, str]:
+    """Run ``command`` in the repository, its output shown as it comes; the wall time and the output."""
+    started, lines = time.perf_counter(), []
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    return time.perf_counter() - started, "".join(lines)
+
+
+def sts_table(output: str) -> tuple[list[str], dict[str, list[float]], str]:
+    """The STS table ``make smoke`` ends with (header, before/after rows) and its best-checkpoint line."""
+    header = next(line for line in output.splitlines() if line.startswith("| model |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    rows = {}
+    for line in output.splitlines():
+        match = re.match(r"\| (before|after) \|(.*)\|$", line.strip())
+        if match:
+            rows[match.group(1)] = [float(cell) for cell in match.group(2).split("|")]
+    best = next(line for line in output.splitlines() if line.startswith("best checkpoint by STS-B dev"))
+    return columns, rows, best
+
+
+def main() -> None:
+    fresh = not (REPO / ".venv").exists()  # the set-up is part of the first command's time
+    seconds, outputs = {}, {}
+    for command in COMMANDS:
+        seconds[" ".join(command)], outputs[" ".join(command)] = timed(command)
+    columns, rows, best = sts_table(outputs["make smoke"])
+    tests = re.findall(r"=+ (\d+ passed.*?) in ", outputs["make test"])
+    record = {"commands": list(seconds), "seconds": {key: round(value, 1) for key, value in seconds.items()},
+              "machine": machine(), "columns": columns, "sts": rows, "best_checkpoint": best,
+              "tests": tests[-1] if tests else None,
+              "set_up_included": fresh}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "smoke.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = ["# The quick start, timed (`python3 bench/smoke_record.py`)", "", f"Machine: {record['machine']}.", "",
+             "| command | wall time |", "|---|---|"]
+    lines += [f"| `{command}` | {value / 60:.1f} min |" for command, value in seconds.items()]
+    lines += ["", "Set-up (a new `.venv`) included in `make smoke`'s time." if fresh else "`.venv` already existed."]
+    lines += ["", f"`make test`: {record['tests']}.", "", "STS (cosine Spearman x100) printed by `make smoke`:", "",
+              "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |" for name, values in rows.items()]
+    lines += ["", best, ""]
+    (RESULTS / "smoke.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
