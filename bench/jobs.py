@@ -42,6 +42,9 @@ STARTS = {
     "b": Start("b", "all-MiniLM-L6-v2 cut to its first 3 layers", tuple(SNLI), (5e-5, 1e-4, 2e-4)),
     "c": Start("c", "all-MiniLM-L6-v2 + STS-B train and SICK train (in-domain for STS-B, SICK-R)",
                tuple(SNLI + IN_DOMAIN), (1e-5, 2e-5, 4e-5)),
+    # The embedded default's job (configs/smoke.yaml's data), for choosing its objective and rate on dev.
+    "s": Start("s", "all-MiniLM-L6-v2 on the embedded default's data (SNLI dev + STS-B train + SICK train)",
+               (SNLI[0], *IN_DOMAIN), (1e-5, 2e-5, 4e-5)),
 }
 
 

@@ -110,9 +110,9 @@ def start_section(start: str, entry: dict) -> list[str]:
 def sweep_markdown(summary: dict) -> str:
     lines = ["# Ours: candidate objectives on STS-B dev", "",
              "Every variant: `recipes/train_nli.py` on the start's job (`bench/quality_vs_peers.py`), seed 42, the "
-             "middle rate of the start's grid; the seed's objective (`ours-111`: CoSENT 1, in-batch 1, AnglE 1, scale "
-             "20) plus the arguments shown. Dev only: the test sets are not read for these runs. Command: "
-             "`python -m bench.quality_vs_peers sweep --start S [--base NAME]`.", ""]
+             "rate shown (by default the middle of the start's grid); the seed's objective (`ours-111`: CoSENT 1, "
+             "in-batch 1, AnglE 1, scale 20) plus the arguments shown. Dev only: the test sets are not read for "
+             "these runs. Command: `python -m bench.quality_vs_peers sweep --start S [--base NAME] [--lr LR]`.", ""]
     for start, entry in summary.items():
         if not entry["sweep"]:
             continue

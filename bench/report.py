@@ -19,6 +19,8 @@ DOCS = REPO / "docs"
 SECTIONS = [  # (results file stem, heading)
     ("train_throughput", "Training throughput vs. sentence-transformers (fp32)"),
     ("train_throughput_bf16", "Training throughput vs. sentence-transformers (bf16 autocast)"),
+    ("train_profile", "Where a packed training step's time goes (fp32 profile)"),
+    ("train_profile_bf16", "Where a packed training step's time goes (bf16 profile)"),
     ("eval_throughput", "STS evaluation throughput vs. sentence-transformers"),
     ("ese_step", "ESE schedules: step cost"),
     ("moe_step", "MoE step cost"),

@@ -200,13 +200,18 @@ def run_bare(rows, batches: list[list[int]], packed: bool, bf16: bool) -> float:
     started = time.perf_counter()
     for batch in batches:
         inputs = collate([rows[index] for index in batch])  # reading and tokenising, as the Trainer's data loader
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = training_model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        bare_step(training_model, inputs, parameters, optimizer, bf16)
     return time.perf_counter() - started
+
+
+def bare_step(training_model, inputs: dict, parameters: list, optimizer, bf16: bool) -> None:
+    """One optimizer step as the Trainer takes it: forward (bf16 autocast if asked), backward, clip at 1, step."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = training_model(**inputs).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def matmul_flops_per_second(bf16: bool, repeats: int = 20) -> float:

@@ -1,0 +1,134 @@
+"""Where a training step's time goes: ``torch.profiler`` over the packed training step of ``bench.train_throughput``.
+
+    python -m bench.train_profile [--steps 8] [--batch 32] [--bf16]
+
+The step is the bare packed loop's (the recipe's model and objective, collation, backward, clipping at norm 1,
+fused AdamW) on the same SNLI dev rows, after 2 unprofiled warm-up steps. Self CPU time is summed per operator and
+per kind of work: matmuls (attention's included), dropout's random masks, attention's softmax, the optimizer, the
+embedding table's backward, casts and copies, and the rest (elementwise, norms, reductions, tokenising). The
+profiler's per-op bookkeeping adds time to small operators, so the shares are a map of where to look, not a timing;
+speeds are measured by ``bench.train_throughput``. Results: ``bench/results/train_profile[_bf16].{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.machine import describe_machine
+from bench.train_throughput import LEARNING_RATE, MAX_LENGTH, RESULTS, bare_step, load_rows, our_parts
+
+# Kinds of work, matched on the operator's name in this order; the first match wins.
+KINDS = (
+    ("dropout masks", ("bernoulli", "dropout")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "_softmax_backward", "softmax")),
+    ("optimizer", ("adam", "clip_grad", "_foreach_norm", "zero_")),
+    ("embedding table", ("embedding",)),
+    ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "linear", "mkldnn")),
+    ("casts and copies", ("aten::to", "_to_copy", "copy_", "contiguous", "clone", "cat", "index", "pad", "split")),
+)
+WARM_UP_STEPS = 2
+
+
+def kind_of(name: str) -> str:
+    """The kind of work an operator does (``KINDS``), or "elementwise and other"."""
+    lowered = name.lower()
+    for kind, patterns in KINDS:
+        if any(pattern in lowered for pattern in patterns):
+            return kind
+    return "elementwise and other"
+
+
+def profiled_steps(steps: int, batch: int, bf16: bool) -> tuple[list, float]:
+    """Profile ``steps`` packed training steps after the warm-up; the operators' averages and the seconds per step."""
+    from ese_trainer.data.collator import RowCollator
+    from ese_trainer.training.training_model import TrainingModel
+
+    rows, sampler = load_rows(steps + WARM_UP_STEPS, batch)
+    batches = list(sampler)
+    tokenizer, encoder, objective = our_parts(packed=True)
+    training_model = TrainingModel(encoder, objective).train()
+    collate = RowCollator(tokenizer, MAX_LENGTH)
+    parameters = [p for p in training_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.0, fused=True)
+
+    def step(indices: list[int]) -> None:
+        bare_step(training_model, collate([rows[index] for index in indices]), parameters, optimizer, bf16)
+
+    for indices in batches[:WARM_UP_STEPS]:
+        step(indices)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
+        for indices in batches[WARM_UP_STEPS:]:
+            step(indices)
+        seconds = (time.perf_counter() - started) / steps
+    return list(profiler.key_averages()), seconds
+
+
+def plot_kinds(kinds: dict[str, float], title: str, path) -> None:
+    """Horizontal bars: milliseconds per step for each kind of work."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(kinds.items(), key=lambda item: item[1])
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.barh([kind for kind, _ in ordered], [value for _, value in ordered], color="tab:blue")
+    axis.set(title=title, xlabel="self CPU ms per step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32, help="rows per batch")
+    parser.add_argument("--top", type=int, default=25, help="operators listed")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX512-bf16)")
+    args = parser.parse_args()
+    averages, seconds_per_step = profiled_steps(args.steps, args.batch, args.bf16)
+    operators = sorted(({"name": event.key, "kind": kind_of(event.key), "calls": event.count // args.steps,
+                         "self_ms_per_step": event.self_cpu_time_total / 1e3 / args.steps} for event in averages
+                        if event.self_cpu_time_total > 0), key=lambda op: -op["self_ms_per_step"])
+    total = sum(op["self_ms_per_step"] for op in operators)
+    kinds: dict[str, float] = {}
+    for op in operators:
+        kinds[op["kind"]] = kinds.get(op["kind"], 0.0) + op["self_ms_per_step"]
+    command = f"python -m bench.train_profile --steps {args.steps} --batch {args.batch}" + (
+        " --bf16" if args.bf16 else "")
+    machine = describe_machine()
+    stem = "train_profile" + ("_bf16" if args.bf16 else "")
+    payload = {"command": command, "machine": machine, "bf16": args.bf16, "steps": args.steps, "batch": args.batch,
+               "seconds_per_step_profiled": seconds_per_step, "self_ms_per_step_total": total,
+               "kinds_ms_per_step": kinds, "operators": operators}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Where a packed training step's time goes ({'bf16 autocast' if args.bf16 else 'fp32'}, CPU)", "",
+             f"Command: `{command}`  ", f"Machine: {machine}", "",
+             f"{args.steps} profiled steps of {args.batch} SNLI dev rows after {WARM_UP_STEPS} warm-up steps, "
+             f"{seconds_per_step:.2f} s per step under the profiler; self CPU time "
+             f"{total:.0f} ms per step summed over operators.", "",
+             "| kind of work | ms per step | share |", "|---|---|---|"]
+    lines += [f"| {kind} | {value:.0f} | {100 * value / total:.1f}% |"
+              for kind, value in sorted(kinds.items(), key=lambda item: -item[1])]
+    outside = next(op for op in operators if op["kind"] != "matmul")
+    lines += ["", f"Matmuls take {100 * kinds.get('matmul', 0.0) / total:.1f}% of the step; the largest operator "
+              f"outside them is `{outside['name']}` ({outside['kind']}, "
+              f"{100 * outside['self_ms_per_step'] / total:.1f}%)."]
+    lines += ["", f"Top {args.top} operators by self CPU time:", "",
+              "| operator | kind | calls per step | self ms per step | share |", "|---|---|---|---|---|"]
+    lines += [f"| `{op['name']}` | {op['kind']} | {op['calls']} | {op['self_ms_per_step']:.1f} | "
+              f"{100 * op['self_ms_per_step'] / total:.1f}% |" for op in operators[:args.top]]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot_kinds(kinds, f"packed training step, {'bf16' if args.bf16 else 'fp32'}", RESULTS / f"{stem}.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
