@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[dev]"
 	# DeepSpeed builds against the installed torch (no isolated build env, which would fetch another torch); its
-	# ops compile on first use. The tests run ZeRO-2 on CPU processes with it.
+	# other ops compile on first use. The tests run ZeRO-2 on CPU processes with it.
 	$(BIN)/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(BIN)/python -m pip install \
 		--no-build-isolation "deepspeed>=0.19.8"
 	# DeepSpeed's CPU collectives op is compiled once here rather than at the first DeepSpeed run (about a minute).

@@ -18,19 +18,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script, before the set-up: bench.machine needs only the standard library
+from bench.machine import cpu_name  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 COMMANDS = (("make", "smoke"), ("make", "test"))
 
 
 def machine() -> str:
-    """The CPU model and core count (``/proc/cpuinfo``), Python version and platform."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {platform.system()}"
+    """The CPU model and core count, Python version and platform."""
+    return f"{cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, {platform.system()}"
 
 
 def timed(command: tuple[str, ...]) -> tuple[float, str]:
