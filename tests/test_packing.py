@@ -8,7 +8,14 @@ from ese_trainer.data.collator import RowCollator
 from ese_trainer.evaluation.sts import encode
 from ese_trainer.modeling import build_moe
 from ese_trainer.modeling.encoding import SentenceEncoder
-from ese_trainer.modeling.packing import pack, use_packing
+from ese_trainer.modeling.packing import (
+    EVAL_PACKING_MIN_PADDING,
+    eval_packing,
+    pack,
+    packing_pays_off,
+    padding_share,
+    use_packing,
+)
 from ese_trainer.modeling.pooling import POOLING_MODES
 
 from .conftest import snli_rows
@@ -90,3 +97,36 @@ def test_packing_setting():
     assert not use_packing("auto", roberta)
     with pytest.raises(ValueError, match="packed: true needs a model of type"):
         use_packing("true", roberta)
+
+
+def test_evaluation_packs_a_batch_only_when_its_padding_pays(tokenizer):
+    even = tokenizer(["A dog runs.", "A cat eats.", "A man sings."], padding=True, return_tensors="pt")
+    mixed = tokenizer(["A dog.", "Two men in red shirts play chess in a park near the old harbour at dusk, while a "
+                       "crowd of tourists watches them and a street band plays old songs behind the benches."],
+                      padding=True, return_tensors="pt")
+    assert padding_share(even["attention_mask"]) == 0.0
+    assert padding_share(mixed["attention_mask"]) > EVAL_PACKING_MIN_PADDING[torch.bfloat16]
+    assert not packing_pays_off(even["attention_mask"], torch.float32)
+    assert packing_pays_off(mixed["attention_mask"], torch.float32)
+    assert packing_pays_off(mixed["attention_mask"], torch.bfloat16)
+    # between the two thresholds: worth packing in float32, not in bf16 (cheap matmuls, same scatter/gather)
+    share = (EVAL_PACKING_MIN_PADDING[torch.float32] + EVAL_PACKING_MIN_PADDING[torch.bfloat16]) / 2
+    mask = torch.ones(10, 10, dtype=torch.long)
+    mask[:, 10 - round(share * 10):] = 0
+    mask[:, 0] = 1
+    assert packing_pays_off(mask, torch.float32) and not packing_pays_off(mask, torch.bfloat16)
+    bert = BertConfig()
+    assert eval_packing("auto", bert) is None and eval_packing("true", bert) is True
+    assert eval_packing("false", bert) is False
+
+
+def test_auto_suite_encoding_packs_some_batches_and_equals_padded(minilm, tokenizer):
+    sentences = ["Kids play.", "A man is playing a guitar on a stage in front of a cheering crowd tonight.",
+                 "Rain.", "A woman slices an onion.", "A dog.", "It rains hard tonight over the old town."]
+    # the batches of two that encode() forms (length-sorted): some pay for packing, some do not
+    lengths = sorted((len(ids) for ids in tokenizer(sentences)["input_ids"]), reverse=True)
+    shares = [1 - sum(pair) / (2 * max(pair)) for pair in zip(lengths[::2], lengths[1::2])]
+    assert min(shares) < EVAL_PACKING_MIN_PADDING[torch.float32] <= max(shares)
+    auto = encode(minilm, tokenizer, sentences, "mean", batch_size=2, show_progress=False)
+    padded = encode(minilm, tokenizer, sentences, "mean", batch_size=2, show_progress=False, packed=False)
+    assert (auto - padded).abs().max() < 1e-5

@@ -14,7 +14,7 @@ from transformers import BatchEncoding, PreTrainedTokenizerBase
 from ese_trainer.data import STSPairs
 from ese_trainer.evaluation.metrics import STS_SPEARMAN_PATH
 from ese_trainer.modeling.encoding import SentenceEncoder
-from ese_trainer.modeling.packing import use_packing
+from ese_trainer.modeling.packing import packing_pays_off, use_packing
 
 AVERAGE_KEY = "avg"
 
@@ -71,17 +71,22 @@ def encode(
 ) -> torch.Tensor:
     """Pooled embeddings (float32, CPU) of ``sentences``, in their order: ``N x D`` of the last layer, or with
     ``layers`` ``N x len(layers) x D`` of ``hidden_states[ℓ]`` for each ``ℓ`` (one forward per batch serves every
-    layer); ``max_dim`` keeps only the first dims. ``packed`` (default: when the model supports it) runs each batch
-    padding-free (:mod:`ese_trainer.packing`); the embeddings are the same.
+    layer); ``max_dim`` keeps only the first dims. ``packed``: ``True`` runs every batch padding-free
+    (:mod:`ese_trainer.modeling.packing`), ``False`` padded; ``None`` (default) packs, on a model that supports it,
+    the batches whose padding makes it pay (:func:`~ese_trainer.modeling.packing.packing_pays_off`). The embeddings
+    are the same either way, up to float rounding.
 
     Each distinct sentence is tokenised and encoded once; batches are formed by token length so
     padding is minimal.
     """
-    encoder = SentenceEncoder(model, pooling, forward_chunks=1, pooled_layers=layers or (),
-                              packed=use_packing(packed, model.config) if packed is None else packed)
+    choose = packed is None and use_packing("auto", model.config)
+    dtype = next(model.parameters()).dtype
+    encoders = {mode: SentenceEncoder(model, pooling, forward_chunks=1, pooled_layers=layers or (), packed=mode)
+                for mode in (False, True)}
 
     def embed(model: nn.Module, batch: BatchEncoding) -> torch.Tensor:
-        encoded = encoder(dict(batch))
+        mode = packing_pays_off(batch["attention_mask"], dtype) if choose else bool(packed)
+        encoded = encoders[mode](dict(batch))
         if layers is None:
             return encoded.embeddings[:, :max_dim]
         return torch.stack([encoded.layer_embeddings[layer][:, :max_dim] for layer in layers], dim=1)

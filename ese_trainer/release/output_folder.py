@@ -14,7 +14,7 @@ from ese_trainer.data.run_data import RunData
 from ese_trainer.ese.starbucks import parse_slices
 from ese_trainer.evaluation.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid
 from ese_trainer.evaluation.sts import evaluate_sts
-from ese_trainer.modeling.packing import use_packing
+from ese_trainer.modeling.packing import eval_packing
 from ese_trainer.release.export import add_sentence_transformer_files
 from ese_trainer.release.hub_push import push_model_dir
 from ese_trainer.release.model_card import write_model_card
@@ -37,8 +37,8 @@ def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ar
                 data: RunData) -> dict[str, float]:
     """The STS suite's scores of ``encoder`` (cosine Spearman ×100 per task, and their average)."""
     return evaluate_sts(encoder, tokenizer, data.suite, args.model.pooling, args.model.max_seq_length,
-                        args.training.per_device_eval_batch_size, packed=use_packing(args.model.packed, encoder.config),
-                        max_dim=args.model.embedding_dim)
+                        args.training.per_device_eval_batch_size,
+                        packed=eval_packing(args.model.packed, encoder.config), max_dim=args.model.embedding_dim)
 
 
 def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:
