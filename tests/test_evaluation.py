@@ -1,6 +1,7 @@
 """STS evaluation agrees with sentence-transformers' evaluator and reproduces the published anchor."""
 
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
@@ -34,6 +35,16 @@ def test_agrees_with_embedding_similarity_evaluator(minilm, tokenizer, minilm_pa
     # The metric alone, on the evaluator's own embeddings, is exact.
     st_embeddings = [st_model.encode(side, convert_to_tensor=True) for side in (subset.sentences1, subset.sentences2)]
     assert abs(cosine_spearman(*st_embeddings, subset.scores) / 100 - theirs) < 1e-9
+
+
+def test_bf16_evaluation_stays_within_a_hundredth_and_leaves_the_model_alone(minilm, tokenizer, stsb_test):
+    subset = type(stsb_test)("sub", stsb_test.sentences1[:300], stsb_test.sentences2[:300], stsb_test.scores[:300])
+    before = {name: weight.clone() for name, weight in minilm.state_dict().items()}
+    full = evaluate_sts(minilm, tokenizer, {"sub": subset}, "mean", show_progress=False)["sub"]
+    half = evaluate_sts(minilm, tokenizer, {"sub": subset}, "mean", show_progress=False, bf16=True)["sub"]
+    assert full != half and abs(full - half) < 0.05  # Spearman x100: a bf16 forward, not the float32 one
+    assert all(weight.dtype == torch.float32 and torch.equal(weight, before[name])
+               for name, weight in minilm.state_dict().items())
 
 
 def test_encode_keeps_order_and_deduplicates(minilm, tokenizer):

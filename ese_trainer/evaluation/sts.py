@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import evaluate
@@ -94,6 +95,12 @@ def encode(
     return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
 
+def bf16_copy(model: nn.Module) -> nn.Module:
+    """A bfloat16 copy of ``model`` for inference (weights cast once, not at every matmul as under autocast); the
+    model itself is left as it is."""
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
 def spearman(predictions: list[float], gold: list[float]) -> float:
     """Spearman's rho ×100 between predicted similarities and gold scores (the STS metric module, offline)."""
     metric = evaluate.load(STS_SPEARMAN_PATH)
@@ -115,9 +122,12 @@ def evaluate_sts(
     show_progress: bool = True,
     packed: bool | None = None,
     max_dim: int | None = None,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several (``packed``,
-    ``max_dim``: see :func:`encode`)."""
+    ``max_dim``: see :func:`encode`). ``bf16`` encodes with a bfloat16 copy of the model (:func:`bf16_copy`;
+    ``TrainingArguments.bf16_full_eval``); similarities and Spearman stay float32."""
+    model = bf16_copy(model) if bf16 else model
     results = {}
     for name, pairs in tasks.items():
         embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,

@@ -38,7 +38,8 @@ def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ar
     """The STS suite's scores of ``encoder`` (cosine Spearman ×100 per task, and their average)."""
     return evaluate_sts(encoder, tokenizer, data.suite, args.model.pooling, args.model.max_seq_length,
                         args.training.per_device_eval_batch_size,
-                        packed=eval_packing(args.model.packed, encoder.config), max_dim=args.model.embedding_dim)
+                        packed=eval_packing(args.model.packed, encoder.config), max_dim=args.model.embedding_dim,
+                        bf16=args.training.bf16_full_eval)
 
 
 def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:
