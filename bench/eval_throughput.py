@@ -2,10 +2,19 @@
 
     python -m bench.eval_throughput [--sts_data_dir data] [--tasks ...] [--repeats 2]
 
-Both score all-MiniLM-L6-v2 (the same ST folder) on the same STS tasks, alternating ``repeats`` times; ours with
-its padding-free forward (the default) and with padded length-sorted batches;
-sentences/second counts every text of every pair (duplicates included, as both read them), and the scores
-must agree to 1e-4 (in [0, 1] units). Results: ``bench/results/eval_throughput.{json,md}``.
+Every contender scores all-MiniLM-L6-v2 (the same ST folder) on the same STS tasks, alternating ``repeats`` times:
+
+- ours (the default: length-sorted batches, each packed only where its padding makes packing pay), ours with every
+  batch packed, ours with every batch padded, and ours in bf16 (``--bf16`` / ``bf16_full_eval``: a bfloat16 copy of
+  the model);
+- sentence-transformers in float32 and with bfloat16 weights (``model_kwargs={"dtype": torch.bfloat16}``).
+
+Sentences/second counts every text of every pair (duplicates included, as both read them). The float32 scores must
+agree with sentence-transformers' to 1e-4 (in [0, 1] units); the bf16 rows report their gap to the float32 scores,
+task by task. A second table sweeps the padding share of batches (STS-B test, 128 texts a batch drawn from windows
+of the length-sorted texts) and times padded against packed forwards in float32 and bf16: where packing starts to
+pay, the thresholds :data:`ese_trainer.modeling.packing.EVAL_PACKING_MIN_PADDING` rest on.
+Results: ``bench/results/eval_throughput.{json,md}``.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -24,9 +34,57 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH_SIZE = 128
+SWEEP_TASK = "STSBenchmark"
+SWEEP_WINDOWS = (1, 2, 4, 8, None)  # batches drawn at random from windows of this many sorted batches (None: all)
+FLOAT32 = ("ours", "ours, packed", "ours, padded", "sentence-transformers")
+
+
+def padding_sweep(encoder, tokenizer, pairs, repeats: int) -> list[dict]:
+    """Padded vs. packed forward time over the same batches, per padding share, in float32 and bf16."""
+    import torch
+
+    from ese_trainer.evaluation.sts import bf16_copy
+    from ese_trainer.modeling.encoding import SentenceEncoder
+
+    sentences = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
+    token_ids = tokenizer(sentences, truncation=True, max_length=128)
+    order = sorted(range(len(sentences)), key=lambda i: len(token_ids["input_ids"][i]), reverse=True)
+    models = {"fp32": encoder, "bf16": bf16_copy(encoder)}
+    rows = []
+    for window in SWEEP_WINDOWS:
+        width = len(order) if window is None else window * BATCH_SIZE
+        shuffle = random.Random(0)
+        batches = []
+        for start in range(0, len(order), width):
+            texts = order[start:start + width]
+            shuffle.shuffle(texts)
+            batches += [texts[i:i + BATCH_SIZE] for i in range(0, len(texts), BATCH_SIZE)]
+        features = [dict(tokenizer.pad([{key: values[i] for key, values in token_ids.items()} for i in batch],
+                                       return_tensors="pt")) for batch in batches]
+        real = sum(int(batch["attention_mask"].sum()) for batch in features)
+        share = 1 - real / sum(batch["attention_mask"].numel() for batch in features)
+        row = {"window_batches": window or "all", "padding_share": share}
+        for dtype, model in models.items():
+            best = {}
+            for packed in (False, True):
+                sentence_encoder = SentenceEncoder(model, "mean", forward_chunks=1, packed=packed)
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    with torch.inference_mode():
+                        for batch in features:
+                            sentence_encoder(batch)
+                    times.append(time.perf_counter() - started)
+                best[packed] = min(times)
+            row[f"{dtype}_padded_over_packed"] = best[False] / best[True]
+        rows.append(row)
+        print(f"padding {share:.2f}: padded/packed time fp32 {row['fp32_padded_over_packed']:.2f}, "
+              f"bf16 {row['bf16_padded_over_packed']:.2f}", flush=True)
+    return rows
 
 
 def main() -> None:
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from transformers import AutoModel, AutoTokenizer
@@ -34,6 +92,7 @@ def main() -> None:
     from ese_trainer.data import STS_TASKS, load_sts_task
     from ese_trainer.evaluation.sts import evaluate_sts
     from ese_trainer.hub_models import resolve_model_path
+    from ese_trainer.modeling.packing import EVAL_PACKING_MIN_PADDING
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sts_data_dir", default="data")
@@ -45,21 +104,25 @@ def main() -> None:
     tasks = {task: load_sts_task(task, args.sts_data_dir) for task in args.tasks}
     sentences = sum(2 * len(pairs) for pairs in tasks.values())
     tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    st_model = SentenceTransformer(path, device="cpu")
+    st_models = {"fp32": SentenceTransformer(path, device="cpu"),
+                 "bf16": SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.bfloat16})}
 
-    def ours(packed: bool) -> dict[str, float]:
-        scores = evaluate_sts(encoder, tokenizer, tasks, "mean", 128, BATCH_SIZE, show_progress=False, packed=packed)
+    def ours(packed: bool | None, bf16: bool = False) -> dict[str, float]:
+        scores = evaluate_sts(encoder, tokenizer, tasks, "mean", 128, BATCH_SIZE, show_progress=False, packed=packed,
+                              bf16=bf16)
         return {task: scores[task] / 100 for task in tasks}
 
-    def theirs() -> dict[str, float]:
+    def theirs(dtype: str) -> dict[str, float]:
         results = {}
         for task, pairs in tasks.items():
             evaluator = EmbeddingSimilarityEvaluator(pairs.sentences1, pairs.sentences2, pairs.scores, name=task,
                                                      similarity_fn_names=["cosine"], batch_size=BATCH_SIZE)
-            results[task] = evaluator(st_model)[f"{task}_spearman_cosine"]
+            results[task] = evaluator(st_models[dtype])[f"{task}_spearman_cosine"]
         return results
 
-    contenders = {"ours": lambda: ours(True), "ours, padded": lambda: ours(False), "sentence-transformers": theirs}
+    contenders = {"ours": lambda: ours(None), "ours, packed": lambda: ours(True), "ours, padded": lambda: ours(False),
+                  "sentence-transformers": lambda: theirs("fp32"), "ours, bf16": lambda: ours(None, bf16=True),
+                  "sentence-transformers, bf16": lambda: theirs("bf16")}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     scores: dict[str, dict[str, float]] = {}
     for repeat in range(args.repeats):
@@ -68,10 +131,19 @@ def main() -> None:
             scores[name] = evaluate()
             seconds[name].append(time.perf_counter() - started)
             print(f"repeat {repeat + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
+    sweep = padding_sweep(encoder, tokenizer, tasks[SWEEP_TASK], args.repeats) if SWEEP_TASK in tasks else []
+
     per_second = {name: sentences / statistics.median(times) for name, times in seconds.items()}
-    largest_gap = max(abs(scores[name][task] - scores["sentence-transformers"][task])
-                      for name in ("ours", "ours, padded") for task in tasks)
-    ratio = per_second["ours"] / per_second["sentence-transformers"]
+    reference = scores["sentence-transformers"]
+    gaps = {name: max(abs(scores[name][task] - reference[task]) for task in tasks) for name in contenders}
+    largest_gap = max(gaps[name] for name in FLOAT32)
+    ratios = {"ours / sentence-transformers": per_second["ours"] / per_second["sentence-transformers"],
+              "ours, packed / ours, padded": per_second["ours, packed"] / per_second["ours, padded"],
+              "ours / ours, padded": per_second["ours"] / per_second["ours, padded"],
+              "ours, bf16 / sentence-transformers, bf16": per_second["ours, bf16"]
+              / per_second["sentence-transformers, bf16"],
+              "ours, bf16 / sentence-transformers (fp32)": per_second["ours, bf16"]
+              / per_second["sentence-transformers"]}
     data_dir = os.path.relpath(args.sts_data_dir, REPO)
     command = (f"python -m bench.eval_throughput --sts_data_dir {data_dir} --tasks {' '.join(args.tasks)} "
                f"--repeats {args.repeats}")
@@ -79,16 +151,33 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eval_throughput.json").write_text(json.dumps({
         "command": command, "machine": machine, "model": MODEL_ID, "sentences": sentences, "seconds": seconds,
-        "sentences_per_second": per_second, "ratio_ours_over_st": ratio, "scores": scores,
-        "largest_score_gap": largest_gap, "scores_agree_to_1e-4": largest_gap < 1e-4}, indent=2) + "\n")
-    lines = ["| contender | sentences/s (median) | runs (s) |", "|---|---|---|"]
-    lines += [f"| {name} | {per_second[name]:.0f} | {', '.join(f'{t:.1f}' for t in seconds[name])} |"
-              for name in contenders]
+        "sentences_per_second": per_second, "ratios": ratios, "scores": scores,
+        "largest_gap_to_sentence_transformers": gaps, "largest_float32_score_gap": largest_gap,
+        "float32_scores_agree_to_1e-4": largest_gap < 1e-4, "padding_sweep": sweep,
+        "eval_packing_min_padding": {str(dtype).removeprefix("torch."): share
+                                     for dtype, share in EVAL_PACKING_MIN_PADDING.items()}}, indent=2) + "\n")
+    lines = ["| contender | sentences/s (median) | runs (s) | largest Spearman gap to sentence-transformers (fp32) |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {per_second[name]:.0f} | {', '.join(f'{t:.1f}' for t in seconds[name])} | "
+              f"{gaps[name]:.1e} |" for name in contenders]
+    ratio_lines = [f"- {name}: **{value:.2f}x**" for name, value in ratios.items()]
+    sweep_lines = ["| batches drawn from | padding share | padded / packed time, fp32 | padded / packed time, bf16 |",
+                   "|---|---|---|---|"]
+    sweep_lines += [f"| {row['window_batches']} sorted batches | {row['padding_share']:.2f} | "
+                    f"{row['fp32_padded_over_packed']:.2f} | {row['bf16_padded_over_packed']:.2f} |" for row in sweep]
+    per_task = ["| task | " + " | ".join(contenders) + " |", "|---|" + "---|" * len(contenders)]
+    per_task += [f"| {task} | " + " | ".join(f"{100 * scores[name][task]:.3f}" for name in contenders) + " |"
+                 for task in tasks]
+    thresholds = ", ".join(f"{str(dtype).removeprefix('torch.')} {share:.2f}"
+                           for dtype, share in EVAL_PACKING_MIN_PADDING.items())
     summary = "\n".join([
         "# STS evaluation throughput (all-MiniLM-L6-v2, CPU)", "", f"Command: `{command}`  ", f"Machine: {machine}",
         "", f"{len(tasks)} tasks, {sentences} sentences (both sides of every pair), batch {BATCH_SIZE}.", "", *lines,
-        "", f"ours / sentence-transformers: **{ratio:.2f}x**; largest Spearman difference {largest_gap:.1e} "
-        "(agreement within 1e-4: " + ("yes" if largest_gap < 1e-4 else "no") + ").", ""])
+        "", *ratio_lines, "", f"Float32 contenders' largest Spearman difference {largest_gap:.1e} (agreement within "
+        "1e-4: " + ("yes" if largest_gap < 1e-4 else "no") + ").", "",
+        "Cosine Spearman x100 per task:", "", *per_task, "",
+        f"Packing by padding share ({SWEEP_TASK}; above 1: packed is faster). Ours packs a batch from a padding share "
+        f"of {thresholds}:", "", *sweep_lines, ""])
     (RESULTS / "eval_throughput.md").write_text(summary)
     print(summary)
 
