@@ -1,5 +1,10 @@
 """Padding-free (packed) forward: the same embeddings and gradients as padded batches, on real SNLI batches."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import AutoModel, BertConfig
@@ -18,7 +23,7 @@ from ese_trainer.modeling.packing import (
 )
 from ese_trainer.modeling.pooling import POOLING_MODES
 
-from .conftest import snli_rows
+from .conftest import REPO, snli_rows
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +135,20 @@ def test_auto_suite_encoding_packs_some_batches_and_equals_padded(minilm, tokeni
     auto = encode(minilm, tokenizer, sentences, "mean", batch_size=2, show_progress=False)
     padded = encode(minilm, tokenizer, sentences, "mean", batch_size=2, show_progress=False, packed=False)
     assert (auto - padded).abs().max() < 1e-5
+
+
+def test_gpu_throughput_script_runs_its_contenders_and_refuses_without_a_gpu(tmp_path):
+    """Not a timing assertion: the GPU benchmark's Python runs end to end on CPU at a small size and writes its
+    record; its shell entry point stops with a clear message where no CUDA GPU is visible."""
+    result = subprocess.run([sys.executable, "-m", "bench.gpu_throughput", "--device", "cpu", "--small", "--steps", "1",
+                             "--batch", "8", "--warmup", "0", "--repeats", "1", "--output_dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu_throughput.json").read_text())
+    assert set(record["real_tokens_per_second"]) == {"ours, packed", "ours, padded", "sentence-transformers"}
+    assert record["attention"]["ours, packed"] == "packed_sdpa" and record["real_tokens"] > 8 * 2 * 5
+    if not torch.cuda.is_available():
+        refused = subprocess.run(["bash", "bench/gpu_throughput.sh"], cwd=REPO, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHON": sys.executable})
+        assert refused.returncode == 2 and "sees no CUDA GPU" in refused.stderr
