@@ -22,6 +22,8 @@ SECTIONS = [  # (results file stem, heading)
     ("train_profile", "Where a packed training step's time goes (fp32 profile)"),
     ("train_profile_bf16", "Where a packed training step's time goes (bf16 profile)"),
     ("eval_throughput", "STS evaluation throughput vs. sentence-transformers"),
+    ("eval_profile", "Where STS evaluation's time goes (fp32 profile)"),
+    ("eval_profile_bf16", "Where STS evaluation's time goes (bf16 profile)"),
     ("ese_step", "ESE schedules: step cost"),
     ("moe_step", "MoE step cost"),
     ("cached_memory", "Cached (GradCache) vs. plain contrastive batches"),

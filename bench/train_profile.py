@@ -69,8 +69,8 @@ def profiled_steps(steps: int, batch: int, bf16: bool) -> tuple[list, float]:
     return list(profiler.key_averages()), seconds
 
 
-def plot_kinds(kinds: dict[str, float], title: str, path) -> None:
-    """Horizontal bars: milliseconds per step for each kind of work."""
+def plot_kinds(kinds: dict[str, float], title: str, path, xlabel: str = "self CPU ms per step") -> None:
+    """Horizontal bars: milliseconds (per step, by default) for each kind of work."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +79,7 @@ def plot_kinds(kinds: dict[str, float], title: str, path) -> None:
     ordered = sorted(kinds.items(), key=lambda item: item[1])
     figure, axis = plt.subplots(figsize=(6, 3))
     axis.barh([kind for kind, _ in ordered], [value for _, value in ordered], color="tab:blue")
-    axis.set(title=title, xlabel="self CPU ms per step")
+    axis.set(title=title, xlabel=xlabel)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -1,0 +1,104 @@
+"""Where STS evaluation's time goes: ``torch.profiler`` over the suite's encoding of one task, and its compute floor.
+
+    python -m bench.eval_profile [--task STSBenchmark] [--bf16]
+
+Encodes every distinct sentence of the task's test split with all-MiniLM-L6-v2 as the suite does
+(:func:`ese_trainer.evaluation.sts.encode`: length-sorted batches of 128, each packed where its padding pays), once
+unprofiled (the wall time) and once under the profiler. Self CPU time is summed per operator and per kind of work
+(``bench.train_profile.KINDS``). The compute floor is the real tokens' forward FLOPs (``2 x non-embedding
+parameters`` per token; attention's own FLOPs left out) over this machine's measured matmul rate on the model's GEMM
+shapes. Results: ``bench/results/eval_profile[_bf16].{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from torch.profiler import ProfilerActivity, profile
+
+from bench.machine import describe_machine
+from bench.train_profile import kind_of, plot_kinds
+from bench.train_throughput import RESULTS, matmul_flops_per_second
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BATCH_SIZE = 128
+
+
+def main() -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from ese_trainer.data import load_sts_task
+    from ese_trainer.evaluation.sts import bf16_copy, encode
+    from ese_trainer.hub_models import resolve_model_path
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="STSBenchmark")
+    parser.add_argument("--sts_data_dir", default="data")
+    parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--bf16", action="store_true", help="a bfloat16 copy of the model (bf16_full_eval)")
+    args = parser.parse_args()
+
+    path = resolve_model_path(MODEL_ID)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    model = bf16_copy(model) if args.bf16 else model
+    pairs = load_sts_task(args.task, args.sts_data_dir)
+    sentences = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
+    real_tokens = sum(len(ids) for ids in tokenizer(sentences, truncation=True, max_length=128)["input_ids"])
+
+    def run() -> None:
+        encode(model, tokenizer, sentences, "mean", batch_size=BATCH_SIZE, show_progress=False)
+
+    run()  # warm-up
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    operators = sorted(({"name": event.key, "kind": kind_of(event.key), "calls": event.count,
+                         "self_ms": event.self_cpu_time_total / 1e3} for event in profiler.key_averages()
+                        if event.self_cpu_time_total > 0), key=lambda op: -op["self_ms"])
+    total = sum(op["self_ms"] for op in operators)
+    kinds: dict[str, float] = {}
+    for op in operators:
+        kinds[op["kind"]] = kinds.get(op["kind"], 0.0) + op["self_ms"]
+    parameters = sum(p.numel() for name, p in model.named_parameters()  # the pooler is not used by mean pooling
+                     if "embeddings" not in name and not name.startswith("pooler"))
+    matmul_rate = matmul_flops_per_second(args.bf16)
+    floor = real_tokens * 2 * parameters / matmul_rate
+    achieved = real_tokens * 2 * parameters / (kinds.get("matmul", 0.0) / 1e3)
+
+    dtype = "bf16" if args.bf16 else "fp32"
+    command = f"python -m bench.eval_profile --task {args.task}" + (" --bf16" if args.bf16 else "")
+    machine = describe_machine()
+    stem = "eval_profile" + ("_bf16" if args.bf16 else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({
+        "command": command, "machine": machine, "dtype": dtype, "task": args.task, "sentences": len(sentences),
+        "real_tokens": real_tokens, "seconds": seconds, "self_ms_total": total, "kinds_ms": kinds,
+        "matmul_flops_per_second": matmul_rate, "compute_floor_seconds": floor, "times_floor": seconds / floor,
+        "matmul_flops_per_second_in_profile": achieved, "operators": operators}, indent=2) + "\n")
+    lines = [f"# Where STS evaluation's time goes ({dtype}, CPU)", "", f"Command: `{command}`  ", f"Machine: {machine}",
+             "", f"{len(sentences)} distinct sentences of {args.task} test ({real_tokens} real tokens), batches of "
+             f"{BATCH_SIZE}: {seconds:.2f} s unprofiled, {len(sentences) / seconds:.0f} sentences/s.", "",
+             f"Compute floor: {real_tokens} tokens x 2 x {parameters / 1e6:.1f}M non-embedding parameters at "
+             f"{matmul_rate / 1e9:.0f} GFLOP/s measured matmul = {floor:.2f} s; the encoding takes "
+             f"**{seconds / floor:.1f}x** that. Under the profiler the matmuls ran at {achieved / 1e9:.0f} GFLOP/s "
+             "(padding included in their work).", "",
+             "| kind of work | self ms | share |", "|---|---|---|"]
+    lines += [f"| {kind} | {value:.0f} | {100 * value / total:.1f}% |"
+              for kind, value in sorted(kinds.items(), key=lambda item: -item[1])]
+    lines += ["", f"Top {args.top} operators by self CPU time:", "",
+              "| operator | kind | calls | self ms | share |", "|---|---|---|---|---|"]
+    lines += [f"| `{op['name']}` | {op['kind']} | {op['calls']} | {op['self_ms']:.1f} | "
+              f"{100 * op['self_ms'] / total:.1f}% |" for op in operators[:args.top]]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot_kinds(kinds, f"STS evaluation ({args.task}), {dtype}", RESULTS / f"{stem}.png", xlabel="self CPU ms")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
