@@ -20,8 +20,8 @@ import time
 from torch.profiler import ProfilerActivity, profile
 
 from bench.machine import describe_machine
-from bench.train_profile import kind_of, plot_kinds
-from bench.train_throughput import RESULTS, matmul_flops_per_second
+from bench.train_profile import plot_kinds, summarise_operators
+from bench.train_throughput import RESULTS, matmul_flops_per_second, non_embedding_parameters, real_token_count
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -47,7 +47,7 @@ def main() -> None:
     model = bf16_copy(model) if args.bf16 else model
     pairs = load_sts_task(args.task, args.sts_data_dir)
     sentences = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
-    real_tokens = sum(len(ids) for ids in tokenizer(sentences, truncation=True, max_length=128)["input_ids"])
+    real_tokens = real_token_count(tokenizer, sentences)
 
     def run() -> None:
         encode(model, tokenizer, sentences, "mean", batch_size=BATCH_SIZE, show_progress=False)
@@ -58,15 +58,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         run()
-    operators = sorted(({"name": event.key, "kind": kind_of(event.key), "calls": event.count,
-                         "self_ms": event.self_cpu_time_total / 1e3} for event in profiler.key_averages()
-                        if event.self_cpu_time_total > 0), key=lambda op: -op["self_ms"])
-    total = sum(op["self_ms"] for op in operators)
-    kinds: dict[str, float] = {}
-    for op in operators:
-        kinds[op["kind"]] = kinds.get(op["kind"], 0.0) + op["self_ms"]
-    parameters = sum(p.numel() for name, p in model.named_parameters()  # the pooler is not used by mean pooling
-                     if "embeddings" not in name and not name.startswith("pooler"))
+    operators, kinds, total = summarise_operators(profiler.key_averages())
+    parameters = non_embedding_parameters(model)
     matmul_rate = matmul_flops_per_second(args.bf16)
     floor = real_tokens * 2 * parameters / matmul_rate
     achieved = real_tokens * 2 * parameters / (kinds.get("matmul", 0.0) / 1e3)

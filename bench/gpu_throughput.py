@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.machine import describe_machine
+from bench.train_throughput import non_embedding_parameters, real_token_count
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -67,10 +68,6 @@ def in_batch_loss(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(scores, torch.arange(len(scores), device=scores.device))
 
 
-def non_embedding_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
-
-
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if given is not None or device.type != "cuda":
         return given
@@ -97,14 +94,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def attention_for_padded() -> str:
-    from transformers.utils import is_flash_attn_2_available
+def attention_for_padded(device: torch.device) -> str:
+    """sentence-transformers' attention on ``device``: flash-attn 2 (padded inputs) where our packed rows get its
+    varlen kernels, else SDPA."""
+    from ese_trainer.modeling.packing import FLASH_VARLEN, packed_attention_name
 
-    return "flash_attention_2" if torch.cuda.is_available() and is_flash_attn_2_available() else "sdpa"
+    return FLASH_VARLEN if packed_attention_name(device) == FLASH_VARLEN else "sdpa"
 
 
 class Contender:
-    """One way of training: ``embed(texts)`` gives embeddings with gradients; ``tokens(texts)`` the real tokens."""
+    """One way of training: ``embed(texts)`` gives embeddings with gradients, ``step`` takes an optimizer step."""
 
     def __init__(self, name: str, model: torch.nn.Module, embed: Callable[[list[str]], torch.Tensor], device):
         self.name, self.model, self.embed, self.device = name, model, embed, device
@@ -146,7 +145,7 @@ def build_contenders(model_dir: str, device: torch.device) -> list[Contender]:
 
         contenders.append(Contender(name, model, embed, device))
     transformer = Transformer(model_dir, max_seq_length=128,
-                              model_kwargs={"attn_implementation": attention_for_padded()})
+                              model_kwargs={"attn_implementation": attention_for_padded(device)})
     st_model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
                                    device=str(device)).train()
 
@@ -191,7 +190,7 @@ def main() -> None:
     batches = [pairs[i:i + args.batch] for i in range(0, len(pairs), args.batch)]
     warmup, timed = batches[:args.warmup], batches[args.warmup:]
     texts = [text for batch in timed for pair in batch for text in pair]
-    real_tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"])
+    real_tokens = real_token_count(tokenizer, texts)
 
     for contender in contenders:
         contender.run(warmup)
@@ -215,7 +214,7 @@ def main() -> None:
                        + (["--small"] if args.small else [])
                        + ([f"--peak_tflops {args.peak_tflops}"] if args.peak_tflops else []))
     attention = {"ours, packed": packed_attention_name(device), "ours, padded": "sdpa",
-                 "sentence-transformers": attention_for_padded() if device.type == "cuda" else "sdpa"}
+                 "sentence-transformers": attention_for_padded(device)}
     record = {"command": command, "machine": describe_machine(),
               "model_shape": {key: getattr(config, key) for key in SHAPE_KEYS},
               "pairs_per_step": args.batch, "steps": args.steps, "real_tokens": real_tokens,

@@ -43,6 +43,18 @@ def kind_of(name: str) -> str:
     return "elementwise and other"
 
 
+def summarise_operators(averages, per: int = 1, key: str = "self_ms") -> tuple[list[dict], dict[str, float], float]:
+    """The profiled operators by self CPU time under ``key`` (ms, divided by ``per``: the steps profiled), heaviest
+    first, with their kind and calls (also divided by ``per``); the ms of each kind of work; their total."""
+    operators = sorted(({"name": event.key, "kind": kind_of(event.key), "calls": event.count // per,
+                         key: event.self_cpu_time_total / 1e3 / per} for event in averages
+                        if event.self_cpu_time_total > 0), key=lambda op: -op[key])
+    kinds: dict[str, float] = {}
+    for op in operators:
+        kinds[op["kind"]] = kinds.get(op["kind"], 0.0) + op[key]
+    return operators, kinds, sum(op[key] for op in operators)
+
+
 def profiled_steps(steps: int, batch: int, bf16: bool) -> tuple[list, float]:
     """Profile ``steps`` packed training steps after the warm-up; the operators' averages and the seconds per step."""
     from ese_trainer.data.collator import RowCollator
@@ -93,13 +105,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX512-bf16)")
     args = parser.parse_args()
     averages, seconds_per_step = profiled_steps(args.steps, args.batch, args.bf16)
-    operators = sorted(({"name": event.key, "kind": kind_of(event.key), "calls": event.count // args.steps,
-                         "self_ms_per_step": event.self_cpu_time_total / 1e3 / args.steps} for event in averages
-                        if event.self_cpu_time_total > 0), key=lambda op: -op["self_ms_per_step"])
-    total = sum(op["self_ms_per_step"] for op in operators)
-    kinds: dict[str, float] = {}
-    for op in operators:
-        kinds[op["kind"]] = kinds.get(op["kind"], 0.0) + op["self_ms_per_step"]
+    operators, kinds, total = summarise_operators(averages, per=args.steps, key="self_ms_per_step")
     command = f"python -m bench.train_profile --steps {args.steps} --batch {args.batch}" + (
         " --bf16" if args.bf16 else "")
     machine = describe_machine()

@@ -52,6 +52,17 @@ LEARNING_RATE = 5e-6
 MAX_LENGTH = 128
 
 
+def real_token_count(tokenizer, texts: list[str]) -> int:
+    """The real (non-padding) tokens of ``texts`` at the recipe's truncation length."""
+    return sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+
+def non_embedding_parameters(model: nn.Module) -> int:
+    """A BERT's parameters outside its embedding tables and pooler: those a token's matmuls use (the compute
+    floor's ``2 x`` forward, ``6 x`` forward + backward, FLOPs per token)."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("embeddings.", "pooler.")))
+
+
 def load_rows(steps: int, batch: int, seed: int = 0):
     """``steps x batch`` SNLI dev rows (a seeded subset) and the recipe's batch sampler over them: one epoch is
     exactly ``steps`` batches of ``batch`` rows, the same batches in the same order every time it is iterated."""
@@ -258,21 +269,17 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MODEL_ID))
 
-    def real_token_count(texts: list[str]) -> int:
-        return sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
-
     # What each contender encodes: ours every text of a batch's rows once (anchors, then the others), the peer both
     # sides of every pair (a premise once per hypothesis).
     row_texts = [text for batch in batches for index in batch
                  for text in (rows[index]["anchor"], *rows[index]["texts"])]
     pair_texts = list(pairs["sentence1"]) + list(pairs["sentence2"])
-    real_tokens = real_token_count(row_texts)
+    real_tokens = real_token_count(tokenizer, row_texts)
     encoded = {"rows": {"texts": len(row_texts), "real_tokens": real_tokens},
-               "pairs": {"texts": len(pair_texts), "real_tokens": real_token_count(pair_texts)}}
+               "pairs": {"texts": len(pair_texts), "real_tokens": real_token_count(tokenizer, pair_texts)}}
     layout = {name: "pairs" if name == "sentence-transformers" else "rows" for name in runners}
     _, encoder, _ = our_parts(False)
-    non_embedding = sum(p.numel() for name, p in encoder.transformer.named_parameters()
-                        if not name.startswith(("embeddings.", "pooler.")))
+    non_embedding = non_embedding_parameters(encoder.transformer)
     flops = 6 * non_embedding * real_tokens
     rate = matmul_flops_per_second(args.bf16)
     floor = flops / rate
