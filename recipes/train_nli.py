@@ -31,7 +31,9 @@ PROG = "recipes/train_nli.py"
 __all__ = ["ARGUMENT_GROUPS", "run"]
 
 
-def run(argv: list[str]) -> dict:
+def run(argv: list[str], callbacks: list | None = None) -> dict:
+    """Train, evaluate and release one run; ``callbacks`` (``transformers.TrainerCallback``) join the Trainer's own,
+    e.g. a hyperparameter search that stops a run early."""
     # ---- config ----
     args, resume = start_run(argv, prog=PROG, description=__doc__)
     if args.training.push_to_hub:  # before anything slow: a run that cannot push stops now, not after training
@@ -67,6 +69,7 @@ def run(argv: list[str]) -> dict:
         learning_rates=learning_rates(args.moe, args.ese),
         cache_minibatch_size=args.loss.cache_minibatch_texts if args.loss.ibn_cache else None,
         train_batch_sampler=data.sampler,
+        callbacks=callbacks,
     )
 
     # ---- train ----
