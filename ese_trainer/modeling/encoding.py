@@ -36,9 +36,9 @@ class SentenceEncoder(nn.Module):
     use: in a batch of pairs whose sides differ in length (NLI premises are about twice as long as hypotheses) this
     removes most of the padding compute. Each row's embedding does not depend on its neighbours, so the result
     equals one pass up to float rounding. ``packed`` runs the batch padding-free instead (one row of its real
-    tokens, attention within each text: :mod:`ese_trainer.packing`). ``pooled_layers`` are the shallower layers
-    whose pooled states are wanted too (ESE's students). ``embedding_dim`` keeps the first dims of the last layer's
-    embedding (an embedding trained at that size, like sentence-transformers' ``truncate_dim``).
+    tokens, attention within each text: :mod:`ese_trainer.modeling.packing`). ``pooled_layers`` are the shallower
+    layers whose pooled states are wanted too (ESE's students). ``embedding_dim`` keeps the first dims of the last
+    layer's embedding (an embedding trained at that size, like sentence-transformers' ``truncate_dim``).
     """
 
     def __init__(self, transformer: nn.Module, pooling: str = "mean", forward_chunks: int = 2,
@@ -65,7 +65,7 @@ class SentenceEncoder(nn.Module):
         return encoded
 
     def _packed(self, inputs: dict[str, Tensor]) -> EncodedBatch:
-        """One forward over the batch's real tokens only (:mod:`ese_trainer.packing`)."""
+        """One forward over the batch's real tokens only (:mod:`ese_trainer.modeling.packing`)."""
         batch = pack(inputs)
         with packed_attention(self.transformer):
             outputs = self.transformer(**batch.inputs, output_hidden_states=bool(self.pooled_layers))

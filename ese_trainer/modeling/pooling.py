@@ -8,7 +8,7 @@ from torch import Tensor
 POOLING_MODES = ("cls", "mean", "cls_avg", "max", "last")
 
 # sentence-transformers' own Pooling mode for each of ours; ``cls_avg`` is saved as ST's cls + mean pooling
-# followed by a fixed averaging layer (see :func:`ese_trainer.export.pooling_modules`).
+# followed by a fixed averaging layer (see :func:`ese_trainer.release.export.pooling_modules`).
 ST_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "last": "lasttoken"}
 
 
