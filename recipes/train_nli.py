@@ -28,6 +28,9 @@ from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, start_run
 from ese_trainer.training.trainer import CheckpointMismatchError, ESETrainer, NonFiniteLossError
 
 PROG = "recipes/train_nli.py"
+# Errors that end a run with a one-line message (exit 1), not a traceback.
+EXPECTED_ERRORS = (DataError, ModelNotFoundError, NonFiniteLossError, CheckpointMismatchError, PushError,
+                   MoELoadingError)
 __all__ = ["ARGUMENT_GROUPS", "run"]
 
 
@@ -82,5 +85,4 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(run, (DataError, ModelNotFoundError, NonFiniteLossError, CheckpointMismatchError, PushError,
-                  MoELoadingError))
+    run_cli(run, EXPECTED_ERRORS)
