@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.jobs import ESE_RUNS, ESE_VARIANTS, WORK, ese_diagonal, start_model
+from bench.jobs import ESE_RUNS, ESE_VARIANTS, WORK, ese_diagonal, offline, start_model
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNING_RATES = (2e-5, 1e-4)
@@ -165,6 +165,7 @@ def main() -> None:
                               "starbucks separate-LxD (default: all)")
     commands.add_parser("report")
     args = parser.parse_args()
+    offline()
     if args.command == "train":
         unknown = set(args.variants or ()) - set(variant_names(args.start))
         if unknown:

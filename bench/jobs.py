@@ -11,7 +11,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 RUNS = RESULTS / "quality_runs"
@@ -22,11 +21,19 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH = 32  # rows (ours, triplet contenders) or pairs (pair contenders) per optimizer step
 EPOCHS = 1  # passes over every source, the same for every contender
 CHECKPOINTS = 8  # evenly spaced dev evaluations per run, the last at the final step
-SEEDS = (42, 43, 44)
+SEEDS = (42, 43, 44)  # every contender
+MORE_SEEDS = (45, 46)  # ours, the best peer and any peer within CLOSE of ours on dev: 5 paired seeds
+CLOSE = 0.5
 SNLI = [{"source": "data/SNLI", "kind": "nli", "split": "dev"}, {"source": "data/SNLI", "kind": "nli", "split": "test"}]
 IN_DOMAIN = [{"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "name": "stsb-train"},
              {"source": "data/SICK/SICK_train.txt", "kind": "sts", "name": "sick-train"}]
 RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2, normalised: same order
+
+
+def offline() -> None:
+    """Benchmarks run with the Hub unreachable: the start models resolve from the local cache (set by the runners'
+    entry points, not on import)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ STARTS = {
 class Contender:
     """A recipe in the comparison: ``trainer`` ``ours`` (``recipes/train_nli.py`` with ``recipe_args``), ``st``
     (sentence-transformers' trainer, ``bench/peers/st_train.py --mode st_mode``) or ``angle`` (AnglE's own
-    trainer); ``unit`` is what a batch holds (rows or pairs)."""
+    trainer); ``unit`` is what a batch holds (rows, triplets or pairs)."""
 
     name: str
     description: str
@@ -68,12 +75,12 @@ CONTENDERS = {
     "ours": Contender("ours", "ours, the recipe's defaults", "ours"),
     "ours-111": Contender("ours-111", "ours with the seed's 1:1:1 weights (CoSENT, in-batch, AnglE)", "ours",
                           recipe_args=SEED_OBJECTIVE),
-    "st-mnrl": Contender("st-mnrl", "sentence-transformers, MNRL on (premise, entailment, contradiction) triplets",
-                         "st", st_mode="mnrl"),
+    "st-mnrl": Contender("st-mnrl", "sentence-transformers, MNRL on its NLI triplets (both anchors)", "st",
+                         unit="triplets", st_mode="mnrl"),
     "st-gist": Contender("st-gist", "sentence-transformers, GISTEmbedLoss on the triplets, start model as guide",
-                         "st", st_mode="gist"),
-    "st-combined": Contender("st-combined", "sentence-transformers, CoSENT + MNRL + AnglE on the pairs", "st",
-                             unit="pairs", st_mode="combined"),
+                         "st", unit="triplets", st_mode="gist"),
+    "st-combined": Contender("st-combined", "sentence-transformers, our three losses at our weights (1 : 10 : 1) "
+                             "on the triplets", "st", unit="triplets", st_mode="combined"),
     "angle": Contender("angle", "AnglE's own trainer (angle-emb 0.6.1), its NLI weights", "angle", unit="pairs"),
     "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
                             recipe_args=("--label_map", json.dumps(RAW_LABELS))),
@@ -134,6 +141,28 @@ class RunRecord:
     train_seconds: float = 0.0
     machine: str = ""
     test: dict = field(default_factory=dict)
+    steps_run: int | None = None  # below ``steps`` when successive halving stopped the run
+    stopped_at: int | None = None
+    keep_at_least: float | None = None  # the dev score the run had to reach at half its pass
+
+
+# Successive halving over learning rates (one round), shared by the runner and the report.
+def half_dev(record: dict) -> float:
+    """A run's best dev score up to half its pass (successive halving's ranking)."""
+    half = max(1, int(record["steps"]) // CHECKPOINTS) * (CHECKPOINTS // 2)
+    return max(dev for step, dev in record["dev_by_step"].items() if int(step) <= half)
+
+
+def halving_choice(records: dict[float, dict]) -> float:
+    """Successive halving's pick: of the two best rates at half the pass, the one whose run chose the higher dev."""
+    finalists = sorted(records, key=lambda lr: -half_dev(records[lr]))[:2]
+    return max(finalists, key=lambda lr: records[lr]["selected_dev"])
+
+
+def second_best_half(records: dict[float, dict]) -> float | None:
+    """The bar a new candidate must reach at half the pass: the second best so far (none before two have run)."""
+    halves = sorted((half_dev(record) for record in records.values()), reverse=True)
+    return halves[1] if len(halves) >= 2 else None
 
 
 # The ESE schedule comparison (bench.ese_schedules): its variants and the diagonal of (layer, dims) slices.

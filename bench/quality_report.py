@@ -12,11 +12,11 @@ and ``bench/results/objective_sweep.md``.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS
-from bench.machine import describe_machine
+from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS, halving_choice
 
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness", "avg")
 HEADERS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "avg")
@@ -45,7 +45,8 @@ def collect() -> dict:
                 continue
             lr = tuned[name]["learning_rate"]
             records = [json.loads(path.read_text()) for path in sorted(folder.glob(f"{name}_lr{lr:g}_seed*.json"))]
-            contenders[name] = {"tuning": tuned[name], "records": records}
+            if records:
+                contenders[name] = {"tuning": tuned[name], "records": records}
         start_file = folder / "start_model.json"
         summary[start] = {"start_model": json.loads(start_file.read_text()) if start_file.is_file() else None,
                           "contenders": contenders, "sweep": sweep}
@@ -53,7 +54,8 @@ def collect() -> dict:
 
 
 def paired_differences(entry: dict) -> dict[str, dict]:
-    """Per contender, ours minus it on the 7-task test average, seed by seed (the seeds both ran)."""
+    """Per contender, ours minus it on the 7-task test average, seed by seed (the seeds both ran): mean, standard
+    deviation, the paired t statistic (mean / (std / sqrt(n))) and the seeds ours wins."""
     ours = {record["seed"]: record["test"]["avg"] for record in entry["contenders"].get(REFERENCE, {}).get(
         "records", []) if record["test"]}
     differences = {}
@@ -64,9 +66,55 @@ def paired_differences(entry: dict) -> dict[str, dict]:
         seeds = sorted(set(ours) & set(theirs))
         if seeds:
             values = [ours[seed] - theirs[seed] for seed in seeds]
-            differences[name] = {"seeds": seeds, "mean": statistics.mean(values),
-                                 "std": statistics.stdev(values) if len(values) > 1 else None}
+            std = statistics.stdev(values) if len(values) > 1 else None
+            differences[name] = {"seeds": seeds, "mean": statistics.mean(values), "std": std,
+                                 "t": statistics.mean(values) / (std / math.sqrt(len(values))) if std else None,
+                                 "ours_wins": sum(value > 0 for value in values)}
     return differences
+
+
+def difference_line(name: str, difference: dict) -> str:
+    spread = f" ± {difference['std']:.2f}" if difference["std"] is not None else ""
+    t = f", t = {difference['t']:.2f}" if difference["t"] is not None else ""
+    return (f"- {name}: {difference['mean']:+.2f}{spread}{t}; ours ahead on {difference['ours_wins']} of "
+            f"{len(difference['seeds'])} seeds ({', '.join(map(str, difference['seeds']))})")
+
+
+def steps_ran(record: dict) -> int:
+    """The steps a run made: its last dev evaluation is at its last step."""
+    return max(int(step) for step in record["dev_by_step"])
+
+
+def candidates_cell(tuning: dict) -> str:
+    """Each candidate rate's dev; a run that successive halving stopped is marked with the step it stopped at."""
+    cells = []
+    for lr, value in tuning["candidates"].items():
+        if isinstance(value, dict):
+            stop = f", stopped at {value['stopped_at']}" if value.get("stopped_at") else ""
+            cells.append(f"{lr}: {value['dev']:.2f}{stop}")
+        else:
+            cells.append(f"{lr}: {value:.2f}")
+    return ", ".join(cells) or tuning["chosen_on"]
+
+
+def halving_check(start: str) -> list[str]:
+    """Would successive halving pick the same rate as the full grid? Replayed from the dev scores by step of every
+    seed-42 grid of the start that ran in full (at least 3 rates), the archived ones included."""
+    grids: dict[str, dict[float, dict]] = {}
+    folders = [RUNS / start, *sorted((RESULTS / "archive").glob(f"quality_runs_{start}_*"))]
+    for folder in folders:
+        for path in sorted(folder.glob("*_seed42.json")):
+            record = json.loads(path.read_text())
+            where = "" if folder.parent == RUNS else f" ({folder.name})"
+            grids.setdefault(record["contender"] + where, {})[record["learning_rate"]] = record
+    lines = []
+    for name, records in grids.items():
+        if len(records) >= 3 and not any(record.get("stopped_at") for record in records.values()):
+            full = max(records, key=lambda lr: records[lr]["selected_dev"])
+            halved = halving_choice(records)
+            lines.append(f"- {name}: full grid {full:g}, successive halving {halved:g}"
+                         + (" (same)" if full == halved else " (differs)"))
+    return lines
 
 
 def rankings(entry: dict) -> tuple[list[str], list[str]]:
@@ -80,30 +128,39 @@ def rankings(entry: dict) -> tuple[list[str], list[str]]:
 
 def start_section(start: str, entry: dict) -> list[str]:
     lines = [f"## Start ({start}): {STARTS[start].description}", "",
-             f"Learning-rate grid: {', '.join(f'{lr:g}' for lr in STARTS[start].learning_rates)} (each contender's "
-             "rate: its best STS-B dev score, seed 42).", "",
+             f"Learning-rate grid: {', '.join(f'{lr:g}' for lr in STARTS[start].learning_rates)}, extended (x2, /2) "
+             "until each contender's chosen rate has a lower dev score on both sides; successive halving: at half the "
+             "pass, candidates outside the top two on dev stop; of the two, the higher chosen dev wins (seed 42).", "",
              "| contender | lr (dev of each candidate) | seeds | steps | texts/step | dev (chosen) | "
              + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 6) + "|"]
     model = entry["start_model"]
     if model:
         lines.append(f"| start model | – | – | – | – | {model['dev']:.2f} | "
                      + " | ".join(f"{model[task]:.2f}" for task in TASKS) + " |")
+    machines = {}
     for name, item in entry["contenders"].items():
         records = item["records"]
-        candidates = ", ".join(f"{lr}: {dev:.2f}" for lr, dev in item["tuning"]["candidates"].items())
         scored = [record for record in records if record["test"]]
         tests = " | ".join(cell([r["test"][task] for r in scored]) if scored else "–" for task in TASKS)
-        lines.append(f"| {name} | {item['tuning']['learning_rate']:g} ({candidates}) | {len(records)} | "
-                     f"{records[0]['steps']} | {records[0]['texts_per_step']:.0f} | "
+        ran = sorted({steps_ran(record) for record in records})
+        lines.append(f"| {name} | {item['tuning']['learning_rate']:g} ({candidates_cell(item['tuning'])}) | "
+                     f"{len(records)} | {'/'.join(map(str, ran))} | {records[0]['texts_per_step']:.0f} | "
                      f"{cell([r['selected_dev'] for r in records])} | {tests} |")
+        for record in records:
+            machines.setdefault(record["machine"], []).append(f"{name} {record['seed']}")
     differences = paired_differences(entry)
     if differences:
         lines += ["", f"{REFERENCE} minus each contender, 7-task test average over paired seeds:", ""]
-        lines += [f"- {name}: {d['mean']:+.2f}" + (f" ± {d['std']:.2f}" if d["std"] is not None else "")
-                  + f" (seeds {', '.join(map(str, d['seeds']))})" for name, d in differences.items()]
+        lines += [difference_line(name, difference) for name, difference in differences.items()]
     by_dev, by_test = rankings(entry)
     if by_dev:
-        lines += ["", f"Ranked by dev: {' > '.join(by_dev)}", f"Ranked by test: {' > '.join(by_test)}"]
+        lines += ["", "| rank | by dev (mean of chosen checkpoints) | by test (7-task avg) |", "|---|---|---|"]
+        lines += [f"| {rank} | {dev} | {test} |" for rank, (dev, test) in enumerate(zip(by_dev, by_test), start=1)]
+    check = halving_check(start)
+    if check:
+        lines += ["", "Successive halving replayed on every grid that ran in full (seed 42):", "", *check]
+    lines += ["", "Machines (each run's own record):", ""]
+    lines += [f"- {machine}: {', '.join(runs)}" for machine, runs in machines.items()]
     return [*lines, ""]
 
 
@@ -133,8 +190,8 @@ def markdown(summary: dict) -> str:
              "training source, batches of 32 of its unit (a row: a premise with its hypotheses, or a triplet; or a "
              "pair), linear schedule with 10% warmup, AdamW, weight decay 0.01, the same seeds, its own learning "
              "rate chosen on STS-B dev; the checkpoint with the best STS-B **dev** score is the one scored. Commands: "
-             "`python -m bench.quality_vs_peers tune|seeds|score ...` then `python -m bench.quality_vs_peers "
-             "report`.", "", f"Machine: {describe_machine()}", ""]
+             "`python -m bench.quality_vs_peers protocol --start S --contenders ...` (or `tune|seeds|score`) then "
+             "`python -m bench.quality_vs_peers report`. Each run's machine is listed under its start.", ""]
     for start, entry in summary.items():
         if entry["contenders"]:
             lines += start_section(start, entry)

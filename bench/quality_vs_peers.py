@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -47,29 +50,64 @@ from bench.jobs import (
     ANGLE_PYTHON,
     BATCH,
     CHECKPOINTS,
+    CLOSE,
     CONTENDERS,
     EPOCHS,
+    MORE_SEEDS,
     REPO,
     RUNS,
+    SEEDS,
     STARTS,
     SWEEP,
     SWEEP_OPTIONS,
     WORK,
     Contender,
     RunRecord,
+    half_dev,
+    halving_choice,
+    offline,
+    second_best_half,
     start_model,
 )
 from bench.machine import describe_machine
+from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED
 
 DEV_FILE = "data/STS/STSBenchmark/sts-dev.csv"
+ROLE_LABELS = {POSITIVE: "entailment", NEGATIVE: "contradiction", SCORED: "neutral"}  # under the default label map
+
+
+def st_nli_triplets(labelled_pairs: list[tuple[str, str, str]], seed: int = 0) -> list[dict]:
+    """sentence-transformers' NLI triplets, built as its NLI example (``training_nli_v2.py``) and the all-nli
+    ``triplet`` subset build them: every sentence is keyed with the other side of each of its pairs, both ways; a
+    sentence with an entailment and a contradiction gives (it, an entailment, a contradiction) and (an entailment,
+    it, a contradiction), picked at random."""
+    partners: dict[str, dict[str, list[str]]] = {}
+    for first, second, label in labelled_pairs:
+        if label in ("entailment", "contradiction"):
+            for key, other in ((first, second), (second, first)):
+                texts = partners.setdefault(key, {"entailment": [], "contradiction": []})[label]
+                if other not in texts:
+                    texts.append(other)
+    rng, triplets = random.Random(seed), []
+    for sentence, found in partners.items():
+        if found["entailment"] and found["contradiction"]:
+            triplets.append({"anchor": sentence, "positive": rng.choice(found["entailment"]),
+                             "negative": rng.choice(found["contradiction"])})
+            triplets.append({"anchor": rng.choice(found["entailment"]), "positive": sentence,
+                             "negative": rng.choice(found["contradiction"])})
+    return triplets
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> int:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return len(rows)
 
 
 def training_files(start: str) -> dict:
-    """The start's training data for every trainer, from our loader (labels through the label map, one row per
-    premise and positive): ``pairs.jsonl`` (every pair, NLI label kept by name), ``triplets.jsonl`` (premise,
-    entailment, a contradiction of that premise), ``angle.jsonl`` (AnglE's format A: NLI without neutral, the STS
-    pairs); and their sizes, for the step counts and texts per step."""
-    from ese_trainer.data.rows import NEGATIVE, POSITIVE
+    """The start's training data for every trainer, from our loader with the default label map (one row per
+    premise): ``triplets.jsonl`` (sentence-transformers' NLI triplets), ``sts_pairs.jsonl`` (the scored sources'
+    pairs, for CoSENT), ``angle.jsonl`` (AnglE's format A: NLI without neutral, entailment 1, contradiction 0, and
+    the scored pairs); and their sizes, for the step counts and texts per step."""
     from ese_trainer.data.sources import TrainSource, load_train_sources
 
     folder = WORK / "data" / start
@@ -78,63 +116,47 @@ def training_files(start: str) -> dict:
         return json.loads(meta_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     specs = [TrainSource.parse(entry, index) for index, entry in enumerate(STARTS[start].sources)]
-    rows, counts = load_train_sources(specs, seed=0)
-    names = [count.name if spec.kind == "sts" else "nli" for spec, count in zip(specs, counts)]
-    label_of = {1.0: "entailment", 0.5: "neutral", 0.0: "contradiction"}
-    sizes = {"rows": {}, "pairs": {}, "triplets": {}, "angle": 0, "row_texts": {}}
-    negatives: dict[str, list[str]] = {}
+    rows, _ = load_train_sources(specs, seed=0)
+    names = [spec.display_name if spec.kind == "sts" else "nli" for spec in specs]
+    sizes: dict = {"rows": {}, "row_texts": {}, "triplets": {}}
+    nli_pairs, sts_pairs, angle_pairs = [], [], []
     for row in rows:
-        if names[row["source"]] == "nli":
-            negatives.setdefault(row["anchor"], []).extend(
-                text for text, role in zip(row["texts"], row["roles"]) if role == NEGATIVE)
-    with (folder / "pairs.jsonl").open("w") as pairs, (folder / "triplets.jsonl").open("w") as triplets, \
-            (folder / "angle.jsonl").open("w") as angle:
-        seen: dict[str, int] = {}
-        for row in rows:
-            source = names[row["source"]]
-            sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
-            sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
-            for text, score in zip(row["texts"], row["scores"]):
-                label = label_of[score] if source == "nli" else None
-                pairs.write(json.dumps({"sentence1": row["anchor"], "sentence2": text, "score": score,
-                                        "source": source, "label": label}) + "\n")
-                sizes["pairs"][source] = sizes["pairs"].get(source, 0) + 1
-                if label != "neutral":
-                    angle.write(json.dumps({"text1": row["anchor"], "text2": text, "label": score}) + "\n")
-                    sizes["angle"] += 1
-            if source == "nli" and POSITIVE in row["roles"] and negatives[row["anchor"]]:
-                pool = negatives[row["anchor"]]  # a premise's contradictions, dealt over its entailments
-                use = seen.get(row["anchor"], 0)
-                seen[row["anchor"]] = use + 1
-                positive = row["texts"][row["roles"].index(POSITIVE)]
-                triplets.write(json.dumps({"anchor": row["anchor"], "positive": positive,
-                                           "negative": pool[use % len(pool)]}) + "\n")
-                sizes["triplets"]["nli"] = sizes["triplets"].get("nli", 0) + 1
-    for name in names:
-        if name != "nli":
-            sizes["triplets"][name] = sizes["pairs"][name]
+        source = names[row["source"]]
+        sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
+        sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
+        for text, score, role in zip(row["texts"], row["scores"], row["roles"]):
+            if source == "nli":
+                nli_pairs.append((row["anchor"], text, ROLE_LABELS[role]))
+                if role != SCORED:
+                    angle_pairs.append({"text1": row["anchor"], "text2": text, "label": score})
+            else:
+                sts_pairs.append({"sentence1": row["anchor"], "sentence2": text, "score": score, "source": source})
+                angle_pairs.append({"text1": row["anchor"], "text2": text, "label": score})
+    sizes["triplets"]["nli"] = write_jsonl(folder / "triplets.jsonl", st_nli_triplets(nli_pairs))
+    for pair in sts_pairs:
+        sizes["triplets"][pair["source"]] = sizes["triplets"].get(pair["source"], 0) + 1
+    write_jsonl(folder / "sts_pairs.jsonl", sts_pairs)
+    sizes["angle"] = write_jsonl(folder / "angle.jsonl", angle_pairs)
     meta_file.write_text(json.dumps(sizes, indent=2) + "\n")
     return sizes
 
 
 def job_shape(start: str, contender: Contender) -> tuple[int, float]:
-    """Optimizer steps of one pass over every source in batches of ``BATCH`` units, and texts per step."""
+    """Optimizer steps of one pass over every source in batches of ``BATCH`` units (the plan; a record keeps the
+    steps that ran), and texts per step."""
     sizes = training_files(start)
     if contender.trainer == "angle":
         return EPOCHS * (sizes["angle"] // BATCH), 2.0 * BATCH
     if contender.trainer == "ours":
         units, texts = sizes["rows"], sum(sizes["row_texts"].values()) / sum(sizes["rows"].values())
-    elif contender.unit == "pairs":
-        units, texts = sizes["pairs"], 2.0
     else:
         units = sizes["triplets"]
         texts = (3 * units["nli"] + 2 * sum(v for k, v in units.items() if k != "nli")) / sum(units.values())
     return EPOCHS * sum(count // BATCH for count in units.values()), texts * BATCH
 
 
-def recipe_config(start: str, lr: float, seed: int, steps: int, output_dir: Path) -> dict:
+def recipe_config(start: str, lr: float, seed: int, every: int, output_dir: Path) -> dict:
     """Our recipe's config for the job (the recipe's defaults for everything else, the loss included)."""
-    every = max(1, steps // CHECKPOINTS)
     return {"model_name_or_path": start_model(start), "pooling": "mean", "max_seq_length": 128,
             "train_datasets": [dict(source) for source in STARTS[start].sources],
             "sts_dev": DEV_FILE, "sts_tasks": "none", "suite_before_training": False, "output_dir": str(output_dir),
@@ -146,42 +168,61 @@ def recipe_config(start: str, lr: float, seed: int, steps: int, output_dir: Path
             "dataloader_pin_memory": False, "disable_tqdm": True}
 
 
-def run_ours(start: str, contender: Contender, lr: float, seed: int, steps: int, output_dir: Path,
-             extra: tuple[str, ...]) -> tuple[dict[int, float], Path]:
+@dataclass
+class Trained:
+    """What a contender's run gave: dev by step, the folder of its best weights, the steps its schedule planned and
+    ran, and the step of a halving cut (None: ran the whole pass)."""
+
+    dev: dict[int, float]
+    selected: Path
+    steps: int
+    steps_run: int
+    stopped_at: int | None
+
+
+def halving_args(every: int, keep_at_least: float | None) -> list[str]:
+    """The cut's arguments, the same for every contender's script: at half the pass, below ``keep_at_least``."""
+    args = ["--half_step", str(every * (CHECKPOINTS // 2))]
+    return args + (["--keep_at_least", repr(keep_at_least)] if keep_at_least is not None else [])
+
+
+def run_ours(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path,
+             extra: tuple[str, ...], keep_at_least: float | None) -> Trained:
     config = output_dir / "job.yaml"
-    config.write_text(yaml.safe_dump(recipe_config(start, lr, seed, steps, output_dir)))
-    subprocess.run([sys.executable, "recipes/train_nli.py", "--config", str(config), *contender.recipe_args,
-                    *extra], cwd=REPO, check=True)
+    config.write_text(yaml.safe_dump(recipe_config(start, lr, seed, every, output_dir)))
+    cut = output_dir / "halving.json"
+    subprocess.run([sys.executable, "-m", "bench.peers.recipe_train", *halving_args(every, keep_at_least),
+                    "--record", str(cut), "--", "--config", str(config), *contender.recipe_args, *extra],
+                   cwd=REPO, check=True)
     state = json.loads((output_dir / "trainer_state.json").read_text())
     dev = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
            if "eval_sts_dev_spearman" in entry}
-    return dev, output_dir
+    stopped = json.loads(cut.read_text())["stopped_at"] if cut.is_file() else None
+    return Trained(dev, output_dir, state["max_steps"], state["global_step"], stopped)
 
 
-def run_peer(start: str, contender: Contender, lr: float, seed: int, steps: int, output_dir: Path
-             ) -> tuple[dict[int, float], Path]:
+def run_peer(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path,
+             keep_at_least: float | None) -> Trained:
     folder = WORK / "data" / start
     sts = [source["name"] for source in STARTS[start].sources if source["kind"] == "sts"]
-    common = ["--learning_rate", str(lr), "--batch_size", str(BATCH), "--seed", str(seed),
-              "--save_steps", str(max(1, steps // CHECKPOINTS)), "--weight_decay", "0.01"]
+    common = ["--learning_rate", str(lr), "--batch_size", str(BATCH), "--seed", str(seed), "--weight_decay", "0.01",
+              "--epochs", str(EPOCHS), "--output_dir", str(output_dir), "--dev_file", DEV_FILE,
+              "--eval_every", str(every), *halving_args(every, keep_at_least)]
     if contender.trainer == "st":
-        command = [sys.executable, "bench/peers/st_train.py", "--model", start_model(start), "--mode",
-                   contender.st_mode, "--pairs_jsonl", str(folder / "pairs.jsonl"), "--triplets_jsonl",
-                   str(folder / "triplets.jsonl"), "--sts_sources", *sts, "--epochs", str(EPOCHS),
-                   "--output_dir", str(output_dir), "--warmup_ratio", "0.1", *common]
+        command = [sys.executable, "-m", "bench.peers.st_train", "--model", start_model(start), "--mode",
+                   contender.st_mode, "--triplets_jsonl", str(folder / "triplets.jsonl"), "--pairs_jsonl",
+                   str(folder / "sts_pairs.jsonl"), "--sts_sources", *sts, "--warmup_ratio", "0.1", *common]
     else:
         if not ANGLE_PYTHON.is_file():
             subprocess.run(["bash", "bench/peers/setup_angle_venv.sh", ".venv-angle"], cwd=REPO, check=True)
-        command = [str(ANGLE_PYTHON), "bench/peers/angle_train.py", "--model", start_model(start), "--train_jsonl",
-                   str(folder / "angle.jsonl"), "--output_dir", str(output_dir), "--pooling_strategy", "avg",
-                   "--cosine_w", "0", "--ibn_w", "30", "--angle_w", "1", "--warmup_steps", "0.1",
-                   "--epochs", str(EPOCHS), "--logging_steps", "50", "--threads", str(os.cpu_count()), *common]
+        command = [str(ANGLE_PYTHON), "-m", "bench.peers.angle_train", "--model", start_model(start),
+                   "--train_jsonl", str(folder / "angle.jsonl"), "--pooling_strategy", "avg", "--cosine_w", "0",
+                   "--ibn_w", "30", "--angle_w", "1", "--warmup_steps", "0.1", "--logging_steps", "50",
+                   "--threads", str(os.cpu_count()), *common]
     subprocess.run(command, cwd=REPO, check=True)
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    dev_pairs = dev_task()
-    dev = {int(path.name.split("-")[1]): score(path, start, dev_pairs)["dev"] for path in checkpoints}
-    best = max(dev, key=dev.get)
-    return dev, output_dir / f"checkpoint-{best}"
+    record = json.loads((output_dir / "dev_record.json").read_text())
+    return Trained({int(step): dev for step, dev in record["dev_by_step"].items()}, output_dir / "best",
+                   record["max_steps"], record["steps"], record["stopped_at"])
 
 
 def load_encoder(folder: Path, start: str):
@@ -215,37 +256,44 @@ def model_path(start: str, label: str, lr: float, seed: int) -> Path:
     return WORK / "models" / start / f"{label}_lr{lr:g}_seed{seed}"
 
 
-def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extra: tuple[str, ...] = ()) -> dict:
-    """Train one contender (or one sweep variant of ours), select its checkpoint on dev, keep that model; the
-    record goes to ``quality_runs``."""
+def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extra: tuple[str, ...] = (),
+            keep_at_least: float | None = None) -> dict:
+    """Train one contender (or one sweep variant of ours) with STS-B dev scored inside its trainer, stopping at half
+    the pass below ``keep_at_least``; keep the best model of a run that ran the whole pass; the record goes to
+    ``quality_runs``."""
     contender = CONTENDERS[name]
     label = f"{name}+{variant}" if variant else name
     path = record_path(start, label, lr, seed, sweep=bool(variant))
     if path.is_file():
         return json.loads(path.read_text())
     steps, texts = job_shape(start, contender)
+    every = max(1, steps // CHECKPOINTS)
     output_dir = WORK / "runs" / start / f"{label}_lr{lr:g}_seed{seed}"
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
-    print(f"== start {start}, {label}, lr {lr:g}, seed {seed}, {steps} steps x {texts:.0f} texts", flush=True)
+    cut = "" if keep_at_least is None else f", stops at half below dev {keep_at_least:.2f}"
+    print(f"== start {start}, {label}, lr {lr:g}, seed {seed}, ~{steps} steps x {texts:.0f} texts{cut}", flush=True)
     started = time.perf_counter()
     if contender.trainer == "ours":
-        dev, selected = run_ours(start, contender, lr, seed, steps, output_dir, extra)
+        trained = run_ours(start, contender, lr, seed, every, output_dir, extra, keep_at_least)
     else:
-        dev, selected = run_peer(start, contender, lr, seed, steps, output_dir)
+        trained = run_peer(start, contender, lr, seed, every, output_dir, keep_at_least)
     seconds = time.perf_counter() - started
-    best = max(dev, key=dev.get)
-    kept = model_path(start, label, lr, seed)
-    shutil.rmtree(kept, ignore_errors=True)
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(selected, kept, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.pth"))
+    best = max(trained.dev, key=trained.dev.get)
+    if trained.stopped_at is None:
+        kept = model_path(start, label, lr, seed)
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(trained.selected, kept, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.pth"))
     shutil.rmtree(output_dir, ignore_errors=True)
-    record = RunRecord(start, label, lr, seed, variant, [*contender.recipe_args, *extra], steps, round(texts, 1),
-                       {str(step): value for step, value in sorted(dev.items())}, best, dev[best],
-                       round(seconds, 1), describe_machine())
+    record = RunRecord(start, label, lr, seed, variant, [*contender.recipe_args, *extra], trained.steps,
+                       round(texts, 1), {str(step): value for step, value in sorted(trained.dev.items())}, best,
+                       trained.dev[best], round(seconds, 1), describe_machine(), steps_run=trained.steps_run,
+                       stopped_at=trained.stopped_at, keep_at_least=keep_at_least)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    print(f"   dev {dev[best]:.2f} at step {best} ({seconds:.0f} s)", flush=True)
+    stop = f", stopped at step {trained.stopped_at}" if trained.stopped_at else ""
+    print(f"   dev {trained.dev[best]:.2f} at step {best}{stop} ({seconds:.0f} s)", flush=True)
     return asdict(record)
 
 
@@ -254,16 +302,39 @@ def tuned(start: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def tune(start: str, names: list[str], seed: int) -> None:
-    """Each contender at every rate of the start's grid (one seed); its best dev score picks its rate."""
-    choice = tuned(start)
-    for name in names:
-        records = [run_one(start, name, lr, seed) for lr in STARTS[start].learning_rates]
-        best = max(records, key=lambda record: record["selected_dev"])
-        choice[name] = {"learning_rate": best["learning_rate"], "seed": seed, "chosen_on": "STS-B dev",
-                        "candidates": {f"{r['learning_rate']:g}": round(r["selected_dev"], 4) for r in records}}
-        (RUNS / start / "tuned.json").write_text(json.dumps(choice, indent=2) + "\n")
-        print(f"start {start}, {name}: learning rate {best['learning_rate']:g} (dev {best['selected_dev']:.2f})")
+def save_tuning(start: str, name: str, choice: dict) -> None:
+    everything = tuned(start)
+    everything[name] = choice
+    (RUNS / start / "tuned.json").write_text(json.dumps(everything, indent=2) + "\n")
+
+
+def tune(start: str, name: str, seed: int, max_extensions: int = 4) -> float:
+    """One contender's learning rate on STS-B dev: the start's grid with successive halving, extended (x2 above, /2
+    below) until the chosen rate has a lower dev score on both sides. The same rule for every contender."""
+    grid = sorted(STARTS[start].learning_rates)
+    records: dict[float, dict] = {}
+    for _ in range(2 * max_extensions + 1):
+        middle = grid[len(grid) // 2]
+        for lr in sorted((lr for lr in grid if lr not in records), key=lambda lr: abs(math.log(lr / middle))):
+            records[lr] = run_one(start, name, lr, seed, keep_at_least=second_best_half(records))
+        chosen = halving_choice(records)
+        if chosen == grid[0]:
+            grid.insert(0, grid[0] / 2)
+        elif chosen == grid[-1]:
+            grid.append(grid[-1] * 2)
+        else:
+            break
+    else:
+        raise SystemExit(f"start {start}, {name}: the chosen rate is still at the edge of {grid} after "
+                         f"{max_extensions} extensions a side")
+    save_tuning(start, name, {
+        "learning_rate": chosen, "seed": seed, "chosen_on": "STS-B dev, successive halving (top two at half the pass)",
+        "candidates": {f"{lr:g}": {"dev": round(records[lr]["selected_dev"], 4),
+                                   "half_dev": round(half_dev(records[lr]), 4),
+                                   "stopped_at": records[lr].get("stopped_at")} for lr in grid}})
+    print(f"start {start}, {name}: learning rate {chosen:g} (dev {records[chosen]['selected_dev']:.2f}; grid "
+          f"{', '.join(f'{lr:g}' for lr in grid)})", flush=True)
+    return chosen
 
 
 def chosen_rate(start: str, name: str) -> float:
@@ -272,6 +343,13 @@ def chosen_rate(start: str, name: str) -> float:
         raise SystemExit(f"start {start}: {name} has no learning rate yet; run: python -m bench.quality_vs_peers tune "
                          f"--start {start} --contenders {name}")
     return choice["learning_rate"]
+
+
+def adopt_rate(start: str, name: str, of: str) -> float:
+    """``name`` runs at ``of``'s chosen rate (the raw-labels row measures the bug at the recipe's own setting)."""
+    rate = chosen_rate(start, of)
+    save_tuning(start, name, {"learning_rate": rate, "chosen_on": f"{of}'s rate", "candidates": {}})
+    return rate
 
 
 def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed: int) -> None:
@@ -300,7 +378,7 @@ def score_chosen(start: str) -> None:
         lr = choice["learning_rate"]
         for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
             record = json.loads(path.read_text())
-            if record["test"]:
+            if record["test"] or record.get("stopped_at"):
                 continue
             folder = model_path(start, name, lr, record["seed"])
             record["test"] = score(folder, start, suite)
@@ -308,36 +386,73 @@ def score_chosen(start: str) -> None:
             print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
 
 
+def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
+    lr = chosen_rate(start, name)
+    return statistics.mean(json.loads(record_path(start, name, lr, seed).read_text())["selected_dev"]
+                           for seed in seeds)
+
+
+def protocol(start: str, names: list[str]) -> None:
+    """The whole comparison at one start, resuming from the records: every contender's rate (``tune``), seeds
+    ``SEEDS`` for all, ``MORE_SEEDS`` for ours, the best peer by dev and any peer within ``CLOSE`` of ours on dev;
+    the raw-labels row (one seed, ours' rate); then the test suite for the chosen runs."""
+    for name in names:
+        tune(start, name, SEEDS[0])
+    for seed in SEEDS[1:]:
+        for name in names:
+            run_one(start, name, chosen_rate(start, name), seed)
+    peers = [name for name in names if name != "ours"]
+    if "ours" in names and peers:
+        ours = dev_mean(start, "ours", SEEDS)
+        best = max(peers, key=lambda name: dev_mean(start, name, SEEDS))
+        close = [name for name in peers if name == best or dev_mean(start, name, SEEDS) > ours - CLOSE]
+        for seed in MORE_SEEDS:
+            for name in ["ours", *close]:
+                run_one(start, name, chosen_rate(start, name), seed)
+    if "ours" in names:
+        run_one(start, "raw-labels", adopt_rate(start, "raw-labels", "ours"), SEEDS[0])
+    score_chosen(start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    protocol_parser = commands.add_parser("protocol", help="the whole comparison at a start (resumes)")
+    protocol_parser.add_argument("--start", choices=STARTS, required=True)
+    protocol_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
     sweep_parser = commands.add_parser("sweep", help="ours' candidate objectives, dev only")
     sweep_parser.add_argument("--start", choices=STARTS, required=True)
     sweep_parser.add_argument("--names", nargs="+", help="SWEEP (or with --base, SWEEP_OPTIONS) names; default all")
     sweep_parser.add_argument("--base", choices=SWEEP)
     sweep_parser.add_argument("--lr", type=float)
     sweep_parser.add_argument("--seed", type=int, default=42)
-    tune_parser = commands.add_parser("tune", help="every contender x the start's learning-rate grid, dev only")
+    tune_parser = commands.add_parser("tune", help="contenders' learning rates on dev (successive halving)")
     tune_parser.add_argument("--start", choices=STARTS, required=True)
     tune_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
-    tune_parser.add_argument("--seed", type=int, default=42)
+    tune_parser.add_argument("--seed", type=int, default=SEEDS[0])
     seeds_parser = commands.add_parser("seeds", help="more seeds at each contender's chosen rate")
     seeds_parser.add_argument("--start", choices=STARTS, required=True)
     seeds_parser.add_argument("--seeds", type=int, nargs="+", required=True)
     seeds_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
+    seeds_parser.add_argument("--rate_of", choices=CONTENDERS, help="run at this contender's chosen rate")
     score_parser = commands.add_parser("score", help="the test suite, for the chosen runs")
     score_parser.add_argument("--start", choices=STARTS, required=True)
     commands.add_parser("report")
     args = parser.parse_args()
-    if args.command == "sweep":
+    offline()
+    if args.command == "protocol":
+        protocol(args.start, args.contenders)
+    elif args.command == "sweep":
         names = args.names or list(SWEEP_OPTIONS if args.base else SWEEP)
         sweep(args.start, names, args.base, args.lr, args.seed)
     elif args.command == "tune":
-        tune(args.start, args.contenders, args.seed)
+        for name in args.contenders:
+            tune(args.start, name, args.seed)
     elif args.command == "seeds":
         for seed in args.seeds:
             for name in args.contenders:
-                run_one(args.start, name, chosen_rate(args.start, name), seed)
+                rate = adopt_rate(args.start, name, args.rate_of) if args.rate_of else chosen_rate(args.start, name)
+                run_one(args.start, name, rate, seed)
     elif args.command == "score":
         score_chosen(args.start)
     else:

@@ -1,8 +1,9 @@
 """Fine-tune a start model with AnglE's OWN trainer (angle-emb 0.6.1, ``AnglE.fit``) on CPU, offline.
 
-Run with the AnglE venv's python (see ``bench/peers/setup_angle_venv.sh``), not the project's .venv:
+Run with the AnglE venv's python (see ``bench/peers/setup_angle_venv.sh``), not the project's .venv, from the
+repository root (STS-B dev is scored by our evaluator, imported from the checkout):
 
-    OMP_NUM_THREADS=1 .venv-angle/bin/python bench/peers/angle_train.py \\
+    OMP_NUM_THREADS=1 .venv-angle/bin/python -m bench.peers.angle_train \\
         --model /root/.cache/huggingface/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/<rev> \\
         --train_jsonl /tmp/angle_nli.jsonl --output_dir /tmp/angle_out \\
         --learning_rate 5e-5 --batch_size 32 --max_steps 8 --warmup_steps 0 --seed 42
@@ -93,8 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fp16", type=int, choices=[0, 1], default=0, help="recipe uses fp16=1 (GPU only)")
     p.add_argument("--bf16", type=int, choices=[0, 1], default=0)
     p.add_argument("--logging_steps", type=int, default=1)
-    p.add_argument("--save_steps", type=int, default=0,
-                   help="also save the backbone every N optimizer steps (checkpoint-N/, for selection on dev); 0: no")
+    # selection on STS-B dev, inside the trainer (bench.peers.dev_callback): the best weights go to OUTPUT_DIR/best
+    p.add_argument("--dev_file", help="STS-B dev, scored by our evaluator every --eval_every optimizer steps")
+    p.add_argument("--eval_every", type=int, default=0)
+    p.add_argument("--half_step", type=int, default=0, help="successive halving: the step of the cut")
+    p.add_argument("--keep_at_least", type=float, help="successive halving: stop at --half_step below this")
     p.add_argument("--max_rows", type=int, default=None, help="use only the first N rows of the jsonl")
     args = p.parse_args(argv)
     if args.max_steps is None and args.epochs is None:
@@ -125,6 +129,28 @@ def read_rows(path: str, max_rows: int | None) -> tuple[list[dict], str]:
     if not rows:
         raise SystemExit(f"{path}: no rows")
     return rows, fmt
+
+
+def dev_scoring(args: argparse.Namespace, angle):
+    """STS-B dev by our evaluator on AnglE's backbone with mean pooling (AnglE's ``avg``), inside its trainer."""
+    from bench.peers.dev_callback import DevScoring, HalvingCut
+    from ese_trainer.data import load_sts_pairs
+    from ese_trainer.evaluation.sts import evaluate_sts
+
+    if args.pooling_strategy not in ("avg", "mean"):
+        raise SystemExit(f"--dev_file scores mean-pooled embeddings; --pooling_strategy {args.pooling_strategy} "
+                         "would select on another embedding than the one trained")
+    dev_pairs = {"dev": load_sts_pairs(args.dev_file, name="dev")}
+
+    def score() -> float:
+        training = angle.backbone.training
+        value = evaluate_sts(angle.backbone, angle.tokenizer, dev_pairs, "mean", args.max_length, 64,
+                             show_progress=False, packed=False)["dev"]
+        angle.backbone.train(training)
+        return value
+
+    return DevScoring(score, angle.backbone.state_dict, args.eval_every, HalvingCut(args.half_step, args.keep_at_least),
+                      record=os.path.join(args.output_dir, "dev_record.json"))
 
 
 def main(argv=None) -> int:
@@ -175,8 +201,12 @@ def main(argv=None) -> int:
     counter = _StepCounter()
     original_train = AngleTrainer.train
 
+    scoring = dev_scoring(args, angle) if args.dev_file else None
+
     def observed_train(self, *a, **k):
         self.add_callback(counter)
+        if scoring:
+            self.add_callback(scoring)
         start = time.perf_counter()
         output = original_train(self, *a, **k)
         seen.update(state=self.state, args=self.args, output=output, seconds=time.perf_counter() - start,
@@ -217,10 +247,7 @@ def main(argv=None) -> int:
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         logging_steps=args.logging_steps,
-        # fit() itself writes the final backbone + tokenizer to output_dir; checkpoints only when asked
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 100,
-        save_total_limit=None,
+        save_strategy="no",  # fit() itself writes the final backbone + tokenizer to output_dir
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         fp16=bool(args.fp16),
         bf16=bool(args.bf16),
@@ -237,6 +264,10 @@ def main(argv=None) -> int:
         doc_prompt=args.doc_prompt,
     )
     wall = time.perf_counter() - wall
+    if scoring:
+        angle.backbone.load_state_dict(scoring.best_weights)
+        angle.backbone.save_pretrained(os.path.join(args.output_dir, "best"))
+        angle.tokenizer.save_pretrained(os.path.join(args.output_dir, "best"))
 
     state, targs = seen["state"], seen["args"]
     if counter.steps != state.global_step:
