@@ -1,32 +1,41 @@
 """Quality against the recipes people would otherwise use: the same job for every contender, choices on dev only.
 
-    python -m bench.quality_vs_peers sweep --start b                      # ours' candidate objectives (dev only)
-    python -m bench.quality_vs_peers sweep --start b --base w0-30-1        # options on top of one weighting
-    python -m bench.quality_vs_peers tune --start b                        # every contender x the lr grid (dev)
-    python -m bench.quality_vs_peers seeds --start b --seeds 43 44 --contenders ours st-mnrl
+    python -m bench.quality_vs_peers protocol --start b --contenders st-mnrl ours st-gist st-combined angle
+    python -m bench.quality_vs_peers tune --start b --contenders st-mnrl    # learning rates only (dev)
+    python -m bench.quality_vs_peers seeds --start b --seeds 45 46 --contenders ours st-mnrl
+    python -m bench.quality_vs_peers seeds --start b --seeds 42 --contenders raw-labels --rate_of ours
+    python -m bench.quality_vs_peers sweep --start b [--base w1-10-1] [--names ...]   # ours' objectives (dev only)
     python -m bench.quality_vs_peers score --start b                       # the test suite, chosen runs only
     python -m bench.quality_vs_peers report
 
 The job (per start, ``bench/jobs.py``): the same start model, the same sources with one pass over each
-(``EPOCHS``), batches of 32 of each contender's unit (a row: a premise with its hypotheses, or a triplet; or a
-pair), linear schedule with 10% warmup, AdamW, weight decay 0.01, the same seeds. Every contender gets its own
-learning rate, the best STS-B **dev** score of the start's grid (seed 42); 8 evenly spaced checkpoints per run and
-the best by dev is the run's model. Test sets are read by ``score`` only, for the runs ``tune`` chose.
+(``EPOCHS``), batches of 32 of each contender's unit (ours: a row, a premise with its hypotheses; sentence-
+transformers: a triplet of its own NLI convention, or an STS pair; AnglE: a pair), linear schedule with 10% warmup,
+AdamW, weight decay 0.01, the same seeds. STS-B dev is scored by our evaluator inside every contender's trainer at
+8 evenly spaced steps (``bench/peers/dev_callback.py``); a run's model is its best-dev weights.
+
+The protocol (``protocol``, resuming from the records): each contender's learning rate by successive halving on
+dev (seed 42): every candidate runs its full-length schedule, and at half the pass a candidate outside the top two
+stops; of the top two, the higher chosen dev wins; the grid is extended (x2, /2) until the chosen rate has a lower
+dev score on both sides, the same rule for all. Then seeds 43-44 for every contender, 45-46 for ours, the best peer
+by dev and any peer within 0.5 of ours on dev (5 paired seeds); the raw-labels row (one seed, ours' rate); then the
+test suite for the chosen runs, the only time test sets are read.
 
 Starts: ``a`` all-MiniLM-L6-v2 as released; ``b`` the same cut to its first 3 layers (``recipes/export_slice.py``):
 a weaker encoder with room to learn; ``c`` start ``a`` with STS-B train and SICK train as in-domain scored
 sources. Training data: the embedded SNLI dev + test pairs (19.7k pairs; 7.2k premise rows).
 
 Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with the seed's 1:1:1 weights,
-sentence-transformers' trainer with MNRL or GISTEmbedLoss on (premise, entailment, contradiction) triplets (the
-no-duplicates sampler) or with CoSENT + MNRL + AnglE on the pairs, AnglE's own trainer (angle-emb 0.6.1 in its own
-virtualenv, ``bench/peers/setup_angle_venv.sh``), and ours with raw class ids (the original bug). At (c) the STS
-sources are trained with CoSENT (ST: a dataset of their own, proportional sampler; AnglE: pairs in its one file).
+sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI triplets (both anchors, the no-duplicates
+sampler) or with our three losses at our weights on the same triplets, AnglE's own trainer (angle-emb 0.6.1 in its
+own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights), and ours with raw class ids (the original
+bug). At (c) the STS sources are trained with CoSENT (sentence-transformers: a dataset of their own, proportional
+sampler; AnglE: pairs in its one file).
 
 Every run writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` (sweep runs under
-``sweep/``) and is skipped when that file exists; its selected model is kept under ``outputs/quality/models``
-until ``score`` reads it. ``report`` writes ``bench/results/quality_vs_peers.{json,md,png}`` and
-``bench/results/objective_sweep.md``.
+``sweep/``) and is skipped when that file exists; the model of a run that ran its whole pass is kept under
+``outputs/quality/models`` until ``score`` reads it. ``report`` writes ``bench/results/quality_vs_peers.{json,md,png}``
+and ``bench/results/objective_sweep.md``.
 """
 
 from __future__ import annotations
