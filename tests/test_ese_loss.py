@@ -70,7 +70,21 @@ def test_layer_weight_schemes():
     log = layer_weights(layers, "log")
     assert log == pytest.approx({layer: 1 / (1 + math.log(1 + layer)) for layer in layers})
     assert log[1] == pytest.approx(1 / (1 + math.log(2)))  # AnglE's weight of hidden_states[1]
-    assert layer_weights(layers, "linear", num_layers=6) == pytest.approx({1: 1 / 6, 2: 2 / 6, 5: 5 / 6})
+    assert layer_weights(layers, "linear") == pytest.approx({1: 1 / 2, 2: 1 / 3, 5: 1 / 6})
+    assert layer_weights(layers, "depth", num_layers=6) == pytest.approx({1: 1 / 6, 2: 2 / 6, 5: 5 / 6})
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "log", "linear"])
+def test_layer_weights_equal_sentence_transformers_adaptive_layer_loss(scheme):
+    """The schemes sentence-transformers names give hidden_states[l] the weight its AdaptiveLayerLoss gives it (its
+    layer_idx counts the embedding output as 0, as hidden_states does)."""
+    from types import SimpleNamespace
+
+    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss
+
+    theirs = {layer: AdaptiveLayerLoss.get_layer_weight(SimpleNamespace(layer_weighting=scheme), layer)
+              for layer in range(1, 12)}
+    assert layer_weights(list(range(1, 12)), scheme, num_layers=12) == pytest.approx(theirs, rel=1e-12)
 
 
 def test_layer_weights_validation():
@@ -78,10 +92,10 @@ def test_layer_weights_validation():
         layer_weights([0, 1], "log")
     with pytest.raises(ValueError, match="teacher"):
         layer_weights([6], "log", num_layers=6)
-    with pytest.raises(ValueError, match="uniform, log, linear"):
+    with pytest.raises(ValueError, match="uniform, log, linear, depth"):
         layer_weights([1], "cubic")
     with pytest.raises(ValueError, match="num_layers"):
-        layer_weights([1], "linear")
+        layer_weights([1], "depth")
     with pytest.raises(ValueError, match="duplicate"):
         layer_weights([1, 1], "log")
 
@@ -89,7 +103,7 @@ def test_layer_weights_validation():
 # --- ese_terms: which layers, which weights ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["log", "linear", "uniform"])
+@pytest.mark.parametrize("scheme", ["log", "linear", "uniform", "depth"])
 def test_six_layer_model_students_are_layers_1_to_5(scheme):
     """Defect (a): the students are hidden_states[1..n−1] (embedding output excluded, last-but-one included)."""
     layers = _layers(6)

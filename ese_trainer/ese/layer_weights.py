@@ -3,7 +3,9 @@
 Layers are numbered as in ``hidden_states`` of a Hugging Face encoder with ``n`` transformer layers:
 ``hidden_states[0]`` is the embedding-layer output (not a transformer layer, never a student) and
 ``hidden_states[ℓ]`` is the output of transformer layer ``ℓ``; the last layer ``n`` is the teacher, so the
-students are ``ℓ = 1..n−1`` — the same layers the layer x dimension evaluation reports.
+students are ``ℓ = 1..n−1`` — the same layers the layer x dimension evaluation reports. This is the index
+sentence-transformers' ``AdaptiveLayerLoss`` weights too (its ``layer_idx`` 0 is the embedding output), so a scheme
+of the same name gives a layer the same weight there and here.
 """
 
 from __future__ import annotations
@@ -11,16 +13,40 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-LAYER_WEIGHTINGS = ("uniform", "log", "linear")
+LAYER_WEIGHTINGS = ("uniform", "log", "linear", "depth")
+
+
+def layer_weight(layer: int, scheme: str, num_layers: int | None = None) -> float:
+    """``w_ℓ`` of ``hidden_states[ℓ]`` under ``scheme`` (unchecked; :func:`layer_weights` validates).
+
+    The first three are sentence-transformers' ``AdaptiveLayerLoss.get_layer_weight`` (6.x,
+    ``sentence_transformer/losses/adaptive_layer.py``; its issue #3757 noted that 2DMSE, ESE and Starbucks weight
+    layers differently):
+
+    - ``uniform``: ``w_ℓ = 1`` (2DMSE and Starbucks);
+    - ``log``: ``w_ℓ = 1 / (1 + ln(1 + ℓ))`` (ESE, Li et al., arXiv 2402.14776 v2; AnglE's ``AngleESETrainer``);
+    - ``linear``: ``w_ℓ = 1 / (1 + ℓ)`` (``AdaptiveLayerLoss`` before it had the option);
+
+    and ours: ``depth``: ``w_ℓ = ℓ / n`` — deeper layers, closer to the teacher, count more (needs ``num_layers``).
+    ``uniform``, ``log`` and ``linear`` favour the shallow layers, ``depth`` the deep ones.
+    """
+    if scheme == "uniform":
+        return 1.0
+    if scheme == "log":
+        return 1.0 / (1.0 + math.log(1.0 + layer))
+    if scheme == "linear":
+        return 1.0 / (1.0 + layer)
+    if scheme == "depth":
+        if num_layers is None:
+            raise ValueError("the 'depth' layer weighting needs num_layers (w_l = l / num_layers)")
+        return layer / num_layers
+    raise ValueError(f"unknown layer weighting {scheme!r}; choose one of {', '.join(LAYER_WEIGHTINGS)}")
 
 
 def layer_weights(student_layers: Sequence[int], scheme: str, num_layers: int | None = None) -> dict[int, float]:
     """Weight ``w_ℓ`` of each student layer ``ℓ`` (1-based transformer layer, ``1 ≤ ℓ ≤ n−1``).
 
-    - ``uniform``: ``w_ℓ = 1``.
-    - ``log``: ``w_ℓ = 1 / (1 + ln(1 + ℓ))`` — the weight AnglE's ``AngleESETrainer`` gives ``hidden_states[ℓ]``
-      (Li et al., ESE, arXiv 2402.14776); shallower layers count more.
-    - ``linear``: ``w_ℓ = ℓ / n`` — deeper layers, closer to the teacher, count more; needs ``num_layers``.
+    ``uniform``, ``log`` (ESE's, the default), ``linear`` or ``depth``: :func:`layer_weight`.
 
     ``num_layers`` (``n``), when given, also bounds the layers to ``1..n−1``. Layer 0 (the embedding output)
     is rejected. The weights are not normalised; :func:`ese_trainer.ese.ese_terms` divides by ``Σ_ℓ w_ℓ``.
@@ -39,10 +65,4 @@ def layer_weights(student_layers: Sequence[int], scheme: str, num_layers: int | 
             )
         if num_layers is not None and layer > num_layers - 1:
             raise ValueError(f"student layer {layer} outside 1..{num_layers - 1} (layer {num_layers} is the teacher)")
-    if scheme == "uniform":
-        return {layer: 1.0 for layer in student_layers}
-    if scheme == "log":
-        return {layer: 1.0 / (1.0 + math.log(1.0 + layer)) for layer in student_layers}
-    if num_layers is None:
-        raise ValueError("the 'linear' layer weighting needs num_layers (w_l = l / num_layers)")
-    return {layer: layer / num_layers for layer in student_layers}
+    return {layer: layer_weight(layer, scheme, num_layers) for layer in student_layers}

@@ -53,7 +53,16 @@ from ese_trainer.ese.compression import CompressionOutput, MoECompressionHead, p
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS, layer_weights
 from ese_trainer.ese.settings import ESESettings
-from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, parse_slices, starbucks_terms
+from ese_trainer.ese.starbucks import (
+    STARBUCKS,
+    STARBUCKS_DISTILL,
+    STARBUCKS_SIMILARITY,
+    draw_slices,
+    ladder_slices,
+    slice_weights,
+    starbucks_terms,
+    trained_slices,
+)
 
 LAST_COMPRESSED = "loss_ese_last_compressed"
 DISTILL_LAST = "loss_ese_distill_last"
@@ -220,8 +229,11 @@ class ESELoss(nn.Module):
         settings.check_model(hidden_size)
         self.settings, self.num_layers = settings, num_layers
         self.slices: list[tuple[int, int]] = []
+        self.slice_weights: dict[tuple[int, int], float] = {}
         if settings.schedule == "starbucks":
-            self.slices = parse_slices(settings.starbucks_pairs, num_layers, hidden_size)
+            self.slices = ladder_slices(settings.starbucks_pairs, settings.starbucks_ladder, num_layers, hidden_size)
+            self.slice_weights = slice_weights(settings.starbucks_weights,
+                                               trained_slices(self.slices, num_layers, hidden_size), num_layers)
             self.layers = sorted({layer for layer, _ in self.slices} | {num_layers})
             self.student_layers = [layer for layer in self.layers if layer != num_layers]
         else:
@@ -268,6 +280,25 @@ class ESELoss(nn.Module):
             ready.fill_(True)
         return embeddings.detach().float() @ projection[:, :k].to(embeddings.device)
 
+    def _starbucks(self, selected: Mapping[int, Tensor], pair_loss: PairLoss) -> dict[str, Tensor]:
+        """The Starbucks terms (:mod:`ese_trainer.ese.starbucks`) of this step's slices: all of them, or in training
+        with ``starbucks_slices_per_step`` a draw keyed by the training forwards counted so far (a checkpointed
+        buffer), scaled to the full ladder's expected loss."""
+        settings = self.settings
+        trained = list(self.slice_weights)
+        slices, scale = trained, 1.0
+        if self.training and 0 < settings.starbucks_slices_per_step < len(trained):
+            slices = draw_slices(trained, settings.starbucks_slices_per_step, int(self.forwards))
+            scale = len(trained) / len(slices)
+        terms = starbucks_terms(selected, slices, self.num_layers, pair_loss, settings.starbucks_distill_weight,
+                                settings.kl_temperature, self._pca_target, self.slice_weights, scale,
+                                settings.starbucks_similarity_weight, settings.starbucks_similarity_temperature)
+        if not terms:
+            return {}
+        total = (terms[STARBUCKS] + settings.starbucks_distill_weight * terms.get(STARBUCKS_DISTILL, 0.0)
+                 + settings.starbucks_similarity_weight * terms.get(STARBUCKS_SIMILARITY, 0.0))
+        return {ESE_TOTAL: total, **terms}
+
     def forward(self, layer_embeddings: Mapping[int, Tensor], pair_loss: PairLoss) -> dict[str, Tensor]:
         """The terms of ``layer_embeddings`` (layer → the batch's ``N x D`` embeddings) restricted to :attr:`layers`."""
         missing = [layer for layer in self.layers if layer not in layer_embeddings]
@@ -281,12 +312,7 @@ class ESELoss(nn.Module):
             self.forwards += 1
         selected = {layer: layer_embeddings[layer] for layer in self.layers}
         if self.slices:
-            terms = starbucks_terms(selected, self.slices, self.num_layers, pair_loss,
-                                    settings.starbucks_distill_weight, settings.kl_temperature, self._pca_target)
-            if not terms:
-                return {}
-            total = terms[STARBUCKS] + settings.starbucks_distill_weight * terms.get(STARBUCKS_DISTILL, 0.0)
-            return {ESE_TOTAL: total, **terms}
+            return self._starbucks(selected, pair_loss)
         refreshing = settings.pca_refresh_steps > 1 and settings.compression_target == "pca"
         targets = self._head_target if self.heads else (
             (lambda layer, tensor: self._pca_target(layer, tensor, settings.compression_size)) if refreshing else None)

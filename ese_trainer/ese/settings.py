@@ -4,6 +4,7 @@ card read."""
 from dataclasses import dataclass, field, fields
 
 from ese_trainer.ese.layer_weights import LAYER_WEIGHTINGS
+from ese_trainer.ese.starbucks import LADDERS, parse_weights
 
 COMPRESSION_TARGETS = ("pca", "moe")
 SCHEDULES = ("espresso", "starbucks")
@@ -21,16 +22,33 @@ class ESESettings:
     starbucks_pairs: list[str] | None = field(
         default=None, metadata={"help": "schedule starbucks: the slices as LAYERxDIMS (e.g. 2x32 4x64 6x384); "
                                 "default: a diagonal from the model's depth and width (BERT-base: Starbucks' own)."})
+    starbucks_ladder: str = field(
+        default="diagonal", metadata={"help": "schedule starbucks, without starbucks_pairs: diagonal (the default "
+                                      "diagonal) or grid (every layer of the diagonal at every dims of it)."})
+    starbucks_slices_per_step: int = field(
+        default=0, metadata={"help": "schedule starbucks: slices trained each step; 0: every slice (as published), k: "
+                             "a random k of them (drawn from the step count), their terms scaled by slices/k."})
+    starbucks_weights: list[str] | None = field(
+        default=None, metadata={"help": "schedule starbucks: each slice's weight: one number per slice but the full "
+                                "one, small to large; or a layer weighting (uniform, log, linear, depth) of the "
+                                "slice's layer, rescaled to mean 1; default: 1 each (as published)."})
     starbucks_distill_weight: float = field(
         default=0.0, metadata={"help": "schedule starbucks: weight of each slice's distillation toward its layer's "
                                "compression target (0: the pair loss alone, as published)."})
+    starbucks_similarity_weight: float = field(
+        default=0.0, metadata={"help": "schedule starbucks: weight of each slice's in-batch similarities distilled "
+                               "toward the full model's (detached; KL over rows, Starbucks' code); 0: off."})
+    starbucks_similarity_temperature: float = field(
+        default=0.05, metadata={"help": "schedule starbucks: temperature of the similarity distillation (0.05: the "
+                                "in-batch term's scale 20)."})
     pca_refresh_steps: int = field(
         default=1, metadata={"help": "Recompute the PCA target's SVD every this many training steps (1: every "
                              "step, the paper's); between refreshes each layer's projection is reused."})
     compression_size: int = field(default=128, metadata={"help": "k: the leading dims trained as an embedding."})
     kl_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature τ (KL scaled by τ²)."})
     layer_weighting: str = field(
-        default="log", metadata={"help": f"Student layer weights: {', '.join(LAYER_WEIGHTINGS)}."})
+        default="log", metadata={"help": "Student layer weights (schedule espresso): uniform 1, log 1/(1+ln(1+l)) "
+                                 "(ESE's), linear 1/(1+l) (sentence-transformers'), depth l/n."})
     last_layer_weight: float = field(default=1.0, metadata={"help": "λ_last: weight of the last layer's k-dim terms."})
     prior_layers_weight: float = field(
         default=1.0, metadata={"help": "λ_prior: weight of the shallower layers' terms."})
@@ -49,10 +67,22 @@ class ESESettings:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.starbucks_pairs and self.schedule != "starbucks":
-            raise ValueError("starbucks_pairs applies to schedule starbucks only")
+        if self.schedule != "starbucks":
+            starbucks_only = [name for name, default in STARBUCKS_DEFAULTS.items() if getattr(self, name) != default]
+            if starbucks_only:
+                raise ValueError(f"{', '.join(starbucks_only)} appl{'y' if len(starbucks_only) > 1 else 'ies'} to "
+                                 "schedule starbucks only")
         if self.pca_refresh_steps < 1 or self.starbucks_distill_weight < 0:
             raise ValueError("pca_refresh_steps must be >= 1 and starbucks_distill_weight >= 0")
+        if self.starbucks_ladder not in LADDERS:
+            raise ValueError(f"starbucks_ladder must be one of {LADDERS}, got {self.starbucks_ladder!r}")
+        if self.starbucks_pairs and self.starbucks_ladder != "diagonal":
+            raise ValueError("set starbucks_pairs or starbucks_ladder, not both")
+        if self.starbucks_slices_per_step < 0:
+            raise ValueError(f"starbucks_slices_per_step must be >= 0, got {self.starbucks_slices_per_step}")
+        if self.starbucks_similarity_weight < 0 or not self.starbucks_similarity_temperature > 0:
+            raise ValueError("starbucks_similarity_weight must be >= 0 and starbucks_similarity_temperature > 0")
+        parse_weights(self.starbucks_weights)
         if self.layer_weighting not in LAYER_WEIGHTINGS:
             raise ValueError(f"layer_weighting must be one of {LAYER_WEIGHTINGS}, got {self.layer_weighting!r}")
         if self.compression_target not in COMPRESSION_TARGETS:
@@ -76,6 +106,11 @@ class ESESettings:
         if self.schedule == "espresso" and not 0 < self.compression_size < hidden_size:
             raise ValueError(f"compression_size={self.compression_size} must be in 1..{hidden_size - 1} "
                              f"(the model's hidden size is {hidden_size})")
+
+
+# The starbucks_* settings, each with its default: any other value needs schedule starbucks.
+STARBUCKS_DEFAULTS = {setting.name: setting.default for setting in fields(ESESettings)
+                      if setting.name.startswith("starbucks_")}
 
 
 def setting_names() -> list[str]:
