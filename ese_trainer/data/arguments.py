@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ese_trainer.data.batching import SAMPLING_STRATEGIES
+from ese_trainer.data.batching import SOURCE_SAMPLING_STRATEGIES
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
 from ese_trainer.data.rows import RoleThresholds
 from ese_trainer.data.sources import TrainSource
@@ -28,7 +28,7 @@ class DataArguments:
     )
     train_sampling: str = field(
         default="proportional",
-        metadata={"help": f"How batches of several sources are drawn: {' or '.join(SAMPLING_STRATEGIES)}."},
+        metadata={"help": f"How batches of several sources are drawn: {' or '.join(SOURCE_SAMPLING_STRATEGIES)}."},
     )
     positive_min_score: float = field(
         default=1.0,
@@ -92,8 +92,8 @@ class DataArguments:
         if self.train_datasets is not None and self.max_train_samples is not None:
             raise ValueError("max_train_samples applies to the single train_dataset; with train_datasets give each "
                              "entry its own max_samples")
-        if self.train_sampling not in SAMPLING_STRATEGIES:
-            raise ValueError(f"train_sampling must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
+        if self.train_sampling not in SOURCE_SAMPLING_STRATEGIES:
+            raise ValueError(f"train_sampling must be one of {SOURCE_SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
         self.train_sources()  # errors name the entry and key
         self.role_thresholds()
 

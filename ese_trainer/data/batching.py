@@ -10,12 +10,24 @@ within one source too.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from torch.utils.data import Sampler
 
-SAMPLING_STRATEGIES = ("proportional", "round_robin")
+logger = logging.getLogger(__name__)
+
+SOURCE_SAMPLING_STRATEGIES = ("proportional", "round_robin")  # how the sources' steps are ordered in an epoch
+
+
+class EpochSteps(NamedTuple):
+    """An epoch's steps (each a list of ``processes x batch_size`` row indices) and how many of them are relaxed:
+    had to take a row sharing a text with another row of the step."""
+
+    steps: list[list[int]]
+    relaxed: int
 
 
 class _Epoch:
@@ -76,8 +88,8 @@ class SourceBatchSampler(Sampler[list[int]]):
 
     def __init__(self, sources: Sequence[int], row_texts: Sequence[Sequence[int]], batch_size: int,
                  weights: Sequence[float], strategy: str = "proportional", seed: int = 0, processes: int = 1) -> None:
-        if strategy not in SAMPLING_STRATEGIES:
-            raise ValueError(f"sampling strategy must be one of {SAMPLING_STRATEGIES}, got {strategy!r}")
+        if strategy not in SOURCE_SAMPLING_STRATEGIES:
+            raise ValueError(f"sampling strategy must be one of {SOURCE_SAMPLING_STRATEGIES}, got {strategy!r}")
         if len(sources) != len(row_texts):
             raise ValueError(f"{len(sources)} source ids but {len(row_texts)} rows of text ids")
         self.batch_size, self.strategy, self.seed, self.processes = batch_size, strategy, seed, processes
@@ -91,7 +103,8 @@ class SourceBatchSampler(Sampler[list[int]]):
         if empty:
             raise ValueError(f"source(s) {empty} give fewer than one step of {self.step_rows} rows per epoch "
                              f"({processes} process(es) x batch {batch_size})")
-        self.relaxed_batches = 0
+        self.relaxed_batches = 0  # in the epoch drawn last by __iter__
+        self._drawn: tuple[int, EpochSteps] | None = None  # the last epoch drawn, and its steps
 
     @property
     def step_rows(self) -> int:
@@ -100,27 +113,41 @@ class SourceBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def source_steps(self, source: int, rng: random.Random) -> list[list[int]]:
-        """The steps (global batches of ``processes x batch_size`` rows) of one source for one epoch."""
+    def draw_source_steps(self, source: int, rng: random.Random) -> tuple[list[list[int]], int]:
+        """The steps (global batches of ``processes x batch_size`` rows) of one source for one epoch, drawn from
+        ``rng``, and how many of them had to take a row that shares a text (:func:`no_duplicate_batches`)."""
         rows, wanted = self.rows_by_source[source], self.rows_per_epoch[source]
         drawn: list[int] = []
         while len(drawn) < wanted:
             drawn += rng.sample(rows, len(rows))
-        steps, relaxed = no_duplicate_batches(drawn[:wanted], self.row_texts, self.step_rows,
-                                              wanted // self.step_rows)
-        self.relaxed_batches += relaxed
-        return steps
+        return no_duplicate_batches(drawn[:wanted], self.row_texts, self.step_rows, wanted // self.step_rows)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + self.sampler.epoch)
-        self.relaxed_batches = 0
-        per_source = [self.source_steps(source, rng) for source in range(len(self.weights))]
+    def epoch_steps(self, epoch: int) -> EpochSteps:
+        """Every step of ``epoch`` in order, and how many had to take a row sharing a text: a function of the seed
+        and the epoch only (the epoch drawn last is kept, so asking before iterating costs one draw)."""
+        if self._drawn is not None and self._drawn[0] == epoch:
+            return self._drawn[1]
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        per_source, relaxed = [], 0
+        for source in range(len(self.weights)):
+            steps, source_relaxed = self.draw_source_steps(source, rng)
+            per_source.append(steps)
+            relaxed += source_relaxed
         if self.strategy == "proportional":
             steps = [step for steps in per_source for step in steps]
             rng.shuffle(steps)
         else:
             rounds = min(len(steps) for steps in per_source)
             steps = [per_source[source][index] for index in range(rounds) for source in range(len(per_source))]
+        self._drawn = (epoch, EpochSteps(steps, relaxed))
+        return self._drawn[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.sampler.epoch
+        steps, self.relaxed_batches = self.epoch_steps(epoch)
+        logger.info("epoch %d: %d steps, %d of them relaxed (relaxed_batches: a row sharing a text with another "
+                    "row of its step, taken because the rows left could not fill it otherwise; the loss masks the "
+                    "duplicate)", epoch, len(steps), self.relaxed_batches)
         for step in steps:
             for start in range(0, self.step_rows, self.batch_size):
                 yield step[start:start + self.batch_size]

@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, Rows
 
-SAMPLING_STRATEGIES = ("top", "random")
+NEGATIVE_SAMPLING_STRATEGIES = ("top", "random")  # how mine_hard_negatives picks among the candidates left
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class MiningSettings:
         if self.range_min < 0 or (self.range_max is not None and self.range_max < self.range_min + self.num_negatives):
             raise ValueError(f"need 0 <= range_min and range_max >= range_min + num_negatives, got range_min="
                              f"{self.range_min}, range_max={self.range_max}, num_negatives={self.num_negatives}")
-        if self.sampling_strategy not in SAMPLING_STRATEGIES:
-            raise ValueError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {self.sampling_strategy!r}")
+        if self.sampling_strategy not in NEGATIVE_SAMPLING_STRATEGIES:
+            raise ValueError(f"sampling_strategy must be one of {NEGATIVE_SAMPLING_STRATEGIES}, "
+                             f"got {self.sampling_strategy!r}")
 
 
 def mine_row_negatives(rows: Rows, settings: MiningSettings, model_path: str, source_name: str,

@@ -18,8 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 POSITIVE, NEGATIVE, SCORED = 0, 1, 2
-ROLE_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", SCORED: "scored"}
-ROW_COLUMNS = ("anchor", "texts", "scores", "roles")
+ROW_COLUMNS = ("anchor", "texts", "scores", "roles")  # a row's fields, the columns of a rows dataset
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class RowCounts:
 
 @dataclass
 class Rows:
-    """Rows as columns (``anchor``, ``texts``, ``scores``, ``roles``), and their counts."""
+    """Rows as columns (:data:`ROW_COLUMNS`), and their counts."""
 
     anchor: list[str] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)
@@ -86,7 +85,8 @@ class Rows:
         self.counts.add(roles, scores)
 
     def columns(self) -> dict[str, list]:
-        return {"anchor": self.anchor, "texts": self.texts, "scores": self.scores, "roles": self.roles}
+        """``{column: values}`` for every column of :data:`ROW_COLUMNS`."""
+        return {name: getattr(self, name) for name in ROW_COLUMNS}
 
     def __len__(self) -> int:
         return len(self.anchor)

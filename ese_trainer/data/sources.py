@@ -32,7 +32,6 @@ from ese_trainer.data.sts import DEFAULT_SCORE_RANGE, load_sts_pairs
 from ese_trainer.paths import looks_like_local_path
 
 SOURCE_KINDS = ("nli", "sts", "triplet", "pair")
-ROW_SOURCE_COLUMNS = ("anchor", "texts", "scores", "roles", "source")
 
 
 @dataclass(frozen=True)
