@@ -13,6 +13,7 @@ from ese_trainer.data.collator import RowCollator
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED
 from ese_trainer.losses import (
     CombinedLoss,
+    InBatchCandidates,
     InBatchSettings,
     LossSettings,
     RowBatch,
@@ -55,8 +56,8 @@ def test_equals_sentence_transformers_mnrl(directions, partition, hardness, stre
                                         hardness_mode=hardness, hardness_strength=strength)
     expected = mnrl.compute_loss_from_embeddings([anchors, positives, *negatives], None)
     settings = InBatchSettings(20.0, directions, partition, hardness or "none", strength)
-    assert in_batch_negatives_loss(anchors, docs, doc_row, positive, settings) == pytest.approx(expected.item(),
-                                                                                                abs=1e-5)
+    assert in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive), settings) == pytest.approx(
+        expected.item(), abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +96,23 @@ def test_with_a_guide_equals_sentence_transformers_gistembed(st_models, texts, c
     rows = len(ANCHORS)
     directions = ("query_to_doc", *(("query_to_query",) if contrast_anchors else ()),
                   *(("doc_to_doc",) if contrast_positives else ()))
-    ours = in_batch_negatives_loss(embedded[0], torch.cat(embedded[1:]), torch.arange(rows).repeat(len(texts) - 1),
-                                   torch.arange(rows), InBatchSettings(scale=100.0, directions=directions),
-                                   guide=(guided[0], torch.cat(guided[1:])))
+    candidates = InBatchCandidates(embedded[0], torch.cat(embedded[1:]), torch.arange(rows).repeat(len(texts) - 1),
+                                   torch.arange(rows), guide=(guided[0], torch.cat(guided[1:])))
+    ours = in_batch_negatives_loss(candidates, InBatchSettings(scale=100.0, directions=directions))
     assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_the_guide_removes_candidates_it_scores_above_the_positive():
     anchors, _, _, docs, doc_row, positive = columns(rows=4, negatives=1)
-    plain = in_batch_negatives_loss(anchors, docs, doc_row, positive)
+    plain = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive))
     # a guide that sees row 0's negative as identical to its anchor: a false negative, out of row 0's softmax
     guide_anchors, guide_docs = anchors.clone(), docs.clone()
     guide_docs[4] = guide_anchors[0]
-    guided = in_batch_negatives_loss(anchors, docs, doc_row, positive, guide=(guide_anchors, guide_docs))
+    guided = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive,
+                                                       guide=(guide_anchors, guide_docs)))
     assert guided < plain
     # a guide identical to the model removes only candidates above the positives, never a positive itself
-    same = in_batch_negatives_loss(anchors, docs, doc_row, positive, guide=(anchors, docs))
+    same = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive, guide=(anchors, docs)))
     assert torch.isfinite(same) and same <= plain + 1e-6
 
 
@@ -120,11 +122,12 @@ def test_duplicate_texts_leave_the_softmax():
     docs[7] = anchors[0]  # row 1's negative is row 0's anchor text
     anchor_ids, doc_ids = torch.arange(6), torch.arange(100, 112)
     doc_ids[7] = anchor_ids[0]
-    masked = in_batch_negatives_loss(anchors, docs, doc_row, positive, anchor_ids=anchor_ids, doc_ids=doc_ids)
-    unmasked = in_batch_negatives_loss(anchors, docs, doc_row, positive)
+    masked = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive, anchor_ids=anchor_ids,
+                                                       doc_ids=doc_ids))
+    unmasked = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive))
     assert masked < unmasked  # row 0 no longer competes with a copy of itself at cos = 1
-    distinct = in_batch_negatives_loss(anchors, docs, doc_row, positive, anchor_ids=torch.arange(6),
-                                       doc_ids=torch.arange(100, 112))
+    distinct = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive, anchor_ids=torch.arange(6),
+                                                         doc_ids=torch.arange(100, 112)))
     assert distinct.item() == pytest.approx(unmasked.item())
 
 
@@ -132,13 +135,13 @@ def test_rows_without_a_positive_only_add_candidates():
     anchors, _, _, docs, doc_row, positive = columns(rows=6, negatives=1)
     positive = positive.clone()
     positive[5] = -1  # row 5: an anchor and a negative, no positive (a premise without entailment)
-    with_candidates = in_batch_negatives_loss(anchors, docs, doc_row, positive)
+    with_candidates = in_batch_negatives_loss(InBatchCandidates(anchors, docs, doc_row, positive))
     manual_logits = 20 * torch.nn.functional.normalize(anchors[:5], dim=-1) @ \
         torch.nn.functional.normalize(docs, dim=-1).T
     expected = -torch.log_softmax(manual_logits, dim=-1)[torch.arange(5), torch.arange(5)].mean()
     assert with_candidates.item() == pytest.approx(expected.item(), abs=1e-5)
     none = torch.full((6,), -1)
-    loss = in_batch_negatives_loss(anchors.requires_grad_(), docs, doc_row, none)
+    loss = in_batch_negatives_loss(InBatchCandidates(anchors.requires_grad_(), docs, doc_row, none))
     loss.backward()
     assert loss.item() == 0.0 and anchors.grad is not None
 
@@ -149,10 +152,11 @@ def test_hinge_pushes_the_hardest_negative_a_margin_below_the_positive():
     rows = torch.arange(4)
     hardest = cosines.masked_fill(torch.nn.functional.one_hot(rows, 8).bool(), -2).max(dim=1).values
     expected = torch.relu(0.2 - cosines[rows, rows] + hardest).mean()
-    assert hardest_negative_hinge_loss(anchors, docs, doc_row, positive, margin=0.2).item() == pytest.approx(
-        expected.item(), abs=1e-6)
+    assert hardest_negative_hinge_loss(InBatchCandidates(anchors, docs, doc_row, positive), margin=0.2).item() == \
+        pytest.approx(expected.item(), abs=1e-6)
     separated = torch.eye(8)[:4] * 10, torch.eye(8) * 10
-    assert hardest_negative_hinge_loss(separated[0], separated[1][:8], doc_row, positive).item() == 0.0
+    assert hardest_negative_hinge_loss(InBatchCandidates(separated[0], separated[1][:8], doc_row, positive)).item() \
+        == 0.0
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -189,11 +193,11 @@ def test_combined_loss_reads_the_collated_layout(tokenizer):
     assert terms["loss_cosent"].item() == pytest.approx(
         cosent_loss(embeddings[first], embeddings[second], scores).item())
     assert terms["loss_angle"].item() == pytest.approx(angle_loss(embeddings[first], embeddings[second], scores).item())
-    assert terms["loss_ibn"].item() == pytest.approx(in_batch_negatives_loss(
+    assert terms["loss_ibn"].item() == pytest.approx(in_batch_negatives_loss(InBatchCandidates(
         embeddings[:3], embeddings[documents], doc_row, positive, anchor_ids=batch["text_ids"][:3],
-        doc_ids=batch["text_ids"][documents]).item())
-    assert terms["loss_hinge"].item() == pytest.approx(hardest_negative_hinge_loss(
-        embeddings[:3], embeddings[documents], doc_row, positive, margin=0.3).item())
+        doc_ids=batch["text_ids"][documents])).item())
+    assert terms["loss_hinge"].item() == pytest.approx(hardest_negative_hinge_loss(InBatchCandidates(
+        embeddings[:3], embeddings[documents], doc_row, positive), margin=0.3).item())
     assert loss.combine(terms).item() == pytest.approx(
         (terms["loss_cosent"] + 30 * terms["loss_ibn"] + terms["loss_angle"] + 2 * terms["loss_hinge"]).item())
     only_ibn = CombinedLoss({"cosent": 0.0, "ibn": 1.0, "angle": 0.0, "hinge": 0.0})

@@ -8,7 +8,14 @@ from transformers import TrainerCallback, TrainingArguments
 
 from ese_trainer.data.collator import RowCollator
 from ese_trainer.ese.arguments import ESEArguments
-from ese_trainer.losses import InBatchSettings, RowBatch, angle_loss, cosent_loss, in_batch_negatives_loss
+from ese_trainer.losses import (
+    InBatchCandidates,
+    InBatchSettings,
+    RowBatch,
+    angle_loss,
+    cosent_loss,
+    in_batch_negatives_loss,
+)
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.pooling import pool
@@ -49,8 +56,8 @@ def test_compute_loss_is_weighted_sum_of_terms(tiny_bert, tokenizer, pairs, tmp_
     first, second, scores = layout.scored_pairs()
     documents, doc_row, positive = layout.documents()
     ids = batch["text_ids"]
-    ibn = in_batch_negatives_loss(embeddings[:8], embeddings[documents], doc_row, positive, InBatchSettings(scale=30),
-                                  ids[:8], ids[documents])
+    ibn = in_batch_negatives_loss(InBatchCandidates(embeddings[:8], embeddings[documents], doc_row, positive, ids[:8],
+                                                    ids[documents]), InBatchSettings(scale=30))
     expected = (0.5 * cosent_loss(embeddings[first], embeddings[second], scores, 10) + 2.0 * ibn
                 + 0.25 * angle_loss(embeddings[first], embeddings[second], scores, 5))
     assert torch.allclose(loss, expected, atol=1e-5)

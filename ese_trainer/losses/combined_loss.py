@@ -5,14 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor, nn
 
 from ese_trainer.losses.angle import angle_loss
 from ese_trainer.losses.cosent import cosent_loss
-from ese_trainer.losses.hinge import hardest_negative_hinge_loss
-from ese_trainer.losses.in_batch_negatives import DEFAULT_SETTINGS, InBatchSettings, in_batch_negatives_loss
+from ese_trainer.losses.hinge import hinge_over
+from ese_trainer.losses.in_batch_negatives import (
+    DEFAULT_SETTINGS,
+    Blocks,
+    InBatchSettings,
+    in_batch_blocks,
+    info_nce_over,
+)
 from ese_trainer.losses.row_batch import RowBatch
+from ese_trainer.losses.zero_loss import zero_loss
 
 
 @dataclass(frozen=True)
@@ -27,35 +35,55 @@ class LossSettings:
     hinge_margin: float = 0.2
 
 
-def _ranking(function: Callable[[Tensor, Tensor, Tensor, float], Tensor], scale: Callable[[LossSettings], float]):
-    def term(batch: RowBatch, settings: LossSettings) -> Tensor:
-        first, second, scores = batch.scored_pairs()
-        if first.numel() < 2:  # no order to learn from: zero, with a graph
-            return 0.0 * batch.embeddings.sum()
-        return function(batch.embeddings[first], batch.embeddings[second], scores, scale(settings))
-    return term
+class TermInputs:
+    """What the terms read of one batch: the batch, the settings, the scored pairs (CoSENT, AnglE) and the in-batch
+    blocks, built once and shared by the in-batch term and the hinge (the same candidates and exclusions)."""
+
+    def __init__(self, batch: RowBatch, settings: LossSettings) -> None:
+        self.batch, self.settings = batch, settings
+
+    def scored_pairs(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Both sides' embeddings and the gold score of every scored pair; None under two pairs (no order to learn)."""
+        first, second, scores = self.batch.scored_pairs()
+        if first.numel() < 2:
+            return None
+        return self.batch.embeddings[first], self.batch.embeddings[second], scores
+
+    @cached_property
+    def blocks(self) -> Blocks:
+        return in_batch_blocks(self.batch.candidates(), self.settings.in_batch)
 
 
-def _contrastive(function: Callable[..., Tensor], **extra: Callable[[LossSettings], float]):
-    def term(batch: RowBatch, settings: LossSettings) -> Tensor:
-        documents, doc_row, positive = batch.documents()
-        rows, ids = batch.num_rows, batch.text_ids
-        guide = None if batch.guide is None else (batch.guide[:rows], batch.guide[documents])
-        return function(batch.embeddings[:rows], batch.embeddings[documents], doc_row, positive,
-                        settings=settings.in_batch, anchor_ids=None if ids is None else ids[:rows],
-                        doc_ids=None if ids is None else ids[documents], guide=guide,
-                        **{name: value(settings) for name, value in extra.items()})
-    return term
+def cosent_term(inputs: TermInputs) -> Tensor:
+    """CoSENT over every scored pair of the batch; 0 (with a graph) under two pairs."""
+    pairs = inputs.scored_pairs()
+    return zero_loss(inputs.batch.embeddings) if pairs is None else cosent_loss(*pairs, inputs.settings.cosent_scale)
+
+
+def angle_term(inputs: TermInputs) -> Tensor:
+    """AnglE over every scored pair of the batch; 0 (with a graph) under two pairs."""
+    pairs = inputs.scored_pairs()
+    return zero_loss(inputs.batch.embeddings) if pairs is None else angle_loss(*pairs, inputs.settings.angle_scale)
+
+
+def in_batch_term(inputs: TermInputs) -> Tensor:
+    """In-batch negatives: each anchor's softmax over every positive and hard negative of the batch."""
+    return info_nce_over(inputs.blocks)
+
+
+def hinge_term(inputs: TermInputs) -> Tensor:
+    """The hinge on each anchor's hardest negative, over the in-batch term's blocks."""
+    return hinge_over(inputs.blocks, inputs.settings.hinge_margin)
 
 
 @dataclass(frozen=True)
 class LossTerm:
     """A term of the combined loss: its config key (``<key>_w``), its log name ``loss_<key>``, the name the model
-    card shows, and the function ``(batch, settings) -> scalar``."""
+    card shows, and the function ``TermInputs -> scalar``."""
 
     key: str
     title: str
-    compute: Callable[[RowBatch, LossSettings], Tensor]
+    compute: Callable[[TermInputs], Tensor]
 
     @property
     def log_name(self) -> str:
@@ -63,14 +91,10 @@ class LossTerm:
 
 
 LOSS_TERMS = (
-    LossTerm("cosent", "CoSENT (cosine ranking of the scored pairs)",
-             _ranking(cosent_loss, lambda settings: settings.cosent_scale)),
-    LossTerm("ibn", "in-batch negatives (InfoNCE over positives and hard negatives)",
-             _contrastive(in_batch_negatives_loss)),
-    LossTerm("angle", "AnglE (angle ranking of the scored pairs)",
-             _ranking(angle_loss, lambda settings: settings.angle_scale)),
-    LossTerm("hinge", "hinge on the hardest negative (PromCSE)",
-             _contrastive(hardest_negative_hinge_loss, margin=lambda settings: settings.hinge_margin)),
+    LossTerm("cosent", "CoSENT (cosine ranking of the scored pairs)", cosent_term),
+    LossTerm("ibn", "in-batch negatives (InfoNCE over positives and hard negatives)", in_batch_term),
+    LossTerm("angle", "AnglE (angle ranking of the scored pairs)", angle_term),
+    LossTerm("hinge", "hinge on the hardest negative (PromCSE)", hinge_term),
 )
 
 
@@ -107,7 +131,8 @@ class CombinedLoss(nn.Module):
         self.settings = settings or LossSettings()
 
     def forward(self, batch: RowBatch) -> dict[str, Tensor]:
-        return {term.log_name: term.compute(batch, self.settings) for term in self.terms}
+        inputs = TermInputs(batch, self.settings)
+        return {term.log_name: term.compute(inputs) for term in self.terms}
 
     def combine(self, terms: dict[str, Tensor]) -> Tensor:
         return sum(self.weights[name] * value for name, value in terms.items())

@@ -7,6 +7,8 @@ encoder's routers (:class:`~ese_trainer.losses.router_loss.RouterLoss`) and ESE'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,6 +19,20 @@ def expert_shares(router_logits: Tensor, top_k: int) -> Tensor:
     not differentiable)."""
     selected = router_logits.detach().topk(top_k, dim=-1).indices
     return torch.bincount(selected.reshape(-1), minlength=router_logits.shape[-1]).float() / selected.numel()
+
+
+DEAD_SHARE_OF_BALANCED = 0.1  # an expert below a tenth of the balanced share 1/E counts as dead
+
+
+def dead_experts(shares: Sequence[float]) -> list[int]:
+    """The experts of one layer whose share of the top-k assignments (:func:`expert_shares`, over a logging window) is
+    below ``DEAD_SHARE_OF_BALANCED / E``: for 4 experts under 2.5%, for 8 under 1.25% (balanced: 25%, 12.5%).
+
+    A share of exactly 0 is the usual meaning; the threshold also counts an expert the router has all but abandoned:
+    it sees too few tokens for its weights to learn, and is dead weight in the model.
+    """
+    threshold = DEAD_SHARE_OF_BALANCED / len(shares)
+    return [expert for expert, share in enumerate(shares) if share < threshold]
 
 
 def switch_balance_loss(router_logits: Tensor, top_k: int) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ese_trainer.data.rows import NEGATIVE, POSITIVE
+from ese_trainer.losses.in_batch_negatives import InBatchCandidates
 
 
 class RowBatch(NamedTuple):
@@ -37,11 +38,22 @@ class RowBatch(NamedTuple):
         each row's positive as an index into them (−1 for none)."""
         is_document = (self.other_role == POSITIVE) | (self.other_role == NEGATIVE)
         chosen = torch.nonzero(is_document).flatten()
-        rows = self.other_row[chosen]
+        doc_row = self.other_row[chosen]
         positive = torch.full((self.num_rows,), -1, dtype=torch.long, device=self.other_row.device)
         is_positive = self.other_role[chosen] == POSITIVE
-        positive[rows[is_positive]] = torch.nonzero(is_positive).flatten()
-        return chosen + self.num_rows, rows, positive
+        positive[doc_row[is_positive]] = torch.nonzero(is_positive).flatten()
+        return chosen + self.num_rows, doc_row, positive
+
+    def candidates(self) -> InBatchCandidates:
+        """The in-batch term's view of the batch: the anchors, the :meth:`documents` with their rows and each row's
+        positive, and the same texts' ids and guide embeddings."""
+        documents, doc_row, positive = self.documents()
+        anchors = slice(0, self.num_rows)
+        ids, guide = self.text_ids, self.guide
+        return InBatchCandidates(
+            self.embeddings[anchors], self.embeddings[documents], doc_row, positive,
+            anchor_ids=None if ids is None else ids[anchors], doc_ids=None if ids is None else ids[documents],
+            guide=None if guide is None else (guide[anchors], guide[documents]))
 
     def scored_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
         """The ranking terms' pairs ``(anchor, text, score)`` of every text with a gold score: the two sides' text
