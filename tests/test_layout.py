@@ -1,6 +1,8 @@
-"""The package's layout: stage packages at the top, imports only from earlier stages, no import loop anywhere."""
+"""The package's layout: stage packages at the top, imports only from earlier stages, no import loop anywhere, and
+every module named in the README's "Where is what"."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,31 @@ def test_remote_code_files_are_self_contained():
                 assert not (node.module or "").startswith("ese_trainer"), (name, node.module)
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("ese_trainer") for alias in node.names), name
+
+
+def readme_module_table() -> set[str]:
+    """The modules the README's "Where is what" table names, as paths under ``ese_trainer/``: each row's files are
+    in the stage of its first cell (a blank first cell continues the stage above; ``ese_trainer/`` = the top)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Where is what\n", 1)[1].split("\n## ", 1)[0]
+    listed, stage = set(), None
+    for line in section.splitlines():
+        if not line.startswith("|") or re.fullmatch(r"[-| ]+", line):  # prose, or the header's rule
+            continue
+        cells = [cell.strip() for cell in line.strip()[1:-1].split("|")]
+        if cells[0] == "stage":
+            continue
+        if cells[0]:
+            stage = cells[0].strip("`").removeprefix("ese_trainer/").strip("/")
+        assert stage is not None, f"a row before any stage: {line}"
+        for name in re.findall(r"`([\w/]+\.py)`", cells[-1]):
+            listed.add(f"{stage}/{name}" if stage else name)
+    return listed
+
+
+def test_readme_where_is_what_names_every_module():
+    """A newcomer finds every module from the README, and the README names no module that is gone."""
+    modules = {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if path.name != "__init__.py"}
+    listed = readme_module_table()
+    assert sorted(modules - listed) == [], "modules the README's 'Where is what' leaves out"
+    assert sorted(listed - modules) == [], "files the README's 'Where is what' names that do not exist"
