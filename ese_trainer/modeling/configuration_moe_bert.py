@@ -21,7 +21,10 @@ class MoEBertConfig(BertConfig):
     num_experts (`int`, defaults to 4): experts per MoE layer.
     num_experts_per_tok (`int`, defaults to 2): experts each token is routed to (top-k).
     moe_layers (`str | list[int]`, defaults to ``"all"``): which transformer layers (0-based) get experts:
-        ``"all"``, ``"every_2"`` (layers 1, 3, 5, … as in the Switch Transformer) or a list of indices.
+        ``"all"``, ``"every_2"`` (every second layer: 1, 3, 5, …, as in the Switch Transformer and
+        nomic-embed-text-v2-moe, whose ``NomicBertBlock(config, moe=i % moe_every_n_layers == 1)`` with
+        ``moe_every_n_layers=2`` puts experts in 6 of its 12 layers; all-MiniLM-L6-v2: 1, 3, 5; its 3-layer cut: 1)
+        or a list of indices.
     moe_type (`str`, defaults to ``"upcycled"``): ``upcycled`` — the dense FFN is replaced by
         ``num_experts`` experts (sparse upcycling, Komatsuzaki et al. 2022); ``residual`` — the dense FFN
         stays and small routed experts are added to it: ``FFN(x) + Σ_k g_k(x) E_k(x)``.
@@ -30,12 +33,14 @@ class MoEBertConfig(BertConfig):
     norm_topk_prob (`bool`, defaults to True): renormalise the top-k router probabilities to sum to 1.
     router_jitter_noise (`float`, defaults to 0.0): multiplicative uniform noise on the router input
         during training (Switch Transformer, Fedus et al. 2021).
-    router_aux_loss_coef (`float`, defaults to 0.1): weight of the load-balancing loss. Switch used 0.01 beside
-        an LM loss of a few nats; the embedding losses here (scale-20 ranking terms) are ~10x larger, and at
-        0.01 the routing drifted further out of balance while training.
+    router_aux_loss_coef (`float`, defaults to 0.1): weight of the load-balancing loss, on by default (TRL turned
+        its own on, at 0.001, after finding it silently off in most MoE runs; 0.001 is also transformers' Mixtral
+        default). Switch used 0.01 beside an LM loss of a few nats; the embedding losses here (scale-20 ranking
+        terms) are ~10x larger, and at 0.01 the routing drifted further out of balance while training.
     router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss (ST-MoE, Zoph et al. 2022).
     output_router_logits (`bool`, defaults to True): return each MoE layer's router logits
-        (non-padding tokens only) in the model output.
+        (non-padding tokens only) in the model output; a model in training mode returns them whatever this says,
+        so the router losses cannot be silently off.
     """
 
     model_type = MOE_MODEL_TYPE

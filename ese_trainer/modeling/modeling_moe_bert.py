@@ -135,7 +135,8 @@ class MoEBertPreTrainedModel(BertPreTrainedModel):
 
 
 class MoEBertModel(MoEBertPreTrainedModel, BertModel):
-    """``BertModel`` with MoE layers at ``config.moe_layer_indices``; the output adds ``router_logits``.
+    """``BertModel`` with MoE layers at ``config.moe_layer_indices``; the output adds ``router_logits`` (with
+    ``config.output_router_logits``, and always in training mode).
 
     Loading is strict: missing, unexpected or mis-shaped weights raise :class:`MoELoadingError` instead of
     leaving experts at random initialisation.
@@ -170,7 +171,9 @@ class MoEBertModel(MoEBertPreTrainedModel, BertModel):
             layer.token_mask = token_mask
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                   return_dict=True, **kwargs)
-        router_logits = tuple(layer.router_logits for layer in moe_layers) if self.config.output_router_logits else None
+        # In training always: a trainer computes the load-balancing loss from them, which must never be silently off.
+        wanted = self.config.output_router_logits or self.training
+        router_logits = tuple(layer.router_logits for layer in moe_layers) if wanted else None
         result = MoEBertModelOutput(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=outputs.pooler_output,

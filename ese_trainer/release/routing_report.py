@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ese_trainer.losses.load_balancing import dead_experts
 from ese_trainer.release.run_io import save_json
 
 
@@ -33,7 +34,8 @@ def utilisation_history(log_history: list[dict], prefix: str = "moe") -> list[di
 
 def save_expert_utilisation(log_history: list[dict], output_dir: str | Path, num_experts: int,
                             top_k: int, prefix: str = "moe", name: str = "expert_utilisation") -> dict | None:
-    """Write ``<name>.json`` (every logged window; ``final`` = the last one; ``min_share``) and ``<name>.png``
+    """Write ``<name>.json`` (every logged window; ``final`` = the last one; ``min_share``; ``dead_experts`` per
+    layer in the last one, :func:`~ese_trainer.losses.load_balancing.dead_experts`) and ``<name>.png``
     (share per layer and expert over training). None when nothing was logged."""
     history = utilisation_history(log_history, prefix)
     if not history:
@@ -45,6 +47,7 @@ def save_expert_utilisation(log_history: list[dict], output_dir: str | Path, num
         "balanced_share": 1 / num_experts,
         "final": final,
         "min_share": min(min(layer["shares"]) for layer in final["layers"].values()),
+        "dead_experts": {layer: dead_experts(values["shares"]) for layer, values in final["layers"].items()},
         "history": history,
     }
     output_dir = Path(output_dir)
