@@ -61,8 +61,8 @@ class MoEArguments:
     moe_num_experts_per_tok: int | None = field(
         default=None, metadata={"help": f"Top-k experts per token ({MoEBertConfig.num_experts_per_tok})."})
     moe_layers: list[str] | None = field(
-        default=None, metadata={"help": "all, every_2 (layers 1, 3, ...) or 0-based layer indices "
-                                f"({MoEBertConfig.moe_layers})."})
+        default=None, metadata={"help": "all, every_2 (every second layer: 1, 3, ..., nomic-embed-text-v2-moe's "
+                                f"placement) or 0-based layer indices ({MoEBertConfig.moe_layers})."})
     moe_type: str | None = field(
         default=None, metadata={"help": f"{' or '.join(MOE_TYPES)} ({MoEBertConfig.moe_type})."})
     moe_expert_intermediate_size: int | None = field(
@@ -72,7 +72,8 @@ class MoEArguments:
     moe_router_jitter_noise: float | None = field(
         default=None, metadata={"help": f"Router input jitter ({MoEBertConfig.router_jitter_noise})."})
     moe_router_aux_loss_coef: float | None = field(
-        default=None, metadata={"help": f"Load-balancing weight ({MoEBertConfig.router_aux_loss_coef})."})
+        default=None, metadata={"help": "Load-balancing weight, logged as loss_router_aux; 0 turns it off "
+                                f"({MoEBertConfig.router_aux_loss_coef})."})
     moe_router_z_loss_coef: float | None = field(
         default=None, metadata={"help": f"Router z-loss weight ({MoEBertConfig.router_z_loss_coef})."})
     moe_router_learning_rate: float | None = field(
