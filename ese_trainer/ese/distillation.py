@@ -46,7 +46,8 @@ def similarity_distillation_loss(student: Tensor, teacher: Tensor, temperature: 
     ``student`` (``N x d``) and ``teacher`` (``N x D``) embed the same ``N`` texts; ``S = cos(student, student)`` and
     ``T = sg(cos(teacher, teacher))`` are their ``N x N`` cosine matrices with the diagonal (a text against itself)
     left out of every row's softmax. The loss is the mean over the ``N`` rows of each row's KL, so each text's
-    distribution over the batch's other texts under the slice is pulled toward the full model's. Computed in float32.
+    distribution over the batch's other texts under the slice is pulled toward the full model's (0 for a batch of one or
+    two texts: no choice to distil). Computed in float32.
 
     Source: Starbucks' own fine-tuning code (ielab/Starbucks, ``retrieval/modeling.py``, ``SrlDenseModel.forward``):
     each (layer, dims) sub-model's in-batch score matrix, divided by the contrastive temperature, is matched to the
@@ -61,9 +62,8 @@ def similarity_distillation_loss(student: Tensor, teacher: Tensor, temperature: 
     if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
         raise ValueError(f"expected N x d student and N x D teacher embeddings of the same N texts, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-    if student.shape[0] < 3:
-        raise ValueError(f"similarity distillation needs at least 3 texts (each row a distribution over the others), "
-                         f"got {student.shape[0]}")
+    if student.shape[0] < 2:  # no other text to compare with: nothing to distil (2 texts: one choice each, KL 0)
+        return student.float().sum() * 0.0
     self_pairs = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
 
     def log_probabilities(embeddings: Tensor) -> Tensor:
