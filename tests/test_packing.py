@@ -1,5 +1,7 @@
 """Padding-free (packed) forward: the same embeddings and gradients as padded batches, on real SNLI batches."""
 
+import bisect
+import itertools
 import json
 import os
 import subprocess
@@ -15,8 +17,12 @@ from ese_trainer.modeling import build_moe
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.packing import (
     EVAL_PACKING_MIN_PADDING,
+    LAYOUT_KEY,
+    attention_layout,
     eval_packing,
+    length_groups,
     pack,
+    packed_sdpa_attention,
     packing_pays_off,
     padding_share,
     use_packing,
@@ -48,6 +54,53 @@ def test_pack_restarts_positions_per_text(tokenizer):
     assert batch.inputs["cu_seq_lens_q"].tolist() == [0, lengths[0], sum(lengths)]
     assert batch.inputs["max_length_q"] == max(lengths)
     assert batch.segments.tolist() == [0] * lengths[0] + [1] * lengths[1]
+
+
+def test_length_groups_minimise_the_padded_score_grid(tokenizer):
+    """On real SNLI lengths, the dynamic programme's groups have the smallest ``sum count x bound^2`` of every choice
+    of at most 4 bounds among the distinct lengths."""
+    rows = snli_rows(40, seed=2)
+    texts = [text for row in rows for text in (row["anchor"], *row["texts"])]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+    def grid(bounds: list[int], batch: list[int]) -> int:
+        return sum(bounds[bisect.bisect_left(bounds, length)] ** 2 for length in batch)
+
+    for start, size in ((0, 6), (10, 20), (30, 45), (0, len(lengths))):
+        batch = lengths[start:start + size]
+        distinct = sorted(set(batch))
+        best = min(grid([*cuts, distinct[-1]], batch) for count in range(4)
+                   for cuts in itertools.combinations(distinct[:-1], count))
+        bounds = length_groups(batch, 4)
+        assert len(bounds) <= 4 and bounds[-1] == max(batch) and grid(bounds, batch) == best
+    assert length_groups([5, 9, 5, 7], 4) == [5, 7, 9] and length_groups([8, 3, 8], 1) == [8]
+
+
+def test_grouped_attention_equals_one_padded_group(minilm, snli_batch):
+    """Attention over 4 length groups gives the outputs and gradients of one group padded to the longest text (the
+    previous layout), on the real model's layer-0 queries, keys and values of a real SNLI batch."""
+    batch = pack(dict(snli_batch))
+    lengths = batch.lengths.tolist()
+    grouped, single = attention_layout(lengths, batch.lengths.device), attention_layout(lengths, "cpu", max_groups=1)
+    assert len(grouped.shapes) == 4 and single.shapes == ((len(lengths), max(lengths)),)
+    assert sum(length ** 2 for length in lengths) <= grouped.score_grid < single.score_grid / 2
+    assert batch.inputs[LAYOUT_KEY].shapes == grouped.shapes  # pack() hands every layer this layout
+    attention = minilm.encoder.layer[0].attention.self
+    with torch.no_grad():
+        hidden = minilm.embeddings(input_ids=batch.inputs["input_ids"], position_ids=batch.inputs["position_ids"],
+                                   token_type_ids=batch.inputs["token_type_ids"])
+        heads = [projection(hidden).view(1, -1, 12, 32).transpose(1, 2)
+                 for projection in (attention.query, attention.key, attention.value)]
+    weights = torch.randn(hidden.shape[1], 12, 32, generator=torch.Generator().manual_seed(0))
+    results = []
+    for layout in (grouped, single):
+        q, k, v = (x.clone().requires_grad_() for x in heads)
+        output, _ = packed_sdpa_attention(attention, q, k, v, None, scaling=attention.scaling,
+                                          cu_seq_lens_q=batch.inputs["cu_seq_lens_q"], packed_attention_layout=layout)
+        (output[0] * weights).sum().backward()
+        results.append((output, q.grad, k.grad, v.grad))
+    for grouped_result, single_result in zip(*results):  # output, then the gradients of q, k, v: float rounding
+        assert (grouped_result - single_result).abs().max() <= 1e-5 * single_result.abs().max()
 
 
 @pytest.mark.parametrize("kind", ["dense", "upcycled", "residual"])
