@@ -34,9 +34,21 @@ class ModelArguments:
         default=2, metadata={"help": "With padded batches: forward passes per batch, over length-sorted groups of "
                              "its texts (less padding; 1 = one pass over the whole padded batch)."}
     )
+    attention_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout on the attention probabilities while training; default: the "
+                                "checkpoint's (0.1 for BERTs). 0 lets PyTorch's SDPA take its fused flash kernel on "
+                                "CPU (forward and backward), which refuses any dropout."}
+    )
+    compile_layers: bool = field(
+        default=False, metadata={"help": "torch.compile each transformer layer (dynamic shapes; packing and pooling "
+                                 "stay eager). bench/compile_step.py measures compile time, step time, recompiles "
+                                 "and graph breaks."}
+    )
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if str(self.packed).lower() not in PACKED_SETTINGS:
             raise ValueError(f"packed must be one of {PACKED_SETTINGS}, got {self.packed!r}")
         if self.forward_chunks < 1:

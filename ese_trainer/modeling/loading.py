@@ -35,4 +35,31 @@ def load_tokenizer_and_encoder(model_args: ModelArguments, moe_args: MoEArgument
             raise ConfigError(str(error)) from None
     if getattr(model, "pooler", None) is not None:
         model.pooler.requires_grad_(False)
+    if model_args.attention_dropout is not None:
+        set_attention_dropout(model, model_args.attention_dropout)
+    if model_args.compile_layers:
+        compile_layers(model)
     return tokenizer, model
+
+
+def set_attention_dropout(model: PreTrainedModel, probability: float) -> None:
+    """Dropout ``probability`` on the attention probabilities of every self-attention module (BERT's
+    ``attention.self``, whose ``dropout.p`` the attention function receives while training) and in the config that
+    is saved with the model."""
+    modules = [module for name, module in model.named_modules() if name.endswith("attention.self")]
+    if not modules:
+        raise ConfigError(f"attention_dropout: {type(model).__name__} has no BERT self-attention modules")
+    for module in modules:
+        module.dropout.p = probability
+    model.config.attention_probs_dropout_prob = probability
+
+
+def compile_layers(model: PreTrainedModel) -> None:
+    """``torch.compile`` each transformer layer in place (``dynamic=True``: the token count changes every batch),
+    leaving the embeddings, :func:`~ese_trainer.modeling.packing.pack` (data-dependent shapes) and pooling eager.
+    Parameter names and the saved weights do not change."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if layers is None:
+        raise ConfigError(f"compile_layers: {type(model).__name__} has no encoder.layer list to compile")
+    for layer in layers:
+        layer.compile(dynamic=True)
