@@ -227,7 +227,7 @@ def run_peer(start: str, contender: Contender, lr: float, seed: int, every: int,
         command = [str(ANGLE_PYTHON), "-m", "bench.peers.angle_train", "--model", start_model(start),
                    "--train_jsonl", str(folder / "angle.jsonl"), "--pooling_strategy", "avg", "--cosine_w", "0",
                    "--ibn_w", "30", "--angle_w", "1", "--warmup_steps", "0.1", "--logging_steps", "50",
-                   "--threads", str(os.cpu_count()), *common]
+                   "--threads", str(len(os.sched_getaffinity(0))), *common]
     subprocess.run(command, cwd=REPO, check=True)
     record = json.loads((output_dir / "dev_record.json").read_text())
     return Trained({int(step): dev for step, dev in record["dev_by_step"].items()}, output_dir / "best",
@@ -317,6 +317,11 @@ def save_tuning(start: str, name: str, choice: dict) -> None:
     (RUNS / start / "tuned.json").write_text(json.dumps(everything, indent=2) + "\n")
 
 
+def extended_grid(grid: list[float], chosen: float) -> list[float]:
+    """The grid with one more rate beyond the chosen edge: half the lowest, or twice the highest."""
+    return [chosen / 2, *grid] if chosen == grid[0] else [*grid, chosen * 2]
+
+
 def tune(start: str, name: str, seed: int, max_extensions: int = 4) -> float:
     """One contender's learning rate on STS-B dev: the start's grid with successive halving, extended (x2 above, /2
     below) until the chosen rate has a lower dev score on both sides. The same rule for every contender."""
@@ -327,12 +332,9 @@ def tune(start: str, name: str, seed: int, max_extensions: int = 4) -> float:
         for lr in sorted((lr for lr in grid if lr not in records), key=lambda lr: abs(math.log(lr / middle))):
             records[lr] = run_one(start, name, lr, seed, keep_at_least=second_best_half(records))
         chosen = halving_choice(records)
-        if chosen == grid[0]:
-            grid.insert(0, grid[0] / 2)
-        elif chosen == grid[-1]:
-            grid.append(grid[-1] * 2)
-        else:
+        if chosen not in (grid[0], grid[-1]):
             break
+        grid = extended_grid(grid, chosen)
     else:
         raise SystemExit(f"start {start}, {name}: the chosen rate is still at the edge of {grid} after "
                          f"{max_extensions} extensions a side")

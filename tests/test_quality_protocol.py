@@ -1,0 +1,117 @@
+"""The quality benchmark's protocol on real data and real trainers: sentence-transformers' NLI triplets, successive
+halving over learning rates, the grid's extension, and STS-B dev scored inside a peer's trainer and our recipe's."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from bench.jobs import half_dev, halving_choice, second_best_half
+from bench.peers.dev_callback import HalvingCut
+from bench.quality_vs_peers import extended_grid, st_nli_triplets
+
+from .conftest import EMBEDDED_DATA, REPO
+
+SNLI = EMBEDDED_DATA / "SNLI"
+
+
+def snli_dev_pairs(limit: int) -> list[tuple[str, str, str]]:
+    lines = [(SNLI / f"{name}.dev").read_text().splitlines()[:limit] for name in ("s1", "s2", "labels")]
+    return list(zip(*lines))
+
+
+def test_st_triplets_take_both_anchors_of_every_premise():
+    pairs = snli_dev_pairs(600)
+    entailed = {frozenset((a, b)) for a, b, label in pairs if label == "entailment"}
+    contradicted = {frozenset((a, b)) for a, b, label in pairs if label == "contradiction"}
+    premises = {a for a, _, label in pairs if label == "entailment"} & {a for a, _, label in pairs
+                                                                       if label == "contradiction"}
+    triplets = st_nli_triplets(pairs)
+    assert len(triplets) % 2 == 0 and len(triplets) >= 2 * len(premises) > 100
+    for first, second in zip(triplets[::2], triplets[1::2]):
+        key = first["anchor"]  # (key, entailment, contradiction), then (entailment, key, contradiction)
+        assert second["positive"] == key
+        assert frozenset((key, first["positive"])) in entailed and frozenset((key, second["anchor"])) in entailed
+        assert {frozenset((key, first["negative"])), frozenset((key, second["negative"]))} <= contradicted
+    anchors, positives = {t["anchor"] for t in triplets}, {t["positive"] for t in triplets}
+    assert premises <= anchors and premises <= positives
+    assert st_nli_triplets(pairs) == triplets  # seeded
+
+
+def test_halving_cut_stops_only_at_half_and_only_below_the_bar():
+    cut = HalvingCut(half_step=4, keep_at_least=80.0)
+    assert [cut.stop_after(step, dev) for step, dev in ((2, 79.0), (4, 79.5), (6, 70.0))] == [False, True, False]
+    assert cut.stopped_at == 4
+    kept = HalvingCut(half_step=4, keep_at_least=80.0)
+    assert not any(kept.stop_after(step, dev) for step, dev in ((2, 80.5), (4, 79.0), (6, 60.0)))  # best so far
+    free = HalvingCut(half_step=4, keep_at_least=None)
+    assert not any(free.stop_after(step, 0.0) for step in (2, 4, 6)) and free.stopped_at is None
+
+
+def record(lr: float, dev_by_step: dict[int, float]) -> dict:
+    return {"learning_rate": lr, "steps": max(dev_by_step), "dev_by_step": {str(k): v for k, v in dev_by_step.items()},
+            "selected_dev": max(dev_by_step.values())}
+
+
+def test_halving_picks_from_the_top_two_at_half_the_pass():
+    # 16 steps, 8 checkpoints: half the pass is step 8. The slow starter has the best final dev but is third at half.
+    records = {1e-5: record(1e-5, {4: 70.0, 8: 75.0, 16: 79.0}), 2e-5: record(2e-5, {4: 74.0, 8: 77.0, 16: 78.0}),
+               4e-5: record(4e-5, {4: 76.0, 8: 76.5, 16: 77.5})}
+    assert half_dev(records[1e-5]) == 75.0
+    assert second_best_half(records) == 76.5 and second_best_half({1e-5: records[1e-5]}) is None
+    assert halving_choice(records) == 2e-5
+
+
+def test_the_grid_grows_past_the_chosen_edge():
+    assert extended_grid([5e-5, 1e-4, 2e-4], 2e-4) == [5e-5, 1e-4, 2e-4, 4e-4]
+    assert extended_grid([5e-5, 1e-4, 2e-4], 5e-5) == [2.5e-5, 5e-5, 1e-4, 2e-4]
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_dev(tmp_path_factory):
+    """100 real STS-B dev pairs (the file's own layout), to keep the in-trainer evaluations short."""
+    path = tmp_path_factory.mktemp("dev") / "sts-dev.csv"
+    lines = (EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv").read_text().splitlines()
+    path.write_text("\n".join(lines[:100]) + "\n")
+    return path
+
+
+def test_sentence_transformers_peer_scores_dev_inside_its_trainer_and_stops_at_the_cut(minilm_path, small_dev,
+                                                                                      tmp_path):
+    triplets = tmp_path / "triplets.jsonl"
+    triplets.write_text("".join(json.dumps(t) + "\n" for t in st_nli_triplets(snli_dev_pairs(400))[:64]))
+    out = tmp_path / "out"
+    result = run_module("bench.peers.st_train", "--model", minilm_path, "--mode", "mnrl", "--triplets_jsonl",
+                        str(triplets), "--output_dir", str(out), "--learning_rate", "1e-4", "--batch_size", "16",
+                        "--dev_file", str(small_dev), "--eval_every", "1", "--half_step", "2", "--keep_at_least",
+                        "101")
+    assert result.returncode == 0, result.stderr[-3000:]
+    dev_record = json.loads((out / "dev_record.json").read_text())
+    assert dev_record["stopped_at"] == 2 and dev_record["steps"] == 2 and dev_record["max_steps"] == 4
+    assert list(dev_record["dev_by_step"]) == ["1", "2"]
+    best = SentenceTransformer(str(out / "best"), device="cpu")
+    assert best.encode(["A man is playing a guitar."]).shape == (1, 384)
+
+
+def test_our_recipe_stops_at_the_cut(minilm_path, small_dev, tmp_path):
+    out = tmp_path / "out"
+    cut = tmp_path / "halving.json"
+    result = run_module("bench.peers.recipe_train", "--half_step", "2", "--keep_at_least", "101", "--record",
+                        str(cut), "--", "--config", "configs/smoke_snli.yaml", "--output_dir", str(out),
+                        "--sts_data_dir", str(EMBEDDED_DATA), "--sts_dev", str(small_dev), "--sts_tasks", "none",
+                        "--suite_before_training", "false", "--max_train_samples", "64",
+                        "--per_device_train_batch_size", "8", "--max_steps", "6", "--eval_steps", "1",
+                        "--save_steps", "1", "--logging_steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(cut.read_text()) == {"stopped_at": 2}
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["max_steps"] == 6
