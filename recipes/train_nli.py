@@ -24,7 +24,9 @@ from ese_trainer.modeling.packing import use_packing
 from ese_trainer.release.hub_push import PushError, check_push_ready
 from ese_trainer.release.output_folder import release_run, score_suite, start_output_dir
 from ese_trainer.training.build import build_objective, guide_embeddings, learning_rates
-from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, start_run
+from ese_trainer.training.run_arguments import ARGUMENT_GROUPS
+from ese_trainer.training.run_start import start_run
+from ese_trainer.training.strategy import confirm_strategy
 from ese_trainer.training.trainer import CheckpointMismatchError, ESETrainer, NonFiniteLossError
 
 PROG = "recipes/train_nli.py"
@@ -38,7 +40,7 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
     """Train, evaluate and release one run; ``callbacks`` (``transformers.TrainerCallback``) join the Trainer's own,
     e.g. a hyperparameter search that stops a run early."""
     # ---- config ----
-    args, resume = start_run(argv, prog=PROG, description=__doc__)
+    args, start = start_run(argv, prog=PROG, description=__doc__)
     if args.training.push_to_hub:  # before anything slow: a run that cannot push stops now, not after training
         check_push_ready(args.training.hub_model_id)
     work_offline_if_hub_unreachable()
@@ -53,10 +55,6 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
     data = load_run_data(args.data, args.training, mining_model=start_model)
     guide = guide_embeddings(args.loss, start_model, data.texts(), args.model.pooling, args.model.max_seq_length,
                              args.training.per_device_eval_batch_size)
-    start_output_dir(args, data, encoder)
-    tables = {}
-    if args.is_main_process and data.suite and args.data.suite_before_training:
-        tables["before"] = score_suite(encoder, tokenizer, args, data)
 
     # ---- trainer ----
     trainer = ESETrainer(
@@ -72,11 +70,17 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
         learning_rates=learning_rates(args.moe, args.ese),
         cache_minibatch_size=args.loss.cache_minibatch_texts if args.loss.ibn_cache else None,
         train_batch_sampler=data.sampler,
+        fingerprint=start.fingerprint,
         callbacks=callbacks,
     )
+    confirm_strategy(start.strategy, trainer.accelerator)  # what the accelerator set up is what was checked
+    start_output_dir(args, start, data, trainer)
+    tables = {}
+    if args.is_main_process and data.suite and args.data.suite_before_training:
+        tables["before"] = score_suite(encoder, tokenizer, args, data)
 
     # ---- train ----
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=start.checkpoint)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
 

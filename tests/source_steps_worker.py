@@ -48,6 +48,8 @@ if __name__ == "__main__":
         steps.append(gathered)
     if dist.get_rank() == 0:
         source_of = {ids[0]: source for ids, source in zip(with_ids, rows["source"])}
-        torch.save({"world_size": dist.get_world_size(), "steps": steps, "source_of_anchor": source_of}, output_path)
+        torch.save({"world_size": dist.get_world_size(), "steps": steps, "source_of_anchor": source_of,
+                    "rows_per_source": [list(rows["source"]).count(source) for source in (0, 1)],
+                    "steps_per_source": sampler.steps_per_source()}, output_path)
     dist.barrier()
     dist.destroy_process_group()

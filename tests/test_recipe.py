@@ -57,6 +57,8 @@ def test_outputs(finished_run):
     strategy = json.loads((output_dir / "run_info.json").read_text())["strategy"]
     assert strategy == {"requested": "single process", "strategy": "single process", "distributed_type": "NO",
                         "fsdp": False, "zero_stage": None, "world_size": 1, "fallback": False,
+                        "accelerator": {"distributed_type": "NO", "num_processes": 1, "mixed_precision": "no",
+                                        "fsdp_version": None, "zero_stage": None},
                         "trained_by": {"wrapper": "TrainingModel"}}
 
 
@@ -67,18 +69,6 @@ def test_saved_model_round_trips_through_sentence_transformers(finished_run):
     model = AutoModel.from_pretrained(output_dir).eval()
     ours = encode(model, AutoTokenizer.from_pretrained(output_dir), sentences, "mean", show_progress=False)
     assert torch.nn.functional.cosine_similarity(ours, theirs.cpu()).min() > 0.99999
-
-
-def test_resume_from_last_checkpoint(finished_run):
-    output_dir, _ = finished_run
-    result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(output_dir),
-                        "--sts_data_dir", str(EMBEDDED_DATA), *SMALL_RUN, "--max_steps", "6",
-                        "--resume_from_checkpoint", "last")
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    assert state["global_step"] == 6
-    trained_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
-    assert trained_steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 restored from checkpoint-4, not re-run
 
 
 def test_resume_from_a_checkpoint_broken_mid_save_names_it(finished_run, tmp_path):

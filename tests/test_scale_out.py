@@ -110,6 +110,8 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
     assert info["model_type"] == "ese_moe_bert"
     assert info["strategy"] == {"requested": "ddp", "strategy": "ddp", "distributed_type": "MULTI_CPU", "fsdp": False,
                                 "zero_stage": None, "world_size": 2, "fallback": False,
+                                "accelerator": {"distributed_type": "MULTI_CPU", "num_processes": 2,
+                                                "mixed_precision": "no", "fsdp_version": None, "zero_stage": None},
                                 "trained_by": {"wrapper": "DistributedDataParallel"}}
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 5
@@ -233,4 +235,6 @@ def test_every_process_draws_from_the_same_source_at_each_step(tmp_path):
         seen |= step_sources
         first, second = ({text for text in batch["texts"] if text != 0} for batch in step)
         assert not first & second
-    assert seen == {0, 1} and len(record["steps"]) >= 10
+    # 60 rows per source, 2 processes x 4 rows a step: 7 steps of each source, the 4 rows left over dropped
+    assert record["rows_per_source"] == [60, 60] and record["steps_per_source"] == [7, 7]
+    assert seen == {0, 1} and len(record["steps"]) == 14

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 
+from ese_trainer.data.batching import SourceBatchSampler
 from ese_trainer.data.run_data import RunData
 from ese_trainer.ese.starbucks import parse_slices
 from ese_trainer.evaluation.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid
@@ -20,10 +22,11 @@ from ese_trainer.release.hub_push import push_model_dir
 from ese_trainer.release.model_card import write_model_card
 from ese_trainer.release.plots import plot_loss_curves
 from ese_trainer.release.routing_report import save_expert_utilisation
-from ese_trainer.release.run_io import save_grid, save_json, save_resolved_config, save_sts_results
+from ese_trainer.release.run_io import earlier_runs, save_grid, save_json, save_resolved_config, save_sts_results
 from ese_trainer.training.objective import ESE_HEAD_ROUTING, MOE_ROUTING
 from ese_trainer.training.run_arguments import RunArguments
-from ese_trainer.training.strategy import wrapper_record
+from ese_trainer.training.run_start import RunStart
+from ese_trainer.training.strategy import accelerator_record, wrapper_record
 from ese_trainer.training.trainer import ESETrainer
 
 logger = logging.getLogger(__name__)
@@ -42,26 +45,56 @@ def score_suite(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ar
                         bf16=args.training.bf16_full_eval)
 
 
-def start_output_dir(args: RunArguments, data: RunData, encoder: torch.nn.Module) -> Path:
-    """``resolved_config.yaml``, ``run_info.json``, ``data_counts.json`` (main process)."""
+def epochs_drawn(training: TrainingArguments, batches_per_epoch: int) -> int:
+    """How many epochs of batches the Trainer draws (transformers ``Trainer.set_initial_training_values``): its
+    optimizer steps per epoch are the batches per process over the accumulation, rounded up."""
+    updates = max(math.ceil(batches_per_epoch / training.gradient_accumulation_steps), 1)
+    return math.ceil(training.max_steps / updates) if training.max_steps > 0 else math.ceil(training.num_train_epochs)
+
+
+def relaxed_batches(sampler: SourceBatchSampler, epochs: int) -> list[int]:
+    """Per epoch the run draws, the steps that had to take a row sharing a text (the first epoch drawn last, so the
+    sampler keeps it for training)."""
+    counts = {epoch: sampler.epoch_steps(epoch).relaxed for epoch in [*range(1, epochs), 0]}
+    return [counts[epoch] for epoch in range(epochs)]
+
+
+def start_output_dir(args: RunArguments, start: RunStart, data: RunData, trainer: ESETrainer) -> Path:
+    """``resolved_config.yaml``, ``run_info.json``, ``data_counts.json`` (main process). ``run_info.json`` records
+    the strategy with what the Trainer's accelerator set up, and the run's fingerprint; a resumed run records where it
+    resumed and what changed, and keeps the record of the runs before it (:func:`earlier_runs`)."""
     output_dir, training = Path(args.training.output_dir), args.training
-    if args.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(output_dir, *args)
-        global_batch = training.per_device_train_batch_size * training.world_size
-        save_json(output_dir / "run_info.json", {
-            "world_size": training.world_size,
-            "global_train_batch_size": global_batch,
-            "rows_per_optimizer_step": global_batch * training.gradient_accumulation_steps,
-            "contrastive_batch_rows": global_batch if args.loss.gather_across_devices
-            else training.per_device_train_batch_size,
-            "distributed_type": str(training.distributed_state.distributed_type),
-            "strategy": args.scale_out.strategy,
-            "embedding_dimension": encoder.config.hidden_size,
-            "model_type": encoder.config.model_type,
-            "parameters": sum(parameter.numel() for parameter in encoder.parameters()),
-        })
-        save_json(output_dir / "data_counts.json", data.counts_report())
+    if not args.is_main_process:
+        return output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_runs(output_dir) if start.resume else []
+    save_resolved_config(output_dir, *args)
+    encoder = trainer.accelerator.unwrap_model(trainer.model).encoder.transformer
+    global_batch = training.per_device_train_batch_size * training.world_size
+    run_info = {
+        "world_size": training.world_size,
+        "global_train_batch_size": global_batch,
+        "rows_per_optimizer_step": global_batch * training.gradient_accumulation_steps,
+        "contrastive_batch_rows": global_batch if args.loss.gather_across_devices
+        else training.per_device_train_batch_size,
+        "distributed_type": str(training.distributed_state.distributed_type),
+        "strategy": {**start.strategy, "accelerator": accelerator_record(trainer.accelerator)},
+        "embedding_dimension": encoder.config.hidden_size,
+        "model_type": encoder.config.model_type,
+        "parameters": sum(parameter.numel() for parameter in encoder.parameters()),
+        "fingerprint": start.fingerprint,
+    }
+    if start.resume:
+        run_info["resumed_from"] = start.resume.record()
+    if earlier:
+        run_info["earlier_runs"] = earlier
+    save_json(output_dir / "run_info.json", run_info)
+    counts = data.counts_report()
+    epochs = epochs_drawn(training, sum(data.sampler.steps_per_source()))
+    counts["relaxed_batches"] = relaxed_batches(data.sampler, epochs)
+    logger.info("relaxed_batches per epoch: %s (steps that had to take a row sharing a text)",
+                counts["relaxed_batches"])
+    save_json(output_dir / "data_counts.json", counts)
     return output_dir
 
 

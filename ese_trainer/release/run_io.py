@@ -43,6 +43,26 @@ def save_json(path: str | Path, payload: Any) -> Path:
     return path
 
 
+RUN_RECORDS = ("run_info.json", "resolved_config.yaml", "data_counts.json")  # what start_output_dir writes
+
+
+def earlier_runs(output_dir: str | Path) -> list[dict]:
+    """The record of the runs before this one in ``output_dir`` (a resumed run overwrites the files): the
+    ``earlier_runs`` its ``run_info.json`` kept, then that run's own ``run_info.json`` (without them),
+    ``resolved_config.yaml`` and ``data_counts.json``; a file that is missing or does not parse is left out."""
+    output_dir = Path(output_dir)
+    record: dict[str, Any] = {}
+    for name in RUN_RECORDS:
+        try:
+            text = (output_dir / name).read_text()
+            record[Path(name).stem] = yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+    info = record.get("run_info")
+    earlier = list(info.pop("earlier_runs", [])) if isinstance(info, dict) else []
+    return earlier + [record] if record else earlier
+
+
 def save_sts_results(output_dir: str | Path, tables: dict[str, dict[str, float]], model_name: str) -> str:
     """``eval_results.json`` and ``eval_results.md`` (rows: before / after); returns the Markdown table."""
     table = markdown_table(tables)

@@ -5,6 +5,11 @@ processes quietly runs as plain DDP over gloo (``accelerate/state.py``), so a ru
 The check below compares the two before anything is loaded. DeepSpeed does run on CPU processes (its CPU accelerator
 over gloo) when set up before the Trainer: ``ese_trainer.config.cli.set_up_deepspeed_on_cpu`` and
 :func:`configured_deepspeed_arguments`.
+
+The check runs before the Trainer exists, so it reads the launch's ``PartialState`` type, which under a GPU FSDP launch
+is still ``MULTI_GPU``: accelerate turns it into ``FSDP`` only later, in ``AcceleratorState.__init__``. The check
+applies that rule itself (:func:`accelerator_type`); once the Trainer exists, :func:`confirm_strategy` compares the
+prediction with what its accelerator set up.
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from accelerate import PartialState
-from accelerate.utils import DistributedType
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, is_torch_xla_available, parse_flag_from_env
 from transformers import TrainingArguments
 
 from ese_trainer.config.parsing import ConfigError
 
 SHARDED = {"fsdp": DistributedType.FSDP, "deepspeed": DistributedType.DEEPSPEED}
+# The launch types that accelerate turns into FSDP when FSDP is asked for (accelerate/state.py,
+# AcceleratorState.__init__); NO (one process without a launcher), MULTI_CPU and XLA stay as they are.
+GPU_LIKE_TYPES = frozenset({
+    DistributedType.MULTI_GPU, DistributedType.MULTI_MLU, DistributedType.MULTI_SDAA, DistributedType.MULTI_MUSA,
+    DistributedType.MULTI_NPU, DistributedType.MULTI_XPU, DistributedType.MULTI_HPU, DistributedType.MULTI_NEURON,
+})
 
 
 @dataclass
@@ -31,12 +42,20 @@ class ScaleOutArguments:
         default=False,
         metadata={"help": "When the launch asks for FSDP or DeepSpeed but the processes would run as plain DDP (e.g. "
                   "on CPU), go on as DDP, say so and record it, instead of stopping."})
-    # What runs, filled in by the checks (run_info.json records it): not a setting.
-    strategy: dict = field(default_factory=dict, init=False)
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def _accelerate_flag(name: str) -> bool:
+    """``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED`` as accelerate's state reads them: only ``true``."""
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def on_cpu(training: TrainingArguments) -> bool:
+    """Whether accelerate treats the processes as CPU processes (``use_cpu`` or ``ACCELERATE_USE_CPU``)."""
+    return bool(training.use_cpu) or parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
 def requested_strategy(training: TrainingArguments) -> str | None:
@@ -48,18 +67,40 @@ def requested_strategy(training: TrainingArguments) -> str | None:
     return None
 
 
+def accelerator_type(launched: DistributedType, cpu: bool, deepspeed: bool, fsdp: bool) -> DistributedType:
+    """The distributed type accelerate's ``AcceleratorState`` will run, from the launch's ``PartialState`` type
+    (accelerate/state.py, ``AcceleratorState.__init__``): XLA on a TPU stays XLA; DeepSpeed asked for on non-CPU
+    processes is DEEPSPEED whatever the launch type; FSDP asked for (``ACCELERATE_USE_FSDP`` or an FSDP plugin, i.e.
+    ``TrainingArguments.fsdp``) turns a GPU-like type (:data:`GPU_LIKE_TYPES`) into FSDP; anything else runs as
+    launched."""
+    if launched == DistributedType.XLA and is_torch_xla_available(check_is_tpu=True):
+        return launched
+    if deepspeed and not cpu:
+        return DistributedType.DEEPSPEED
+    if fsdp and launched in GPU_LIKE_TYPES:
+        return DistributedType.FSDP
+    return launched
+
+
+def strategy_name(kind: DistributedType, world_size: int) -> str:
+    """``fsdp``, ``deepspeed``, ``ddp`` or ``single process``."""
+    name = next((key for key, value in SHARDED.items() if value == kind), None)
+    return name or ("ddp" if world_size > 1 else "single process")
+
+
 def running_strategy(training: TrainingArguments) -> dict:
-    """What the processes will actually run: distributed type, FSDP on or off, ZeRO stage, world size."""
-    kind = training.distributed_state.distributed_type
+    """What the processes will actually run (:func:`accelerator_type` of the launch's type): distributed type, FSDP
+    on or off, ZeRO stage, world size."""
+    kind = accelerator_type(training.distributed_state.distributed_type, on_cpu(training),
+                            deepspeed=bool(training.deepspeed) or _accelerate_flag("ACCELERATE_USE_DEEPSPEED"),
+                            fsdp=bool(training.fsdp) or _accelerate_flag("ACCELERATE_USE_FSDP"))
     zero_stage = None
     if kind == DistributedType.DEEPSPEED:
         hf_config = getattr(training, "hf_deepspeed_config", None)  # set when TrainingArguments.deepspeed names one
+        plugin = getattr(training, "deepspeed_plugin", None)  # set by TrainingArguments under a DeepSpeed launch
         zero_stage = (hf_config.config.get("zero_optimization", {}).get("stage", 0) if hf_config is not None
-                      else training.deepspeed_plugin.zero_stage)
-    name = next((key for key, value in SHARDED.items() if value == kind), None)
-    if name is None:
-        name = "ddp" if training.world_size > 1 else "single process"
-    return {"strategy": name, "distributed_type": str(getattr(kind, "value", kind)),
+                      else plugin.zero_stage if plugin is not None else None)
+    return {"strategy": strategy_name(kind, training.world_size), "distributed_type": str(getattr(kind, "value", kind)),
             "fsdp": kind == DistributedType.FSDP, "zero_stage": zero_stage, "world_size": training.world_size}
 
 
@@ -83,8 +124,10 @@ def check_strategy(training: TrainingArguments, allow_fallback: bool) -> dict:
     if requested is None or running["strategy"] == requested:
         return record
     why = ("accelerate attaches FSDP and DeepSpeed only to GPU-like devices, and these are CPU processes (use_cpu / "
-           "ACCELERATE_USE_CPU)" if training.use_cpu or _flag("ACCELERATE_USE_CPU")
-           else "the launch's distributed type does not carry it")
+           "ACCELERATE_USE_CPU)" if on_cpu(training)
+           else f"accelerate attaches {requested} only to a launch on GPU-like devices through a launcher (this one "
+                f"is {training.distributed_state.distributed_type.value}), with ACCELERATE_USE_"
+                f"{requested.upper()}=true or the {requested} argument set")
     message = (f"the launch asks for {requested} but the {running['world_size']} process(es) would run "
                f"{running['strategy']} ({running['distributed_type']}): {why}")
     if not allow_fallback:
@@ -97,6 +140,31 @@ def check_strategy(training: TrainingArguments, allow_fallback: bool) -> dict:
         os.environ[name] = "false"
     os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
     return {**record, "fallback": True}
+
+
+def accelerator_record(accelerator: Accelerator) -> dict:
+    """What the Trainer's accelerator set up: its distributed type, processes, mixed precision, FSDP version and
+    DeepSpeed ZeRO stage (None where not used)."""
+    state = accelerator.state
+    fsdp_plugin = getattr(state, "fsdp_plugin", None)
+    deepspeed_plugin = getattr(state, "deepspeed_plugin", None)
+    return {"distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+            "num_processes": accelerator.num_processes, "mixed_precision": str(accelerator.mixed_precision),
+            "fsdp_version": getattr(fsdp_plugin, "fsdp_version", None) if fsdp_plugin is not None else None,
+            "zero_stage": getattr(deepspeed_plugin, "zero_stage", None) if deepspeed_plugin is not None else None}
+
+
+def confirm_strategy(strategy: dict, accelerator: Accelerator) -> dict:
+    """``strategy`` (:func:`check_strategy`'s record) with ``accelerator``: what the Trainer's accelerator set up
+    (:func:`accelerator_record`). An accelerator that runs another strategy than the check expected is a
+    :class:`ConfigError` (before training)."""
+    record = accelerator_record(accelerator)
+    runs = strategy_name(accelerator.state.distributed_type, accelerator.num_processes)
+    if runs != strategy["strategy"]:
+        raise ConfigError(f"the Trainer's accelerator runs {runs} ({record['distributed_type']}) but the launch check "
+                          f"expected {strategy['strategy']} ({strategy['distributed_type']}); not training a run "
+                          "that is not what it says")
+    return {**strategy, "accelerator": record}
 
 
 def wrapper_record(model_wrapped: object) -> dict:

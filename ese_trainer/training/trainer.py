@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
 from ese_trainer.data.batching import SourceBatchSampler
 from ese_trainer.data.collator import GUIDE_KEY, OTHER_ROLE_KEY, OTHER_ROW_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY
 from ese_trainer.evaluation.dev_score import CosineSpearman
 from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
 from ese_trainer.training.distributed import average_gradients
+from ese_trainer.training.fingerprint import write_fingerprint
 from ese_trainer.training.grad_cache import cached_step, text_minibatches
 from ese_trainer.training.objective import EmbeddingObjective, ObjectiveOutput
+from ese_trainer.training.resume import newest_complete_checkpoint
 from ese_trainer.training.term_log import TermRecorder, routing_tallies
 from ese_trainer.training.training_model import TrainingModel, row_batch
 
@@ -29,30 +32,32 @@ class CheckpointMismatchError(RuntimeError):
 
 
 class ESETrainer(Trainer):
-    """Trains ``model`` (a :class:`~ese_trainer.encoding.SentenceEncoder`) with ``objective`` (an
-    :class:`~ese_trainer.objective.EmbeddingObjective`); the Trainer trains both as one
-    :class:`~ese_trainer.training_model.TrainingModel`, so the objective's own heads are optimised, synchronised,
-    cleared and checkpointed with the encoder.
+    """Trains ``model`` (a :class:`~ese_trainer.modeling.encoding.SentenceEncoder`) with ``objective`` (an
+    :class:`~ese_trainer.training.objective.EmbeddingObjective`); the Trainer trains both as one
+    :class:`~ese_trainer.training.training_model.TrainingModel`, so the objective's own heads are optimised,
+    synchronised, cleared and checkpointed with the encoder.
 
     ``compute_loss`` is: encode → objective → finite check → record. Every term of the objective is logged
     (window mean, averaged over processes) beside ``loss``, their weighted sum; routed components log each
-    expert's share and the routing entropy. ``evaluator`` (:class:`~ese_trainer.dev_score.CosineSpearman`) scores
-    the evaluation pass itself — one encoding of the dev pairs gives the eval loss and ``eval_sts_dev_spearman``.
-    ``learning_rates`` maps parameter-name patterns (regular expressions, searched) to their own learning rate
-    (sentence-transformers' ``learning_rate_mapping``). ``cache_minibatch_size`` turns on GradCache
-    (:mod:`ese_trainer.grad_cache`) over the whole objective; ``train_batch_sampler``
+    expert's share and the routing entropy. ``evaluator`` (:class:`~ese_trainer.evaluation.dev_score.CosineSpearman`)
+    scores the evaluation pass itself — one encoding of the dev pairs gives the eval loss and
+    ``eval_sts_dev_spearman``. ``learning_rates`` maps parameter-name patterns (regular expressions, searched) to
+    their own learning rate (sentence-transformers' ``learning_rate_mapping``). ``cache_minibatch_size`` turns on
+    GradCache (:mod:`ese_trainer.training.grad_cache`) over the whole objective; ``train_batch_sampler``
     (:class:`~ese_trainer.data.batching.SourceBatchSampler`) draws the training batches (one source per step, no text
-    twice in a step).
+    twice in a step). ``fingerprint`` (:mod:`ese_trainer.training.fingerprint`: what the run trains on) goes into
+    every checkpoint, before its weights, so that a resume can tell whether it continues the same run.
     """
 
     def __init__(self, model: SentenceEncoder, objective: EmbeddingObjective, *args,
                  evaluator: CosineSpearman | None = None, learning_rates: dict[str, float] | None = None,
                  cache_minibatch_size: int | None = None, train_batch_sampler: SourceBatchSampler | None = None,
-                 **kwargs) -> None:
+                 fingerprint: dict | None = None, **kwargs) -> None:
         super().__init__(TrainingModel(model, objective), *args, **kwargs)
         self.evaluator, self.learning_rates = evaluator, dict(learning_rates or {})
         self.train_batch_sampler = train_batch_sampler
         self.cache_minibatch_size = cache_minibatch_size
+        self.fingerprint = fingerprint
         self.model_accepts_loss_kwargs = False  # the loss is a per-micro-batch mean: let the Trainer average it
         if cache_minibatch_size and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             # DeepSpeed steps inside every backward; FSDP's gradients are sharded: GradCache needs several backward
@@ -62,23 +67,30 @@ class ESETrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = model(**inputs)
-        self._record(output, training=model.training)
+        self._check_finite(output)
+        if model.training:
+            self.recorder.add(output)
+        else:
+            self._score_dev_pairs(output)
         return (output.loss, output) if return_outputs else output.loss
 
-    def _record(self, output: ObjectiveOutput, training: bool) -> None:
-        if not torch.isfinite(output.loss):
-            values = ", ".join(f"{name}={value.item():.4g}" for name, value in output.terms.items())
-            last = get_last_checkpoint(self.args.output_dir) if self.args.output_dir else None
-            resume = f"; resume with --resume_from_checkpoint {last}" if last else " (no checkpoint saved yet)"
-            raise NonFiniteLossError(f"non-finite loss at step {self.state.global_step + 1} ({values}); last good "
-                                     f"checkpoint: {last or 'none'}{resume}. Lower the learning rate or check the "
-                                     "data.")
-        if training:
-            self.recorder.add(output)
-        elif self.evaluator is not None:
-            pairs = output.pairs
-            cosines = self.evaluator.pair_cosines(pairs.emb_a, pairs.emb_b)
-            self.evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
+    def _check_finite(self, output: ObjectiveOutput) -> None:
+        """A NaN or infinite loss stops training, naming the step, the terms and the checkpoint to resume from."""
+        if torch.isfinite(output.loss):
+            return
+        values = ", ".join(f"{name}={value.item():.4g}" for name, value in output.terms.items())
+        last = newest_complete_checkpoint(self.args.output_dir) if self.args.output_dir else None
+        resume = f"; resume with --resume_from_checkpoint {last}" if last else " (no checkpoint saved yet)"
+        raise NonFiniteLossError(f"non-finite loss at step {self.state.global_step + 1} ({values}); last good "
+                                 f"checkpoint: {last or 'none'}{resume}. Lower the learning rate or check the data.")
+
+    def _score_dev_pairs(self, output: ObjectiveOutput) -> None:
+        """Feed the evaluation batch's pair cosines and gold scores (gathered from every process) to ``evaluator``."""
+        if self.evaluator is None:
+            return
+        pairs = output.pairs
+        cosines = self.evaluator.pair_cosines(pairs.emb_a, pairs.emb_b)
+        self.evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """With ``cache_minibatch_size``, GradCache over mini-batches of that many texts; else the Trainer's."""
@@ -95,7 +107,8 @@ class ESETrainer(Trainer):
             batch = row_batch(encoded.embeddings, inputs[OTHER_ROW_KEY], inputs[OTHER_ROLE_KEY],
                               inputs[OTHER_SCORE_KEY], inputs.get(TEXT_IDS_KEY), inputs.get(GUIDE_KEY))
             output = training_model.objective(encoded, batch)
-            self._record(output, training=True)
+            self._check_finite(output)
+            self.recorder.add(output)
             return output
 
         with self.compute_loss_context_manager(), self.accelerator.no_sync(model):
@@ -151,6 +164,14 @@ class ESETrainer(Trainer):
         if self.evaluator is not None:
             output.metrics[f"{metric_key_prefix}_{self.evaluator.metric}"] = self.evaluator.compute()
         return output
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, with the run's fingerprint written first (``trainer_state.json``, written last,
+        marks a checkpoint complete, so a complete one always holds it)."""
+        if self.fingerprint is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_fingerprint(folder, self.fingerprint)
+        super()._save_checkpoint(model, trial)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """Resuming or loading the best checkpoint must restore every weight: a mismatch is an error."""
