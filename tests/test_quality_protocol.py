@@ -115,3 +115,15 @@ def test_our_recipe_stops_at_the_cut(minilm_path, small_dev, tmp_path):
     assert json.loads(cut.read_text()) == {"stopped_at": 2}
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["max_steps"] == 6
+
+
+def test_the_plain_dev_score_for_angles_trainer_equals_our_evaluator(minilm, tokenizer):
+    from bench.peers.dev_callback import padded_mean_dev_score
+    from ese_trainer.data import load_sts_pairs
+    from ese_trainer.evaluation.sts import evaluate_sts
+
+    dev = load_sts_pairs(str(EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv"), name="dev")
+    pairs = type(dev)("dev", dev.sentences1[:300], dev.sentences2[:300], dev.scores[:300])
+    ours = evaluate_sts(minilm, tokenizer, {"dev": pairs}, "mean", packed=False, show_progress=False)["dev"]
+    plain = padded_mean_dev_score(minilm, tokenizer, pairs.sentences1, pairs.sentences2, pairs.scores)
+    assert abs(plain - ours) < 0.01 and 70 < ours < 95

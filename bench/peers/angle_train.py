@@ -132,22 +132,19 @@ def read_rows(path: str, max_rows: int | None) -> tuple[list[dict], str]:
 
 
 def dev_scoring(args: argparse.Namespace, angle):
-    """STS-B dev by our evaluator on AnglE's backbone with mean pooling (AnglE's ``avg``), inside its trainer."""
-    from bench.peers.dev_callback import DevScoring, HalvingCut
-    from ese_trainer.data import load_sts_pairs
-    from ese_trainer.evaluation.sts import evaluate_sts
+    """STS-B dev on AnglE's backbone with mean pooling (AnglE's ``avg``), inside its trainer: our evaluator's padded
+    path (``padded_mean_dev_score``; this environment's transformers cannot import our package)."""
+    from bench.peers.dev_callback import DevScoring, HalvingCut, padded_mean_dev_score
+    from ese_trainer.data.sts import load_sts_pairs
 
     if args.pooling_strategy not in ("avg", "mean"):
         raise SystemExit(f"--dev_file scores mean-pooled embeddings; --pooling_strategy {args.pooling_strategy} "
                          "would select on another embedding than the one trained")
-    dev_pairs = {"dev": load_sts_pairs(args.dev_file, name="dev")}
+    dev = load_sts_pairs(args.dev_file, name="dev")
 
     def score() -> float:
-        training = angle.backbone.training
-        value = evaluate_sts(angle.backbone, angle.tokenizer, dev_pairs, "mean", args.max_length, 64,
-                             show_progress=False, packed=False)["dev"]
-        angle.backbone.train(training)
-        return value
+        return padded_mean_dev_score(angle.backbone, angle.tokenizer, dev.sentences1, dev.sentences2, dev.scores,
+                                     args.max_length)
 
     return DevScoring(score, angle.backbone.state_dict, args.eval_every, HalvingCut(args.half_step, args.keep_at_least),
                       record=os.path.join(args.output_dir, "dev_record.json"))

@@ -21,6 +21,36 @@ from transformers import TrainerCallback
 DEV_METRIC = "eval_sts_dev_spearman"  # what our recipe's Trainer logs for STS-B dev
 
 
+def padded_mean_dev_score(model, tokenizer, sentences1: list[str], sentences2: list[str], gold: list[float],
+                          max_seq_length: int = 128, batch_size: int = 64) -> float:
+    """Cosine Spearman x100 of mean-pooled (SBERT) embeddings, padded batches: what our evaluator computes
+    (``ese_trainer.evaluation.sts.evaluate_sts(..., "mean", packed=False)``; tested equal), written with torch and
+    scipy alone for a trainer whose environment cannot import our package (AnglE's pins an older transformers)."""
+    import torch
+    from scipy.stats import spearmanr
+
+    unique = list(dict.fromkeys(sentences1 + sentences2))
+    vectors = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(unique), batch_size):
+                texts = unique[start:start + batch_size]
+                batch = tokenizer(texts, truncation=True, max_length=max_seq_length, padding=True,
+                                  return_tensors="pt").to(next(model.parameters()).device)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].to(hidden.dtype).unsqueeze(-1)
+                pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu()
+                vectors.update(zip(texts, pooled))
+    finally:
+        model.train(was_training)
+    first = torch.stack([vectors[text] for text in sentences1])
+    second = torch.stack([vectors[text] for text in sentences2])
+    cosines = torch.nn.functional.cosine_similarity(first, second, dim=-1).tolist()
+    return float(spearmanr(cosines, gold).statistic) * 100
+
+
 class HalvingCut:
     """Stop at the first dev score at or after ``half_step`` when the best so far is below ``keep_at_least``
     (None: never stop, the first two candidates of a grid)."""

@@ -35,6 +35,7 @@ assert torch.__version__.split("+")[0] == sys.argv[1], torch.__version__
 assert version("angle-emb") == sys.argv[2]
 # 0.6.x removed AngleDataTokenizer; AngleDataCollator tokenizes raw rows inside fit().
 from angle_emb import AnglE, AngleDataCollator  # noqa: F401
+import evaluate, scipy  # noqa: F401,E401  (our evaluator, for STS-B dev inside the trainer)
 PY
 }
 
@@ -64,6 +65,10 @@ pip_install "torch==$TORCH_VERSION"
 
 log "installing angle-emb==$ANGLE_VERSION and its pins"
 pip_install "angle-emb==$ANGLE_VERSION"
+
+# STS-B dev is scored inside AnglE's trainer by our evaluator (imported from the checkout): its own needs.
+log "installing what our evaluator needs (evaluate, scipy)"
+pip_install evaluate scipy
 
 if check; then
   log "ok: $("$VENV/bin/python" -c 'import torch, transformers, peft; from importlib.metadata import version as v; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "angle-emb", v("angle-emb"), "bitsandbytes", v("bitsandbytes"))')"
