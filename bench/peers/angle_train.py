@@ -25,7 +25,8 @@ Every optimizer-schedule knob that HF ``TrainingArguments`` has and the peers sh
 (steps, batch, lr, scheduler, warmup, weight decay, clipping, optimizer, seed) is a flag here; whatever is
 not a flag keeps AnglE's/HF's default. The result in ``--output_dir`` is the bare backbone written by
 ``AnglE.fit`` (``backbone.save_pretrained`` + tokenizer), loadable with ``transformers.AutoModel``;
-no pooling head is saved, pool it yourself (mean / cls). ``angle_train_meta.json`` records arguments,
+no pooling head is saved, pool it yourself (mean / cls); with ``--dev_file`` the best-dev weights go to
+``OUTPUT_DIR/best`` and the dev scores to ``dev_record.json``. ``angle_train_meta.json`` records arguments,
 optimizer-step count, loss log and timing.
 """
 
@@ -131,9 +132,10 @@ def read_rows(path: str, max_rows: int | None) -> tuple[list[dict], str]:
     return rows, fmt
 
 
-def dev_scoring(args: argparse.Namespace, angle):
+def dev_scoring(args: argparse.Namespace, angle) -> tuple:
     """STS-B dev on AnglE's backbone with mean pooling (AnglE's ``avg``), inside its trainer: our evaluator's padded
-    path (``padded_mean_dev_score``; this environment's transformers cannot import our package)."""
+    path (``padded_mean_dev_score``; this environment's transformers cannot import our package). Returns the
+    callback and the eager backbone it scores (``fit()`` trains a ``torch.compile`` wrapper of it, same parameters)."""
     from bench.peers.dev_callback import DevScoring, HalvingCut, padded_mean_dev_score
     from ese_trainer.data.sts import load_sts_pairs
 
@@ -141,13 +143,14 @@ def dev_scoring(args: argparse.Namespace, angle):
         raise SystemExit(f"--dev_file scores mean-pooled embeddings; --pooling_strategy {args.pooling_strategy} "
                          "would select on another embedding than the one trained")
     dev = load_sts_pairs(args.dev_file, name="dev")
+    backbone = angle.backbone
 
     def score() -> float:
-        return padded_mean_dev_score(angle.backbone, angle.tokenizer, dev.sentences1, dev.sentences2, dev.scores,
+        return padded_mean_dev_score(backbone, angle.tokenizer, dev.sentences1, dev.sentences2, dev.scores,
                                      args.max_length)
 
-    return DevScoring(score, angle.backbone.state_dict, args.eval_every, HalvingCut(args.half_step, args.keep_at_least),
-                      record=os.path.join(args.output_dir, "dev_record.json"))
+    return DevScoring(score, backbone.state_dict, args.eval_every, HalvingCut(args.half_step, args.keep_at_least),
+                      record=os.path.join(args.output_dir, "dev_record.json")), backbone
 
 
 def main(argv=None) -> int:
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
     counter = _StepCounter()
     original_train = AngleTrainer.train
 
-    scoring = dev_scoring(args, angle) if args.dev_file else None
+    scoring, backbone = dev_scoring(args, angle) if args.dev_file else (None, None)
 
     def observed_train(self, *a, **k):
         self.add_callback(counter)
@@ -262,8 +265,8 @@ def main(argv=None) -> int:
     )
     wall = time.perf_counter() - wall
     if scoring:
-        angle.backbone.load_state_dict(scoring.best_weights)
-        angle.backbone.save_pretrained(os.path.join(args.output_dir, "best"))
+        backbone.load_state_dict(scoring.best_weights)
+        backbone.save_pretrained(os.path.join(args.output_dir, "best"))
         angle.tokenizer.save_pretrained(os.path.join(args.output_dir, "best"))
 
     state, targs = seen["state"], seen["args"]
