@@ -10,7 +10,7 @@ import yaml
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType, TorchDynamoPlugin
 from safetensors.torch import load_file
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from ese_trainer.config.parsing import ConfigError
 from ese_trainer.losses.arguments import LossArguments
@@ -236,3 +236,19 @@ def test_grad_cache_under_deepspeed_stops_before_loading(tmp_path):
     assert "error: ibn_cache (GradCache) runs on one process or under DDP, not under deepspeed" in result.stderr
     assert "exitcode  : 2" in result.stderr and "ese_trainer/" not in result.stderr
     assert not output_dir.exists()
+
+
+def test_the_trainers_accelerator_must_run_what_the_check_expected(tmp_path):
+    """After the Trainer exists its accelerator is compared with the check: the same strategy is recorded with what
+    the accelerator set up; another one stops the run before training."""
+    from ese_trainer.training.strategy import confirm_strategy
+
+    training = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    checked = check_strategy(training, allow_fallback=False)
+    accelerator = Trainer(model=torch.nn.Linear(2, 2), args=training).accelerator
+    assert confirm_strategy(checked, accelerator)["accelerator"] == {
+        "distributed_type": "NO", "num_processes": 1, "mixed_precision": "no", "fsdp_version": None,
+        "zero_stage": None}
+    with pytest.raises(ConfigError, match=r"the Trainer's accelerator runs single process \(NO\) but the launch check "
+                                          r"expected fsdp \(FSDP\)"):
+        confirm_strategy({**checked, "strategy": "fsdp", "distributed_type": "FSDP"}, accelerator)
