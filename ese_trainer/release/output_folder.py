@@ -130,7 +130,7 @@ def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: R
             if args.ese.ese_enabled:
                 write_ese_grid(released_encoder, tokenizer, args, data)
         write_model_card(output_dir)
-        if args.training.push_to_hub:  # the token, if given, was moved to HF_TOKEN by prepare_training_arguments
+        if args.training.push_to_hub:  # a given token was moved to HF_TOKEN (move_hub_token_to_environment)
             url = push_model_dir(output_dir, args.training.hub_model_id, args.training.hub_private_repo)
             print(f"pushed to the Hub: {url}")
         if trainer.state.best_model_checkpoint:
