@@ -1,4 +1,5 @@
-"""Finding the checkpoint a run resumes from: complete, readable, or skipped (``last``) or refused (named) by the file.
+"""Where a run resumes: a complete checkpoint (an incomplete one skipped under ``last``, refused when named, by the
+file), trained on what this run trains on (:mod:`~ese_trainer.training.fingerprint`) or refused naming the change.
 
 A checkpoint is complete when it holds everything the Trainer restores (transformers ``Trainer._save_checkpoint`` /
 ``_load_from_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_load_rng_state``): the weights, the optimizer and
