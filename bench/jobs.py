@@ -148,9 +148,10 @@ class RunRecord:
 
 # Successive halving over learning rates (one round), shared by the runner and the report.
 def half_dev(record: dict) -> float:
-    """A run's best dev score up to half its pass (successive halving's ranking)."""
-    half = max(1, int(record["steps"]) // CHECKPOINTS) * (CHECKPOINTS // 2)
-    return max(dev for step, dev in record["dev_by_step"].items() if int(step) <= half)
+    """A run's best dev score up to half its pass (successive halving's ranking): its first ``CHECKPOINTS // 2``
+    evaluations, which every run makes at the same fractions of its planned pass (a cut run stops after them)."""
+    steps = sorted(record["dev_by_step"], key=int)[:CHECKPOINTS // 2]
+    return max(record["dev_by_step"][step] for step in steps)
 
 
 def halving_choice(records: dict[float, dict]) -> float:

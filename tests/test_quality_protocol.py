@@ -57,10 +57,15 @@ def record(lr: float, dev_by_step: dict[int, float]) -> dict:
 
 
 def test_halving_picks_from_the_top_two_at_half_the_pass():
-    # 16 steps, 8 checkpoints: half the pass is step 8. The slow starter has the best final dev but is third at half.
-    records = {1e-5: record(1e-5, {4: 70.0, 8: 75.0, 16: 79.0}), 2e-5: record(2e-5, {4: 74.0, 8: 77.0, 16: 78.0}),
-               4e-5: record(4e-5, {4: 76.0, 8: 76.5, 16: 77.5})}
+    # 8 evaluations a run; half the pass is the 4th. The slow starter has the best final dev but is third at half.
+    def curve(at_half: list[float], after: float) -> dict[int, float]:
+        return {**{10 * (i + 1): dev for i, dev in enumerate(at_half)}, **{50 + 10 * i: after for i in range(4)}}
+
+    records = {1e-5: record(1e-5, curve([70.0, 72.0, 74.0, 75.0], 79.0)),
+               2e-5: record(2e-5, curve([74.0, 75.0, 76.0, 77.0], 78.0)),
+               4e-5: record(4e-5, curve([76.0, 76.5, 76.0, 76.2], 77.5))}
     assert half_dev(records[1e-5]) == 75.0
+    assert half_dev(record(1e-5, {28: 80.1, 56: 80.6, 84: 81.3, 112: 82.2, 223: 81.7})) == 82.2  # last step 223
     assert second_best_half(records) == 76.5 and second_best_half({1e-5: records[1e-5]}) is None
     assert halving_choice(records) == 2e-5
 
