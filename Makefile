@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ese-installed
 
-.PHONY: setup smoke test lint clean
+.PHONY: setup smoke test lint clean gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,21 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# make gpu-wheels   what bench/gpu_throughput.sh needs on a GPU machine that has torch but no network (Python 3.12):
+# the rest of the stack as wheels at the versions installed here, and the tokenizer as a folder; carry build/gpu_stack
+GPU_STACK := build/gpu_stack
+GPU_PACKAGES := transformers sentence-transformers huggingface_hub tokenizers kernels tomlkit httpx2 httpcore2 truststore click
+gpu-wheels: setup
+	rm -rf $(GPU_STACK) && mkdir -p $(GPU_STACK)/wheels
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_STACK)/wheels $$($(BIN)/python -c "from importlib.metadata import version; \
+		print(' '.join(f'{name}=={version(name)}' for name in '$(GPU_PACKAGES)'.split()))")
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from transformers import AutoTokenizer; \
+		from ese_trainer.hub_models import resolve_model_path as path; \
+		AutoTokenizer.from_pretrained(path('sentence-transformers/all-MiniLM-L6-v2')).save_pretrained('$(GPU_STACK)/tokenizer')"
+	du -sh $(GPU_STACK)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -1,7 +1,8 @@
 """GPU training throughput, BERT-base shapes in bf16: ours packed vs. ours padded vs. sentence-transformers.
 
+    make gpu-wheels                                    # here: the stack and tokenizer the GPU image lacks
     bash bench/gpu_throughput.sh                       # on a machine with a CUDA GPU
-    python -m bench.gpu_throughput [--device cuda] [--steps 30] [--batch 128] [--repeats 3] [--peak_tflops 989]
+    python -m bench.gpu_throughput [--device cuda] [--steps 30] [--batch 512] [--repeats 3] [--peak_tflops 989]
 
 Every contender trains the same randomly initialised BERT-base (``BertConfig()``: 12 x 768, 110M parameters; weights
 do not change the speed, so nothing is downloaded) from the same seed, on the same SNLI (premise, entailment)
@@ -13,18 +14,41 @@ autocast; the contenders alternate ``repeats`` times after ``warmup`` steps each
   otherwise through ``packed_sdpa``;
 - **ours, padded**: the same encoder on padded batches, with PyTorch SDPA;
 - **sentence-transformers**: a ``SentenceTransformer`` (Transformer + mean Pooling) of the same weights, its own
-  tokenisation, with flash-attn 2 when installed (padded inputs), otherwise SDPA.
+  tokenisation, with flash-attn 2 when installed, otherwise SDPA.
+
+sentence-transformers 6 has a padding-free path of its own: with ``attn_implementation="flash_attention_2"`` (flash-attn
+installed, or the ``kernels`` package, which fetches its kernel from the Hub) its ``Transformer`` module flattens
+each batch (``unpad_inputs``, on by default where possible: transformers' ``DataCollatorWithFlattening``, one row of
+real tokens with ``cu_seq_lens``) and runs flash-attn's varlen kernels, as ours does then. The record says whether it
+took that path (``st_padding_free``). On the GPU image neither package is there and neither can be fetched (a
+flash-attn wheel is far over the 64 MiB that travels with the tree), so there it runs padded SDPA, and ours runs
+``packed_sdpa`` (SDPA over length groups, :mod:`ese_trainer.modeling.packing`).
+
+The GPU image has torch 2.11, transformers 5.17 and sentence-transformers 6.0.1 and reaches no network. The script
+runs this source tree (``PYTHONPATH``, not an install, so ``setup.cfg``'s ``torch>=2.13`` does not apply) with the
+image's torch and, over the image's, the wheels ``make gpu-wheels`` fetched here into ``build/gpu_stack/wheels``:
+transformers, sentence-transformers, huggingface_hub and tokenizers at the versions the tests run on, and what they
+need that the image lacks (kernels, tomlkit, httpx2, httpcore2, truststore, click); no torch, 22 MiB. The tokenizer
+comes from ``build/gpu_stack/tokenizer`` (written by the same target: the Hub id resolves only where the bundled
+model package is installed). Carry ``build/gpu_stack`` with the tree. Checked on CPU (no GPU here): over a venv
+holding the image's transformers 5.17, sentence-transformers 6.0.1, huggingface_hub 1.33 and tokenizers 0.23.2, the
+carried wheels run this script (``--small``); so do the image's own packages alone, which the shell script falls back
+to, saying so, if the wheels do not install. torch 2.11 itself was not at hand (torch 2.13 ran).
 
 Reports real (non-padding) tokens/s per contender, the ratios, and MFU: ``6 x non-embedding parameters`` FLOPs per
 real token (forward and backward; attention's own FLOPs left out) over the GPU's dense bf16 peak (``--peak_tflops``;
 known for H100/H200/A100) and over a measured bf16 matmul rate. Without a GPU it runs on CPU with ``--small`` (a
-4-layer 256-wide BERT) so that the script itself is tested. Results: ``bench/results/gpu_throughput.{json,md}``.
+4-layer 256-wide BERT) so that the script itself is tested. The default batch (512 pairs, 1,024 texts) fills an H100
+the way a real run would; 30 steps, 3 repeats of 3 contenders run in a few minutes there (under 8 with start-up).
+SNLI's dev and test splits hold about 6,700 entailment pairs; longer runs cycle through them again.
+Results: ``bench/results/gpu_throughput.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -40,8 +64,11 @@ from bench.train_throughput import non_embedding_parameters, real_token_count
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SCALE = 20.0
-# BERT's uncased WordPiece vocabulary (30,522) is all-MiniLM-L6-v2's, which resolves offline here
-TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
+# BERT's uncased WordPiece vocabulary (30,522) is all-MiniLM-L6-v2's: the folder `make gpu-wheels` saves it to (the
+# GPU image has no Hub access and no bundled model), else its Hub id (resolves offline where the model package is)
+GPU_STACK = REPO / "build" / "gpu_stack"
+TOKENIZER_FOLDER = GPU_STACK / "tokenizer"
+TOKENIZER = str(TOKENIZER_FOLDER) if TOKENIZER_FOLDER.is_dir() else "sentence-transformers/all-MiniLM-L6-v2"
 SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against torch.cuda.get_device_name
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 756.0,
@@ -49,17 +76,14 @@ PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "
 
 
 def snli_pairs(count: int) -> list[tuple[str, str]]:
-    """The first ``count`` (premise, entailment hypothesis) pairs of the embedded SNLI dev and test splits (texts
-    for timing only: nothing is scored)."""
+    """``count`` (premise, entailment hypothesis) pairs of the embedded SNLI dev and test splits, in order, from the
+    start again when they run out (texts for timing only: nothing is scored)."""
     snli, pairs = REPO / "data" / "SNLI", []
     for split in ("dev", "test"):
         premises, hypotheses, labels = ((snli / f"{name}.{split}").read_text().splitlines()
                                         for name in ("s1", "s2", "labels"))
         pairs += [(p.strip(), h.strip()) for p, h, label in zip(premises, hypotheses, labels) if label == "entailment"]
-    if len(pairs) < count:
-        raise SystemExit(f"data/SNLI has {len(pairs)} entailment pairs, fewer than (--steps + --warmup) x --batch = "
-                         f"{count}")
-    return pairs[:count]
+    return (pairs * math.ceil(count / len(pairs)))[:count]
 
 
 def in_batch_loss(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -167,12 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=128, help="pairs a step (2 x batch texts)")
+    parser.add_argument("--batch", type=int, default=512, help="pairs a step (2 x batch texts)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak_tflops", type=float, default=None, help="dense bf16 peak, if not a known GPU")
     parser.add_argument("--small", action="store_true", help="a 4 x 256 BERT (the script's own CPU test)")
-    parser.add_argument("--tokenizer", default=TOKENIZER, help="BERT uncased WordPiece (30,522): a Hub id or folder")
+    parser.add_argument("--tokenizer", default=TOKENIZER, help="BERT uncased WordPiece (30,522): a folder or Hub id")
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -183,7 +207,9 @@ def main() -> None:
     config = BertConfig(**shape)  # defaults: BERT-base
     with tempfile.TemporaryDirectory() as model_dir:
         BertModel(config, add_pooling_layer=False).save_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer))
+        # a tokenizer folder as is (it has no model config); a Hub id resolved offline
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer if Path(args.tokenizer).is_dir()
+                                                  else resolve_model_path(args.tokenizer))
         tokenizer.save_pretrained(model_dir)
         contenders = build_contenders(model_dir, device)
     pairs = snli_pairs((args.steps + args.warmup) * args.batch)
@@ -215,7 +241,14 @@ def main() -> None:
                        + ([f"--peak_tflops {args.peak_tflops}"] if args.peak_tflops else []))
     attention = {"ours, packed": packed_attention_name(device), "ours, padded": "sdpa",
                  "sentence-transformers": attention_for_padded(device)}
+    import sentence_transformers
+    import transformers
+
+    st_transformer = contenders[-1].model[0]
     record = {"command": command, "machine": describe_machine(),
+              "versions": {"transformers": transformers.__version__,
+                           "sentence-transformers": sentence_transformers.__version__},
+              "st_padding_free": bool(getattr(st_transformer, "can_flatten_inputs", False)),
               "model_shape": {key: getattr(config, key) for key in SHAPE_KEYS},
               "pairs_per_step": args.batch, "steps": args.steps, "real_tokens": real_tokens,
               "attention": attention, "seconds": seconds, "real_tokens_per_second": tokens_per_second,
@@ -233,7 +266,9 @@ def main() -> None:
         f"# GPU training throughput ({'4 x 256 BERT' if args.small else 'BERT-base'}, bf16 autocast)", "",
         f"Command: `{command}`  ", f"Machine: {record['machine']}", "",
         f"{args.steps} steps of {args.batch} SNLI pairs, {real_tokens} real tokens; peak "
-        + (f"{peak} TFLOP/s" if peak else "unknown") + f", measured bf16 matmul {measured:.1f} TFLOP/s.", "",
+        + (f"{peak} TFLOP/s" if peak else "unknown") + f", measured bf16 matmul {measured:.1f} TFLOP/s; "
+        f"transformers {transformers.__version__}, sentence-transformers {sentence_transformers.__version__} "
+        f"(its own padding-free path: {'yes' if record['st_padding_free'] else 'no'}).", "",
         *rows, "", *(f"- {name}: **{value:.2f}x**" for name, value in ratios.items()), ""])
     (output_dir / "gpu_throughput.md").write_text(summary)
     print(summary)
