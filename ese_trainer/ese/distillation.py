@@ -21,7 +21,7 @@ def distillation_loss(student: Tensor, target: Tensor, temperature: float) -> di
     The ``τ²`` factor is Hinton et al. (2015, "Distilling the Knowledge in a Neural Network", §2): the gradient
     of the softened KL scales as ``1/τ²``, so multiplying by ``τ²`` keeps its magnitude independent of ``τ``.
     AnglE's ESE scales by ``τ`` (a known defect: its KL gradient shrinks as ``1/τ``). Computed in float32.
-    The target is used as given; callers pass a detached one (see :func:`ese_trainer.ese.ese_terms`).
+    The target is used as given; callers pass a detached one (see :func:`ese_trainer.ese.loss.ese_terms`).
     """
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")

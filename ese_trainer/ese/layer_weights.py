@@ -49,7 +49,7 @@ def layer_weights(student_layers: Sequence[int], scheme: str, num_layers: int | 
     ``uniform``, ``log`` (ESE's, the default), ``linear`` or ``depth``: :func:`layer_weight`.
 
     ``num_layers`` (``n``), when given, also bounds the layers to ``1..n−1``. Layer 0 (the embedding output)
-    is rejected. The weights are not normalised; :func:`ese_trainer.ese.ese_terms` divides by ``Σ_ℓ w_ℓ``.
+    is rejected. The weights are not normalised; :func:`ese_trainer.ese.loss.ese_terms` divides by ``Σ_ℓ w_ℓ``.
     """
     if scheme not in LAYER_WEIGHTINGS:
         raise ValueError(f"unknown layer weighting {scheme!r}; choose one of {', '.join(LAYER_WEIGHTINGS)}")

@@ -14,7 +14,7 @@ class CosineSpearman:
 
     The trainer feeds it the embeddings of the evaluation loss pass, so one evaluation encodes the dev pairs once.
     The metric is logged as ``eval_<name>_spearman``; the same quantity as
-    :func:`ese_trainer.evaluation.cosine_spearman` (SentEval's, MTEB's ``cosine_spearman``).
+    :func:`ese_trainer.evaluation.sts.cosine_spearman` (SentEval's, MTEB's ``cosine_spearman``).
     """
 
     def __init__(self, name: str = "sts_dev") -> None:

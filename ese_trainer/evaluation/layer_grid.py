@@ -39,7 +39,7 @@ def evaluate_layer_dim_grid(
 
     Returns ``{"layers": [...], "dims": [...], "tasks": {task: {str(L): {str(d): score}}},
     "avg": {str(L): {str(d): mean over tasks}}}``; with one task ``avg`` is that task's grid. Cell
-    ``(num_layers, hidden_size)`` is exactly :func:`ese_trainer.evaluation.evaluate_sts`'s score.
+    ``(num_layers, hidden_size)`` is exactly :func:`ese_trainer.evaluation.sts.evaluate_sts`'s score.
     """
     layers = check_layers(layers, model.config.num_hidden_layers)
     dims = check_dims(dims, model.config.hidden_size)

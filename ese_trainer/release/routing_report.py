@@ -1,4 +1,4 @@
-"""Expert utilisation after training: every logged window of the routing tallies (:mod:`ese_trainer.routing`),
+"""Expert utilisation after training: every logged window of the routing tallies (:mod:`ese_trainer.training.routing`),
 saved as ``<name>.json`` and plotted as ``<name>.png``."""
 
 from __future__ import annotations
