@@ -19,8 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# other ops compile on first use. The tests run ZeRO-2 on CPU processes with it.
 	$(BIN)/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 $(BIN)/python -m pip install \
 		--no-build-isolation "deepspeed>=0.19.8"
-	# DeepSpeed's CPU collectives op is compiled once here rather than at the first DeepSpeed run (about a minute).
-	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load()" \
+	# DeepSpeed's CPU collectives op is compiled once here rather than at the first DeepSpeed run (about a minute); a
+	# build lock left by a killed run is cleared first, and the build is given 15 minutes at most.
+	timeout 900 $(BIN)/python -m ese_trainer.config.deepspeed_op \
 		|| echo "DeepSpeed's CPU comm op did not build (no C++ compiler?): DeepSpeed runs on CPU need it; nothing else does"
 	$(BIN)/python -m ese_trainer.hub_models
 	touch $(STAMP)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from ese_trainer.config.deepspeed_op import prepare_comm_op
 from ese_trainer.config.parsing import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,16 @@ def set_up_deepspeed_on_cpu() -> bool:
     drops DeepSpeed; asked for gloo explicitly, it initialises DeepSpeed's communication over gloo and sets up the
     DeepSpeed distributed type. ``TrainingArguments`` would reset that state unless told to use it:
     ``ese_trainer.training.strategy.configured_deepspeed_arguments`` says so. DeepSpeed not installed
-    is a ConfigError.
+    is a ConfigError. The first process of each machine clears a build lock on DeepSpeed's CPU collectives op left
+    by a killed run (:mod:`ese_trainer.config.deepspeed_op`), which would otherwise hang every process.
     """
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("the launch asks for deepspeed but DeepSpeed is not installed: pip install "
                           "--no-build-isolation deepspeed (it builds against the installed torch)")
     from accelerate import PartialState
+
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        prepare_comm_op()
 
     PartialState(backend="gloo")
     return True
