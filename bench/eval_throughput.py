@@ -30,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.machine import describe_machine
+from bench.machine import describe_machine, native_bf16
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def padding_sweep(encoder, tokenizer, pairs, repeats: int) -> list[dict]:
     sentences = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     token_ids = tokenizer(sentences, truncation=True, max_length=128)
     order = sorted(range(len(sentences)), key=lambda i: len(token_ids["input_ids"][i]), reverse=True)
-    models = {"fp32": encoder, "bf16": bf16_copy(encoder)}
+    models = {"fp32": encoder, **({"bf16": bf16_copy(encoder)} if native_bf16() else {})}
     rows = []
     for window in SWEEP_WINDOWS:
         width = len(order) if window is None else window * BATCH_SIZE
@@ -81,8 +81,8 @@ def padding_sweep(encoder, tokenizer, pairs, repeats: int) -> list[dict]:
                 best[packed] = min(times)
             row[f"{dtype}_padded_over_packed"] = best[False] / best[True]
         rows.append(row)
-        print(f"padding {share:.2f}: padded/packed time fp32 {row['fp32_padded_over_packed']:.2f}, "
-              f"bf16 {row['bf16_padded_over_packed']:.2f}", flush=True)
+        print(f"padding {share:.2f}: padded/packed time " + ", ".join(
+            f"{dtype} {row[f'{dtype}_padded_over_packed']:.2f}" for dtype in models), flush=True)
     return rows
 
 
@@ -109,8 +109,10 @@ def main() -> None:
     sentences = sum(2 * len(pairs) for pairs in tasks.values())
     distinct = sum(len(set(pairs.sentences1 + pairs.sentences2)) for pairs in tasks.values())
     tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    bf16 = native_bf16()  # emulated bf16 is many times slower than fp32: its timings would mean nothing
     st_models = {"fp32": SentenceTransformer(path, device="cpu"),
-                 "bf16": SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.bfloat16})}
+                 **({"bf16": SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.bfloat16})}
+                    if bf16 else {})}
 
     def ours(packed: bool | None, bf16: bool = False) -> dict[str, float]:
         scores = evaluate_sts(encoder, tokenizer, tasks, "mean", 128, BATCH_SIZE, show_progress=False, packed=packed,
@@ -126,8 +128,10 @@ def main() -> None:
         return results
 
     contenders = {"ours": lambda: ours(None), "ours, packed": lambda: ours(True), "ours, padded": lambda: ours(False),
-                  "sentence-transformers": lambda: theirs("fp32"), "ours, bf16": lambda: ours(None, bf16=True),
-                  "sentence-transformers, bf16": lambda: theirs("bf16")}
+                  "sentence-transformers": lambda: theirs("fp32")}
+    if bf16:
+        contenders |= {"ours, bf16": lambda: ours(None, bf16=True),
+                       "sentence-transformers, bf16": lambda: theirs("bf16")}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     scores: dict[str, dict[str, float]] = {}
     for repeat in range(args.repeats):
@@ -144,11 +148,12 @@ def main() -> None:
     largest_gap = max(gaps[name] for name in FLOAT32)
     ratios = {"ours / sentence-transformers": per_second["ours"] / per_second["sentence-transformers"],
               "ours, packed / ours, padded": per_second["ours, packed"] / per_second["ours, padded"],
-              "ours / ours, padded": per_second["ours"] / per_second["ours, padded"],
-              "ours, bf16 / sentence-transformers, bf16": per_second["ours, bf16"]
-              / per_second["sentence-transformers, bf16"],
-              "ours, bf16 / sentence-transformers (fp32)": per_second["ours, bf16"]
-              / per_second["sentence-transformers"]}
+              "ours / ours, padded": per_second["ours"] / per_second["ours, padded"]}
+    if bf16:
+        ratios |= {"ours, bf16 / sentence-transformers, bf16": per_second["ours, bf16"]
+                   / per_second["sentence-transformers, bf16"],
+                   "ours, bf16 / sentence-transformers (fp32)": per_second["ours, bf16"]
+                   / per_second["sentence-transformers"]}
     deduplication = sentences / distinct
     per_sentence = {name: ratio / deduplication for name, ratio in ratios.items() if "sentence-transformers" in name}
     data_dir = os.path.relpath(args.sts_data_dir, REPO)
@@ -172,10 +177,13 @@ def main() -> None:
     ratio_lines = [f"- {name}: **{value:.2f}x**" + (
         f" = de-duplication {deduplication:.2f}x x per sentence {per_sentence[name]:.2f}x" if name in per_sentence
         else "") for name, value in ratios.items()]
-    sweep_lines = ["| batches drawn from | padding share | padded / packed time, fp32 | padded / packed time, bf16 |",
-                   "|---|---|---|---|"]
+    dtypes = ["fp32", "bf16"] if bf16 else ["fp32"]
+    sweep_lines = ["| batches drawn from | padding share | " + " | ".join(f"padded / packed time, {dtype}"
+                                                                         for dtype in dtypes) + " |",
+                   "|---|---|" + "---|" * len(dtypes)]
     sweep_lines += [f"| {row['window_batches']} sorted batches | {row['padding_share']:.2f} | "
-                    f"{row['fp32_padded_over_packed']:.2f} | {row['bf16_padded_over_packed']:.2f} |" for row in sweep]
+                    + " | ".join(f"{row[f'{dtype}_padded_over_packed']:.2f}" for dtype in dtypes) + " |"
+                    for row in sweep]
     per_task = ["| task | " + " | ".join(contenders) + " |", "|---|" + "---|" * len(contenders)]
     per_task += [f"| {task} | " + " | ".join(f"{100 * scores[name][task]:.3f}" for name in contenders) + " |"
                  for task in tasks]
@@ -188,6 +196,8 @@ def main() -> None:
         *lines,
         "", *ratio_lines, "", f"Float32 contenders' largest Spearman difference {largest_gap:.1e} (agreement within "
         "1e-4: " + ("yes" if largest_gap < 1e-4 else "no") + ").", "",
+        *([] if bf16 else ["No bf16 rows: this CPU has no native bf16 (AVX512-BF16 or AMX), and emulated bf16 "
+                           "timings mean nothing.", ""]),
         "Cosine Spearman x100 per task:", "", *per_task, "",
         f"Packing by padding share ({SWEEP_TASK}; above 1: packed is faster). Ours packs a batch from a padding share "
         f"of {thresholds}:", "", *sweep_lines, ""])

@@ -18,6 +18,14 @@ def cpu_name() -> str:
     return cpu
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, many times
+    slower than float32, and CPU bf16 timings mean nothing."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def describe_machine() -> str:
     import torch
 

@@ -21,9 +21,14 @@ case "${1:-}" in
     *) echo "usage: bash bench/speed_records.sh [--smoke | --check DIR]" >&2; exit 2 ;;
 esac
 step() { echo "== python -m $*" >&2; "$python" -m "$@" "${out[@]}"; }
+# bf16 only where the CPU computes it natively (AVX512-BF16 or AMX): elsewhere torch emulates it, some 25x slower than
+# fp32, and the bf16 records already in bench/results/ (each naming its machine) are kept.
+bf16=$("$python" -c "from bench.machine import native_bf16; print(int(native_bf16()))")
+[ "$bf16" = 1 ] || echo "== this CPU has no native bf16: the bf16 steps are skipped" >&2
+step_bf16() { if [ "$bf16" = 1 ]; then step "$@" --bf16; fi; }
 
 step bench.train_throughput "${train[@]}" --repeats "$repeats"
-step bench.train_throughput "${train[@]}" --repeats "$repeats" --bf16
+step_bf16 bench.train_throughput "${train[@]}" --repeats "$repeats"
 if [ "$check" = 1 ]; then
     step bench.eval_throughput --tasks STS16 --repeats 1
     step bench.compile_step --steps 3 --batch 4 --warmup 1
@@ -33,12 +38,12 @@ else
     step bench.compile_step --steps 20 --batch 32 --warmup 3 --attention_dropout 0
 fi
 step bench.train_profile "${profile[@]}"
-step bench.train_profile "${profile[@]}" --bf16
+step_bf16 bench.train_profile "${profile[@]}"
 step bench.train_profile "${profile[@]}" --attention_dropout 0
 task=()
 [ "$check" = 0 ] || task=(--task STS16)
 step bench.eval_profile "${task[@]}"
-step bench.eval_profile "${task[@]}" --bf16
+step_bf16 bench.eval_profile "${task[@]}"
 
 if [ "$smoke" = 1 ]; then  # the quick start as a newcomer runs it: a fresh clone, set-up included
     clone="$(mktemp -d)/ese-trainer"
