@@ -16,6 +16,7 @@ from ese_trainer.data import DataError
 from ese_trainer.data.collator import RowCollator
 from ese_trainer.data.run_data import load_run_data
 from ese_trainer.evaluation.dev_score import CosineSpearman
+from ese_trainer.evaluation.slice_score import SliceSpearman
 from ese_trainer.hub_models import ModelNotFoundError, resolve_model_path, work_offline_if_hub_unreachable
 from ese_trainer.modeling import MoELoadingError
 from ese_trainer.modeling.encoding import SentenceEncoder
@@ -67,6 +68,8 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
         eval_dataset=data.dev,
         processing_class=tokenizer,
         evaluator=CosineSpearman("sts_dev"),
+        slice_evaluator=(SliceSpearman(objective.dev_slices, encoder.config.num_hidden_layers, "sts_dev")
+                         if objective.dev_slices else None),
         learning_rates=learning_rates(args.moe, args.ese),
         cache_minibatch_size=args.loss.cache_minibatch_texts if args.loss.ibn_cache else None,
         train_batch_sampler=data.sampler,

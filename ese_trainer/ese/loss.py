@@ -227,7 +227,7 @@ class ESELoss(nn.Module):
     def __init__(self, settings: ESESettings, num_layers: int, hidden_size: int) -> None:
         super().__init__()
         settings.check_model(hidden_size)
-        self.settings, self.num_layers = settings, num_layers
+        self.settings, self.num_layers, self.hidden_size = settings, num_layers, hidden_size
         self.slices: list[tuple[int, int]] = []
         self.slice_weights: dict[tuple[int, int], float] = {}
         if settings.schedule == "starbucks":
@@ -253,6 +253,21 @@ class ESELoss(nn.Module):
         for layer, dim in self.pca_layers.items():
             self.register_buffer(f"pca_projection_{layer}", torch.zeros(hidden_size, dim))
             self.register_buffer(f"pca_ready_{layer}", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def dev_slices(self) -> list[tuple[int, int]]:
+        """Every (layer, dims) slice this run trains, small to large, the full one ``(n, D)`` included (the trainer's
+        main loss): schedule starbucks, its ladder; espresso, ``(ℓ, D)`` and ``(ℓ, k)`` of every student layer and
+        ``(n, k)`` with ``λ_last > 0`` (the cells the module docstring's ``L_sim`` terms train). What the dev
+        evaluation scores one by one (:class:`~ese_trainer.evaluation.slice_score.SliceSpearman`)."""
+        full = (self.num_layers, self.hidden_size)
+        if self.slices:
+            return sorted({*self.slices, full})
+        k = self.settings.compression_size
+        cells = {full, (self.num_layers, k)} if self.settings.last_layer_weight else {full}
+        for layer in self.student_layers:
+            cells |= {(layer, k), (layer, self.hidden_size)}
+        return sorted(cells)
 
     def _head_target(self, layer: int, embeddings: Tensor) -> CompressionOutput:
         output = self.heads[str(layer)](embeddings)

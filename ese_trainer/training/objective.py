@@ -30,13 +30,15 @@ class ScoredPairs(NamedTuple):
 class ObjectiveOutput(ModelOutput):
     """``loss`` (what is back-propagated), ``terms`` (every named term: the combined loss's and the router terms
     unweighted, ``loss_ese`` the weighted ESE sum and its parts), ``pairs`` (this batch's scored pairs, last-layer
-    embeddings) and ``routing`` (router logits per routed component, for utilisation statistics: ``moe`` = the
-    encoder's MoE layers, ``ese_head`` = ESE's target heads). A ``ModelOutput``, so the Trainer's evaluation reads
-    it as a mapping."""
+    embeddings), ``layer_pairs`` (in evaluation, the same pairs at each shallower layer the encoder pooled: what the
+    ESE slices' dev scores read) and ``routing`` (router logits per routed component, for utilisation statistics:
+    ``moe`` = the encoder's MoE layers, ``ese_head`` = ESE's target heads). A ``ModelOutput``, so the Trainer's
+    evaluation reads it as a mapping."""
 
     loss: Tensor | None = None
     terms: dict[str, Tensor] | None = None
     pairs: ScoredPairs | None = None
+    layer_pairs: dict[int, ScoredPairs] | None = None
     routing: dict[str, tuple[Tensor, ...]] | None = None
 
 
@@ -66,6 +68,11 @@ class EmbeddingObjective(nn.Module):
         """The shallower layers whose pooled embeddings the objective needs (ESE's students)."""
         return self.ese_loss.student_layers if self.ese_loss is not None else []
 
+    @property
+    def dev_slices(self) -> list[tuple[int, int]]:
+        """The (layer, dims) slices ESE trains, the full one included (none without ESE): each is scored on dev."""
+        return self.ese_loss.dev_slices if self.ese_loss is not None else []
+
     def loss_terms(self, batch: RowBatch) -> dict[str, Tensor]:
         """The combined loss's terms, over the global batch of every process with ``gather_across_devices``."""
         return self.loss(gather_rows(batch) if self.gather_across_devices else batch)
@@ -92,4 +99,7 @@ class EmbeddingObjective(nn.Module):
                                                   for layer in self.ese_loss.layers)
         first, second, scores = batch.scored_pairs()
         pairs = ScoredPairs(batch.embeddings[first], batch.embeddings[second], scores)
-        return ObjectiveOutput(loss=loss, terms=terms, pairs=pairs, routing=routing)
+        layer_pairs = None if self.training else {
+            layer: ScoredPairs(embeddings[first], embeddings[second], scores)
+            for layer, embeddings in encoded.layer_embeddings.items()}
+        return ObjectiveOutput(loss=loss, terms=terms, pairs=pairs, layer_pairs=layer_pairs, routing=routing)

@@ -69,6 +69,14 @@ def check_model_selection(data: DataArguments, training: TrainingArguments) -> N
         raise ConfigError("metric_for_best_model must not be a test metric")
 
 
+def check_slice_metric(ese: ESEArguments, training: TrainingArguments) -> None:
+    """``sts_dev_slices_spearman`` (the mean of the trained slices' dev scores) exists only when ESE trains slices."""
+    metric = (training.metric_for_best_model or "").removeprefix("eval_")
+    if metric.startswith("sts_dev_slice") and not ese.ese_enabled:
+        raise ConfigError(f"metric_for_best_model={training.metric_for_best_model!r} scores ESE's trained slices: "
+                          "set ese.enabled: true, or choose by sts_dev_spearman")
+
+
 def check_positives_possible(data: DataArguments, loss: LossArguments) -> None:
     """With only NLI sources, some label must score as a positive for the in-batch term to have a target."""
     best_score = max(data.label_map.values())
@@ -104,5 +112,6 @@ def check_arguments(args: RunArguments) -> None:
     """Settings that cannot work together are a ConfigError naming the key, before anything loads."""
     check_launched_processes(args.training)
     check_model_selection(args.data, args.training)
+    check_slice_metric(args.ese, args.training)
     check_positives_possible(args.data, args.loss)
     check_sampling(args.training)

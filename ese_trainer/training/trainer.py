@@ -13,6 +13,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 from ese_trainer.data.batching import SourceBatchSampler
 from ese_trainer.data.collator import GUIDE_KEY, OTHER_ROLE_KEY, OTHER_ROW_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY
 from ese_trainer.evaluation.dev_score import CosineSpearman
+from ese_trainer.evaluation.slice_score import SliceSpearman
 from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
 from ese_trainer.training.distributed import average_gradients
 from ese_trainer.training.fingerprint import write_fingerprint
@@ -37,24 +38,27 @@ class ESETrainer(Trainer):
     :class:`~ese_trainer.training.training_model.TrainingModel`, so the objective's own heads are optimised,
     synchronised, cleared and checkpointed with the encoder.
 
-    ``compute_loss`` is: encode → objective → finite check → record. Every term of the objective is logged
-    (window mean, averaged over processes) beside ``loss``, their weighted sum; routed components log each
-    expert's share and the routing entropy. ``evaluator`` (:class:`~ese_trainer.evaluation.dev_score.CosineSpearman`)
-    scores the evaluation pass itself — one encoding of the dev pairs gives the eval loss and
-    ``eval_sts_dev_spearman``. ``learning_rates`` maps parameter-name patterns (regular expressions, searched) to
-    their own learning rate (sentence-transformers' ``learning_rate_mapping``). ``cache_minibatch_size`` turns on
-    GradCache (:mod:`ese_trainer.training.grad_cache`) over the whole objective; ``train_batch_sampler``
-    (:class:`~ese_trainer.data.batching.SourceBatchSampler`) draws the training batches (one source per step, no text
-    twice in a step). ``fingerprint`` (:mod:`ese_trainer.training.fingerprint`: what the run trains on) goes into
-    every checkpoint, before its weights, so that a resume can tell whether it continues the same run.
+    ``compute_loss`` is: encode → objective → finite check → record. Every term of the objective is logged (window
+    mean, averaged over processes) beside ``loss``, their weighted sum; routed components log each expert's share
+    and the routing entropy. ``evaluator`` (:class:`~ese_trainer.evaluation.dev_score.CosineSpearman`) scores the
+    evaluation pass itself — one encoding of the dev pairs gives the eval loss and ``eval_sts_dev_spearman``;
+    ``slice_evaluator`` (:class:`~ese_trainer.evaluation.slice_score.SliceSpearman`, an ESE run) scores each trained
+    (layer, dims) slice in the same pass. ``learning_rates`` maps parameter-name patterns (regular expressions,
+    searched) to their own learning rate (sentence-transformers' ``learning_rate_mapping``).
+    ``cache_minibatch_size`` turns on GradCache (:mod:`ese_trainer.training.grad_cache`) over the whole objective;
+    ``train_batch_sampler`` (:class:`~ese_trainer.data.batching.SourceBatchSampler`) draws the training batches (one
+    source per step, no text twice in a step). ``fingerprint`` (:mod:`ese_trainer.training.fingerprint`: what the
+    run trains on) goes into every checkpoint, before its weights, so that a resume can tell whether it continues
+    the same run.
     """
 
     def __init__(self, model: SentenceEncoder, objective: EmbeddingObjective, *args,
                  evaluator: CosineSpearman | None = None, learning_rates: dict[str, float] | None = None,
                  cache_minibatch_size: int | None = None, train_batch_sampler: SourceBatchSampler | None = None,
-                 fingerprint: dict | None = None, **kwargs) -> None:
+                 fingerprint: dict | None = None, slice_evaluator: SliceSpearman | None = None, **kwargs) -> None:
         super().__init__(TrainingModel(model, objective), *args, **kwargs)
         self.evaluator, self.learning_rates = evaluator, dict(learning_rates or {})
+        self.slice_evaluator = slice_evaluator
         self.train_batch_sampler = train_batch_sampler
         self.cache_minibatch_size = cache_minibatch_size
         self.fingerprint = fingerprint
@@ -85,12 +89,15 @@ class ESETrainer(Trainer):
                                  f"checkpoint: {last or 'none'}{resume}. Lower the learning rate or check the data.")
 
     def _score_dev_pairs(self, output: ObjectiveOutput) -> None:
-        """Feed the evaluation batch's pair cosines and gold scores (gathered from every process) to ``evaluator``."""
-        if self.evaluator is None:
-            return
+        """Feed the evaluation batch's pair cosines and gold scores (gathered from every process) to ``evaluator``,
+        and each slice's to ``slice_evaluator``."""
         pairs = output.pairs
-        cosines = self.evaluator.pair_cosines(pairs.emb_a, pairs.emb_b)
-        self.evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
+        if self.evaluator is not None:
+            cosines = self.evaluator.pair_cosines(pairs.emb_a, pairs.emb_b)
+            self.evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
+        if self.slice_evaluator is not None:
+            cosines = self.slice_evaluator.pair_cosines(pairs, output.layer_pairs or {})
+            self.slice_evaluator.add(*self.accelerator.gather_for_metrics((cosines, pairs.scores)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """With ``cache_minibatch_size``, GradCache over mini-batches of that many texts; else the Trainer's."""
@@ -157,12 +164,17 @@ class ESETrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval") -> EvalLoopOutput:
-        """The Trainer's loop (eval loss on the dev pairs), scoring the same pass with ``evaluator``."""
-        if self.evaluator is not None:
-            self.evaluator.reset()
+        """The Trainer's loop (eval loss on the dev pairs), scoring the same pass with ``evaluator`` and
+        ``slice_evaluator``."""
+        for scorer in (self.evaluator, self.slice_evaluator):
+            if scorer is not None:
+                scorer.reset()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.evaluator is not None:
             output.metrics[f"{metric_key_prefix}_{self.evaluator.metric}"] = self.evaluator.compute()
+        if self.slice_evaluator is not None:
+            output.metrics.update({f"{metric_key_prefix}_{name}": value
+                                   for name, value in self.slice_evaluator.compute().items()})
         return output
 
     def _save_checkpoint(self, model, trial) -> None:
