@@ -8,10 +8,7 @@ For each run: the STS average of every (layer, dims) cell, the mean over the *re
 the full one: shallower layers and/or fewer dims, what ESE trains), and the full (last layer, all dims)
 cell; differences against the reference run. Writes JSON and a Markdown table beside it.
 
-The schedules, trained and compared (:mod:`bench.ese_schedules`):
-
-    python -m bench.ese_compare train --start a --seeds 42 43 44
-    python -m bench.ese_compare report
+The schedules against their slices trained alone, on the quality protocol: ``bench/ese_vs_twins.py``.
 """
 
 from __future__ import annotations
@@ -100,9 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("train", "report"):
-        from bench.ese_schedules import main as schedules_main
-
-        schedules_main()
-    else:
-        main()
+    main()

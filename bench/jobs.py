@@ -1,6 +1,10 @@
-"""What the quality and ESE benchmarks share: where results go, the start models, the training sources, the
-contenders and their learning-rate grids, the objective sweep. The runners (``bench.quality_vs_peers``,
-``bench.ese_schedules``) and their reports import this module; neither imports the other's report back."""
+"""What the quality benchmarks share: where results go, the start models, the training sources, the contenders and
+their learning-rate grids, the objective sweep. The runners (``bench.quality_vs_peers``, ``bench.ese_vs_twins``)
+and their reports import this module; neither imports a report back.
+
+``BENCH_QUALITY_TINY=1`` shrinks the whole protocol to check it end to end in minutes (never a result): records and
+models under ``outputs/quality-tiny/``, ``TINY_ROWS`` rows per source in batches of ``TINY_BATCH``, the first
+``TINY_PAIRS`` pairs of STS-B dev and of every test task."""
 
 from __future__ import annotations
 
@@ -12,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+TINY = os.environ.get("BENCH_QUALITY_TINY", "") == "1"
+TINY_ROWS, TINY_BATCH, TINY_PAIRS = 96, 8, 100
+WORK = REPO / "outputs" / ("quality-tiny" if TINY else "quality")
+RESULTS = WORK / "results" if TINY else REPO / "bench" / "results"
 RUNS = RESULTS / "quality_runs"
-WORK = REPO / "outputs" / "quality"
 # AnglE's own venv (its pins clash with ours): bench/peers/setup_angle_venv.sh makes it; ESE_ANGLE_PYTHON overrides.
 ANGLE_PYTHON = Path(os.environ.get("ESE_ANGLE_PYTHON", REPO / ".venv-angle" / "bin" / "python"))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-BATCH = 32  # rows (ours, triplet contenders) or pairs (pair contenders) per optimizer step
+BATCH = TINY_BATCH if TINY else 32  # rows (ours, triplet contenders) or pairs (pair contenders) per optimizer step
 EPOCHS = 1  # passes over every source, the same for every contender
 CHECKPOINTS = 8  # evenly spaced dev evaluations per run, the last at the final step
 SEEDS = (42, 43, 44)  # every contender
@@ -27,6 +33,8 @@ CLOSE = 0.5
 SNLI = [{"source": "data/SNLI", "kind": "nli", "split": "dev"}, {"source": "data/SNLI", "kind": "nli", "split": "test"}]
 IN_DOMAIN = [{"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "name": "stsb-train"},
              {"source": "data/SICK/SICK_train.txt", "kind": "sts", "name": "sick-train"}]
+if TINY:
+    SNLI, IN_DOMAIN = ([{**source, "max_samples": TINY_ROWS} for source in group] for group in (SNLI, IN_DOMAIN))
 RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2, normalised: same order
 
 
@@ -55,11 +63,18 @@ STARTS = {
 }
 
 
+DEV_METRIC = "sts_dev_spearman"  # the full model's STS-B dev score, what every contender is chosen by
+SLICES_METRIC = "sts_dev_slices_spearman"  # an ESE run's: the mean of its trained slices' dev scores
+
+
 @dataclass(frozen=True)
 class Contender:
     """A recipe in the comparison: ``trainer`` ``ours`` (``recipes/train_nli.py`` with ``recipe_args``), ``st``
     (sentence-transformers' trainer, ``bench/peers/st_train.py --mode st_mode``) or ``angle`` (AnglE's own
-    trainer); ``unit`` is what a batch holds (rows, triplets or pairs)."""
+    trainer); ``unit`` is what a batch holds (rows, triplets or pairs). Ours only: ``start_slice`` (layer, dims)
+    trains the start cut to that slice (``recipes/export_slice.py``; a twin of an ESE slice); ``dev_metric`` is what
+    the recipe chooses its checkpoint by and halving ranks it by; ``time_of`` names the contender whose wall clock
+    this one is given (its passes scaled by their time ratio, ``bench.quality_vs_peers.passes``)."""
 
     name: str
     description: str
@@ -67,8 +82,24 @@ class Contender:
     unit: str = "rows"
     recipe_args: tuple[str, ...] = ()
     st_mode: str = ""
+    start_slice: tuple[int, int] | None = None
+    dev_metric: str = DEV_METRIC
+    time_of: str = ""
 
 
+def twin(layer: int, dim: int) -> Contender:
+    """The separately trained twin of ESE's slice ``(layer, dim)``: the start cut to its first ``layer`` layers and
+    first ``dim`` dims, trained alone at that size (``--embedding_dim``)."""
+    return Contender(f"twin-{layer}x{dim}", f"ours on the start cut to {layer} layer(s) x {dim} dims, trained alone",
+                     "ours", recipe_args=("--embedding_dim", str(dim)), start_slice=(layer, dim))
+
+
+# The router's load-balancing loss on at the moe settings' default weight, 0.1 (Switch's 0.01 let an expert fall to a
+# 3.6% share in the MoE smoke run, docs/results.md; TRL's default is 0.001), written out so the records show it.
+MOE_ARGS = ("--moe.enabled", "true", "--moe.num_experts", "4", "--moe.num_experts_per_tok", "2",
+            "--moe.router_learning_rate", "2e-4", "--moe.router_aux_loss_coef", "0.1")
+ESPRESSO_ARGS = ("--ese.enabled", "true")  # ese/settings.py's defaults: espresso, k = 128, PCA target
+STARBUCKS_ARGS = ("--ese.enabled", "true", "--ese.schedule", "starbucks")  # the default diagonal, every step
 SEED_OBJECTIVE = ("--cosent_w", "1", "--ibn_w", "1", "--angle_w", "1", "--hinge_w", "0", "--ibn_scale", "20",
                   "--ibn_directions", "query_to_doc", "--ibn_hardness_mode", "none", "--negative_max_score", "0")
 CONTENDERS = {
@@ -85,8 +116,18 @@ CONTENDERS = {
     "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
                             recipe_args=("--label_map", json.dumps(RAW_LABELS))),
     "ours-moe": Contender("ours-moe", "ours on the start upcycled to 4 experts (top-2) in every layer", "ours",
-                          recipe_args=("--moe.enabled", "true", "--moe.num_experts", "4",
-                                       "--moe.num_experts_per_tok", "2", "--moe.router_learning_rate", "2e-4")),
+                          recipe_args=MOE_ARGS),
+    "ours-moe2": Contender("ours-moe2", "ours on the start upcycled to 4 experts (top-2) in every second layer",
+                           "ours", recipe_args=(*MOE_ARGS, "--moe.layers", "every_2")),
+    "ours-long": Contender("ours-long", "ours (dense) given ours-moe's wall clock: more passes at the same batch",
+                           "ours", time_of="ours-moe"),
+    "ours-espresso": Contender("ours-espresso", "ours with ESE's Espresso terms (every layer, first 128 dims, PCA "
+                               "target), chosen by its slices' mean dev", "ours", recipe_args=ESPRESSO_ARGS,
+                               dev_metric=SLICES_METRIC),
+    "ours-starbucks": Contender("ours-starbucks", "ours with the Starbucks schedule (the default diagonal of slices "
+                                "every step), chosen by its slices' mean dev", "ours", recipe_args=STARBUCKS_ARGS,
+                                dev_metric=SLICES_METRIC),
+    **{contender.name: contender for contender in (twin(1, 128), twin(2, 256))},  # start b's diagonal
 }
 
 # Candidate objectives for ours, compared on STS-B dev only (``sweep``): recipe arguments over the seed's
@@ -110,17 +151,24 @@ SWEEP_OPTIONS = {
 }
 
 
-def start_model(start: str) -> str:
-    """The start model's folder (start ``b`` is exported once, by the recipe users would run)."""
+def export_once(model: str, layer: int, dim: int, folder: Path) -> str:
+    """``model`` cut to ``layer`` layers and ``dim`` dims by the recipe users would run, exported once."""
+    if not (folder / "config.json").is_file():
+        subprocess.run([sys.executable, "recipes/export_slice.py", "--model_name_or_path", model, "--layer",
+                        str(layer), "--dim", str(dim), "--output_dir", str(folder)], cwd=REPO, check=True)
+    return str(folder)
+
+
+def start_model(start: str, start_slice: tuple[int, int] | None = None) -> str:
+    """The start model's folder (start ``b`` is exported once), or with ``start_slice`` (layer, dims) that slice of
+    it, exported once under ``starts/``."""
     from ese_trainer.hub_models import resolve_model_path
 
-    if start != "b":
-        return resolve_model_path(MINILM)
-    folder = WORK / "starts" / "minilm-l3"
-    if not (folder / "config.json").is_file():
-        subprocess.run([sys.executable, "recipes/export_slice.py", "--model_name_or_path", MINILM, "--layer", "3",
-                        "--dim", "384", "--output_dir", str(folder)], cwd=REPO, check=True)
-    return str(folder)
+    model = resolve_model_path(MINILM) if start != "b" else export_once(MINILM, 3, 384, WORK / "starts" / "minilm-l3")
+    if start_slice is None:
+        return model
+    layer, dim = start_slice
+    return export_once(model, layer, dim, WORK / "starts" / f"{start}-{layer}x{dim}")
 
 
 @dataclass
@@ -144,6 +192,9 @@ class RunRecord:
     steps_run: int | None = None  # below ``steps`` when successive halving stopped the run
     stopped_at: int | None = None
     keep_at_least: float | None = None  # the dev score the run had to reach at half its pass
+    dev_metric: str = DEV_METRIC  # what ``dev_by_step`` holds
+    full_dev_by_step: dict | None = None  # the full model's dev, when ``dev_metric`` is another
+    passes: float = EPOCHS  # passes over every source
 
 
 # Successive halving over learning rates (one round), shared by the runner and the report.
@@ -166,17 +217,8 @@ def second_best_half(records: dict[float, dict]) -> float | None:
     return halves[1] if len(halves) >= 2 else None
 
 
-# The ESE schedule comparison (bench.ese_schedules): its variants and the diagonal of (layer, dims) slices.
-ESE_RUNS = RESULTS / "ese_runs"
-ESE_VARIANTS = {
-    "no-ese": [],
-    "espresso-pca": ["--ese.enabled", "true", "--ese.compression_target", "pca"],
-    "espresso-moe": ["--ese.enabled", "true", "--ese.compression_target", "moe"],
-    "starbucks": ["--ese.enabled", "true", "--ese.schedule", "starbucks"],
-}
-
-
 def ese_diagonal(start: str) -> list[tuple[int, int]]:
+    """The start's default Starbucks diagonal of (layer, dims) slices, small to large, the full model last."""
     from ese_trainer.ese.starbucks import default_diagonal
 
     return default_diagonal(3 if start == "b" else 6, 384)

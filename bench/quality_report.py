@@ -41,7 +41,7 @@ def collect() -> dict:
         tuned = json.loads(tuned_file.read_text()) if tuned_file.is_file() else {}
         contenders = {}
         for name in CONTENDERS:
-            if name not in tuned:
+            if name not in tuned or CONTENDERS[name].start_slice is not None:  # a twin's test is its slice's
                 continue
             lr = tuned[name]["learning_rate"]
             records = [json.loads(path.read_text()) for path in sorted(folder.glob(f"{name}_lr{lr:g}_seed*.json"))]

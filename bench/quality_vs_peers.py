@@ -29,8 +29,9 @@ Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with 
 sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI triplets (both anchors, the no-duplicates
 sampler) or with our three losses at our weights on the same triplets, AnglE's own trainer (angle-emb 0.6.1 in its
 own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights), and ours with raw class ids (the original
-bug). At (c) the STS sources are trained with CoSENT (sentence-transformers: a dataset of their own, proportional
-sampler; AnglE: pairs in its one file).
+bug). ESE (chosen by its slices' dev mean) against its slices trained alone, and MoE against dense, run as plans of
+their own on this protocol: ``bench/ese_vs_twins.py``. At (c) the STS sources are trained with CoSENT
+(sentence-transformers: a dataset of their own, proportional sampler; AnglE: pairs in its one file).
 
 Every run writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` (sweep runs under
 ``sweep/``) and is skipped when that file exists; the model of a run that ran its whole pass is kept under
@@ -61,6 +62,7 @@ from bench.jobs import (
     CHECKPOINTS,
     CLOSE,
     CONTENDERS,
+    DEV_METRIC,
     EPOCHS,
     MORE_SEEDS,
     REPO,
@@ -69,6 +71,8 @@ from bench.jobs import (
     STARTS,
     SWEEP,
     SWEEP_OPTIONS,
+    TINY,
+    TINY_PAIRS,
     WORK,
     Contender,
     RunRecord,
@@ -81,7 +85,7 @@ from bench.jobs import (
 from bench.machine import describe_machine
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED
 
-DEV_FILE = "data/STS/STSBenchmark/sts-dev.csv"
+STSB_DEV = "data/STS/STSBenchmark/sts-dev.csv"
 ROLE_LABELS = {POSITIVE: "entailment", NEGATIVE: "contradiction", SCORED: "neutral"}  # under the default label map
 
 
@@ -150,31 +154,95 @@ def training_files(start: str) -> dict:
     return sizes
 
 
+def dev_file() -> str:
+    """STS-B dev, what every run is chosen on (its first ``TINY_PAIRS`` pairs in a tiny check)."""
+    if not TINY:
+        return STSB_DEV
+    path = WORK / "sts-dev-tiny.csv"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join((REPO / STSB_DEV).read_text().splitlines()[:TINY_PAIRS]) + "\n")
+    return str(path)
+
+
+def suite_tasks() -> dict:
+    """The 7-task STS test suite, read only to score chosen runs (each task's first ``TINY_PAIRS`` in a tiny check)."""
+    from ese_trainer.data import STS_TASKS, load_sts_task
+
+    suite = {task: load_sts_task(task) for task in STS_TASKS}
+    if TINY:
+        suite = {task: type(pairs)(pairs.name, pairs.sentences1[:TINY_PAIRS], pairs.sentences2[:TINY_PAIRS],
+                                   pairs.scores[:TINY_PAIRS]) for task, pairs in suite.items()}
+    return suite
+
+
+def seconds_per_step(record: dict) -> float:
+    return record["train_seconds"] / (record.get("steps_run") or record["steps"])
+
+
+def time_ratio(start: str, slow: str, base: str) -> dict:
+    """``slow``'s wall clock per optimizer step over ``base``'s (each run timed whole by the harness: training, its
+    dev evaluations, loading and saving), the median over the seeds both ran the whole pass at their chosen rates
+    on the same machine."""
+    ratios, seconds = {}, {}
+    for seed in SEEDS if {slow, base} <= set(tuned(start)) else ():
+        paths = [record_path(start, name, chosen_rate(start, name), seed) for name in (slow, base)]
+        if not all(path.is_file() for path in paths):
+            continue
+        pair = [json.loads(path.read_text()) for path in paths]
+        if any(record.get("stopped_at") for record in pair) or pair[0]["machine"] != pair[1]["machine"]:
+            continue
+        seconds[seed] = [round(seconds_per_step(record), 4) for record in pair]
+        ratios[seed] = seconds[seed][0] / seconds[seed][1]
+    if not ratios:
+        raise SystemExit(f"start {start}: no seed with whole-pass runs of both {slow} and {base} on one machine at "
+                         f"their chosen rates: run `python -m bench.ese_vs_twins moe --start {start}` first")
+    return {"ratio": round(statistics.median(ratios.values()), 3), "of": slow, "against": base,
+            "seconds_per_step": {str(seed): pair for seed, pair in seconds.items()},
+            "derived_as": f"median over seeds of ({slow} seconds per step) / ({base} seconds per step)"}
+
+
+def passes(start: str, contender: Contender) -> float:
+    """Passes over every source: ``EPOCHS``; for a contender given another's wall clock (``time_of``), ``EPOCHS``
+    times :func:`time_ratio` of that contender to ours, frozen at first use in ``equal_time.json`` (every rate and
+    seed of it then runs the same job)."""
+    if not contender.time_of:
+        return float(EPOCHS)
+    path = RUNS / start / "equal_time.json"
+    frozen = json.loads(path.read_text()) if path.is_file() else {}
+    if contender.name not in frozen:
+        frozen[contender.name] = time_ratio(start, contender.time_of, "ours")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(frozen, indent=2) + "\n")
+    return EPOCHS * frozen[contender.name]["ratio"]
+
+
 def job_shape(start: str, contender: Contender) -> tuple[int, float]:
-    """Optimizer steps of one pass over every source in batches of ``BATCH`` units (the plan; a record keeps the
-    steps that ran), and texts per step."""
-    sizes = training_files(start)
+    """Optimizer steps of the contender's passes over every source (:func:`passes`) in batches of ``BATCH`` units
+    (the plan, rounded up as the Trainer does; a record keeps the steps that ran), and texts per step."""
+    sizes, epochs = training_files(start), passes(start, contender)
     if contender.trainer == "angle":
-        return EPOCHS * (sizes["angle"] // BATCH), 2.0 * BATCH
+        return math.ceil(epochs * (sizes["angle"] // BATCH)), 2.0 * BATCH
     if contender.trainer == "ours":
         units, texts = sizes["rows"], sum(sizes["row_texts"].values()) / sum(sizes["rows"].values())
     else:
         units = sizes["triplets"]
         texts = (3 * units["nli"] + 2 * sum(v for k, v in units.items() if k != "nli")) / sum(units.values())
-    return EPOCHS * sum(count // BATCH for count in units.values()), texts * BATCH
+    return math.ceil(epochs * sum(count // BATCH for count in units.values())), texts * BATCH
 
 
-def recipe_config(start: str, lr: float, seed: int, every: int, output_dir: Path) -> dict:
-    """Our recipe's config for the job (the recipe's defaults for everything else, the loss included)."""
-    return {"model_name_or_path": start_model(start), "pooling": "mean", "max_seq_length": 128,
-            "train_datasets": [dict(source) for source in STARTS[start].sources],
-            "sts_dev": DEV_FILE, "sts_tasks": "none", "suite_before_training": False, "output_dir": str(output_dir),
+def recipe_config(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path) -> dict:
+    """Our recipe's config for the job (the recipe's defaults for everything else, the loss included): the
+    contender's start (a slice of it for a twin), passes and the dev metric it is chosen by."""
+    return {"model_name_or_path": start_model(start, contender.start_slice), "pooling": "mean",
+            "max_seq_length": 128, "train_datasets": [dict(source) for source in STARTS[start].sources],
+            "sts_dev": dev_file(), "sts_tasks": "none", "suite_before_training": False, "output_dir": str(output_dir),
             "seed": seed, "per_device_train_batch_size": BATCH, "per_device_eval_batch_size": 64,
-            "learning_rate": lr, "warmup_steps": 0.1, "weight_decay": 0.01, "num_train_epochs": EPOCHS,
-            "logging_steps": 10, "eval_on_start": False, "eval_strategy": "steps", "eval_steps": every,
-            "save_strategy": "steps", "save_steps": every, "save_total_limit": 2, "load_best_model_at_end": True,
-            "metric_for_best_model": "sts_dev_spearman", "greater_is_better": True, "report_to": "none",
-            "dataloader_pin_memory": False, "disable_tqdm": True}
+            "learning_rate": lr, "warmup_steps": 0.1, "weight_decay": 0.01,
+            "num_train_epochs": passes(start, contender), "logging_steps": 10, "eval_on_start": False,
+            "eval_strategy": "steps", "eval_steps": every, "save_strategy": "steps", "save_steps": every,
+            "save_total_limit": 2, "load_best_model_at_end": True, "metric_for_best_model": contender.dev_metric,
+            "greater_is_better": True, "report_to": "none", "dataloader_pin_memory": False, "disable_tqdm": True}
 
 
 @dataclass
@@ -187,6 +255,7 @@ class Trained:
     steps: int
     steps_run: int
     stopped_at: int | None
+    full_dev: dict[int, float] | None = None  # the full model's dev, when the run is chosen by another metric
 
 
 def halving_args(every: int, keep_at_least: float | None) -> list[str]:
@@ -198,16 +267,19 @@ def halving_args(every: int, keep_at_least: float | None) -> list[str]:
 def run_ours(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path,
              extra: tuple[str, ...], keep_at_least: float | None) -> Trained:
     config = output_dir / "job.yaml"
-    config.write_text(yaml.safe_dump(recipe_config(start, lr, seed, every, output_dir)))
+    config.write_text(yaml.safe_dump(recipe_config(start, contender, lr, seed, every, output_dir)))
     cut = output_dir / "halving.json"
     subprocess.run([sys.executable, "-m", "bench.peers.recipe_train", *halving_args(every, keep_at_least),
-                    "--record", str(cut), "--", "--config", str(config), *contender.recipe_args, *extra],
-                   cwd=REPO, check=True)
+                    "--record", str(cut), "--dev_metric", contender.dev_metric, "--", "--config", str(config),
+                    *contender.recipe_args, *extra], cwd=REPO, check=True)
     state = json.loads((output_dir / "trainer_state.json").read_text())
-    dev = {entry["step"]: entry["eval_sts_dev_spearman"] for entry in state["log_history"]
-           if "eval_sts_dev_spearman" in entry}
+
+    def logged(metric: str) -> dict[int, float]:
+        return {entry["step"]: entry[f"eval_{metric}"] for entry in state["log_history"] if f"eval_{metric}" in entry}
+
     stopped = json.loads(cut.read_text())["stopped_at"] if cut.is_file() else None
-    return Trained(dev, output_dir, state["max_steps"], state["global_step"], stopped)
+    full = logged(DEV_METRIC) if contender.dev_metric != DEV_METRIC else None
+    return Trained(logged(contender.dev_metric), output_dir, state["max_steps"], state["global_step"], stopped, full)
 
 
 def run_peer(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path,
@@ -215,7 +287,7 @@ def run_peer(start: str, contender: Contender, lr: float, seed: int, every: int,
     folder = WORK / "data" / start
     sts = [source["name"] for source in STARTS[start].sources if source["kind"] == "sts"]
     common = ["--learning_rate", str(lr), "--batch_size", str(BATCH), "--seed", str(seed), "--weight_decay", "0.01",
-              "--epochs", str(EPOCHS), "--output_dir", str(output_dir), "--dev_file", DEV_FILE,
+              "--epochs", str(EPOCHS), "--output_dir", str(output_dir), "--dev_file", dev_file(),
               "--eval_every", str(every), *halving_args(every, keep_at_least)]
     if contender.trainer == "st":
         command = [sys.executable, "-m", "bench.peers.st_train", "--model", start_model(start), "--mode",
@@ -254,7 +326,7 @@ def score(folder: Path, start: str, tasks: dict) -> dict[str, float]:
 def dev_task() -> dict:
     from ese_trainer.data import load_sts_pairs
 
-    return {"dev": load_sts_pairs(DEV_FILE, name="dev")}
+    return {"dev": load_sts_pairs(dev_file(), name="dev")}
 
 
 def record_path(start: str, label: str, lr: float, seed: int, sweep: bool = False) -> Path:
@@ -298,7 +370,10 @@ def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extr
     record = RunRecord(start, label, lr, seed, variant, [*contender.recipe_args, *extra], trained.steps,
                        round(texts, 1), {str(step): value for step, value in sorted(trained.dev.items())}, best,
                        trained.dev[best], round(seconds, 1), describe_machine(), steps_run=trained.steps_run,
-                       stopped_at=trained.stopped_at, keep_at_least=keep_at_least)
+                       stopped_at=trained.stopped_at, keep_at_least=keep_at_least, dev_metric=contender.dev_metric,
+                       full_dev_by_step=None if trained.full_dev is None else {
+                           str(step): value for step, value in sorted(trained.full_dev.items())},
+                       passes=passes(start, contender))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(record), indent=2) + "\n")
     stop = f", stopped at step {trained.stopped_at}" if trained.stopped_at else ""
@@ -332,7 +407,7 @@ def tune(start: str, name: str, seed: int, max_extensions: int = 4) -> float:
         for lr in sorted((lr for lr in grid if lr not in records), key=lambda lr: abs(math.log(lr / middle))):
             records[lr] = run_one(start, name, lr, seed, keep_at_least=second_best_half(records))
         chosen = halving_choice(records)
-        if chosen not in (grid[0], grid[-1]):
+        if chosen not in (grid[0], grid[-1]) or TINY:  # a tiny check runs the start's grid alone
             break
         grid = extended_grid(grid, chosen)
     else:
@@ -377,9 +452,7 @@ def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed
 
 def score_chosen(start: str) -> None:
     """The test suite for every run at its contender's chosen rate (all seeds), and for the start model."""
-    from ese_trainer.data import STS_TASKS, load_sts_task
-
-    suite = {task: load_sts_task(task) for task in STS_TASKS}
+    suite = suite_tasks()
     start_file = RUNS / start / "start_model.json"
     if not start_file.is_file():
         scores = score(Path(start_model(start)), start, {**suite, **dev_task()})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-DEV_METRIC = "eval_sts_dev_spearman"  # what our recipe's Trainer logs for STS-B dev
+DEV_METRIC = "sts_dev_spearman"  # what our recipe's Trainer logs (as eval_<metric>) for STS-B dev
 
 
 def padded_mean_dev_score(model, tokenizer, sentences1: list[str], sentences2: list[str], gold: list[float],
@@ -70,13 +70,14 @@ class HalvingCut:
 
 
 class RecipeHalving(TrainerCallback):
-    """Our recipe scores dev itself (``eval_strategy: steps``); this reads that score and applies the cut."""
+    """Our recipe scores dev itself (``eval_strategy: steps``); this reads the score the run selects by
+    (``metric``: its ``metric_for_best_model``, e.g. an ESE run's ``sts_dev_slices_spearman``) and applies the cut."""
 
-    def __init__(self, cut: HalvingCut, record: Path) -> None:
-        self.cut, self.record = cut, record
+    def __init__(self, cut: HalvingCut, record: Path, metric: str = DEV_METRIC) -> None:
+        self.cut, self.record, self.key = cut, record, f"eval_{metric.removeprefix('eval_')}"
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics and DEV_METRIC in metrics and self.cut.stop_after(state.global_step, metrics[DEV_METRIC]):
+        if metrics and self.key in metrics and self.cut.stop_after(state.global_step, metrics[self.key]):
             control.should_training_stop = True
             self.record.write_text(json.dumps({"stopped_at": self.cut.stopped_at}) + "\n")
         return control
