@@ -48,7 +48,8 @@ def run(argv: list[str], callbacks: list | None = None) -> dict:
 
     # ---- model and objective ----
     tokenizer, encoder = load_tokenizer_and_encoder(args.model, args.moe)
-    objective = build_objective(args.loss, args.ese, encoder.config)
+    objective = build_objective(args.loss, args.ese, encoder.config,
+                                [source.loss_weights for source in args.data.train_sources()])
     encoder.to(args.training.device)
 
     # ---- data ----

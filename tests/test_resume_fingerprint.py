@@ -40,6 +40,7 @@ def changes(snli, *overrides: str) -> dict:
     (["--seed", "7"], {"data_seed": {"checkpoint": 42, "now": 7}}),
     (["--ibn_w", "10"], {"objective.loss.ibn_w": {"checkpoint": 1.0, "now": 10.0}}),
     (["--negative_max_score", "0.5"], {"role_thresholds.negative_max_score": {"checkpoint": 0.0, "now": 0.5}}),
+    (["--attention_dropout", "0"], {"model.attention_dropout": {"checkpoint": None, "now": 0.0}}),
 ])
 def test_each_input_that_decides_the_run_is_named(overrides, changed, snli_copy):
     assert changes(snli_copy, *overrides) == changed
@@ -49,6 +50,7 @@ def test_each_input_that_decides_the_run_is_named(overrides, changed, snli_copy)
     ["--ibn_cache", "true", "--cache_minibatch_texts", "16"],  # GradCache: the same gradients in less memory
     ["--max_steps", "500", "--num_train_epochs", "2"],  # a longer schedule: extending a run is a resume
     ["--packed", "false", "--forward_chunks", "1"],  # the same embeddings, computed another way
+    ["--compile_layers", "true"],  # the same layers, compiled
 ])
 def test_memory_speed_and_length_are_not_changes(overrides, snli_copy):
     assert changes(snli_copy, *overrides) == {}

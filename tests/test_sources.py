@@ -35,6 +35,10 @@ def sources(*entries):
     ({"kind": "nli"}, "at least 'source'"),
     ({"source": "x.csv", "kind": "pair", "mine_negatives": {"num_negative": 2}}, r"mine_negatives: .*num_negative"),
     ({"source": "x.csv", "kind": "pair", "mine_negatives": {"sampling_strategy": "best"}}, "sampling_strategy"),
+    ({"source": "x.csv", "kind": "sts", "loss_weights": [1, 0]}, r"train_datasets\[0\]: loss_weights must be a map"),
+    ({"source": "x.csv", "kind": "sts", "loss_weights": {"cosent": 1}}, r"'cosent' is not a term weight"),
+    ({"source": "x.csv", "kind": "sts", "loss_weights": {"ibn_w": -1}}, r"ibn_w must be a number >= 0, got -1"),
+    ({"source": "x.csv", "kind": "sts", "loss_weights": {"ibn_w": "0"}}, r"ibn_w must be a number >= 0, got '0'"),
 ])
 def test_bad_source_entries_name_the_entry_and_key(entry, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -205,7 +209,8 @@ def test_order_depends_on_seed_and_epoch_only():
 def test_recipe_trains_on_several_sources_and_reports_each(tmp_path):
     output_dir = tmp_path / "out"
     entries = [{"source": "data/SNLI", "split": "dev", "max_samples": 48},
-               {"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "max_samples": 64, "name": "stsb"}]
+               {"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "max_samples": 64, "name": "stsb",
+                "loss_weights": {"ibn_w": 0, "angle_w": 0}}]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
         [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
@@ -218,6 +223,52 @@ def test_recipe_trains_on_several_sources_and_reports_each(tmp_path):
     assert [(s["name"], s["kind"], s["rows_used"]) for s in counts["sources"]] == [
         ("data/SNLI[dev]", "nli", 48), ("stsb", "sts", 64)]
     assert counts["steps_per_epoch"] == {"data/SNLI[dev]": 3, "stsb": 4}
+    assert [s["loss_weights"] for s in counts["sources"]] == [None, {"ibn_w": 0, "angle_w": 0}]
     card = (output_dir / "README.md").read_text()
+    assert ("Loss weights of their own (other terms at the objective's weights below): `stsb`: ibn_w 0, angle_w 0."
+            in card)
     assert "| `stsb` | sts | 5749 | 5749 | 5749 | 64 |" in card
     assert "- stanfordnlp/snli" in card and "- sentence-transformers/stsb" in card  # datasets: metadata
+
+
+def test_each_step_trains_with_its_sources_loss_weights(tokenizer, tiny_bert):
+    """An STS source trained with CoSENT alone (sentence-transformers' choice for STS data) beside SNLI at the run's
+    weights: the collated batch says its source, and the loss of each step is its source's weighted sum."""
+    from ese_trainer.data.collator import SOURCE_KEY, RowCollator
+    from ese_trainer.ese.arguments import ESEArguments
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.modeling.encoding import SentenceEncoder
+    from ese_trainer.training.build import build_objective
+    from ese_trainer.training.training_model import TrainingModel
+
+    rows, _ = load_train_sources(sources({"source": str(EMBEDDED_DATA / "SNLI"), "split": "dev", "max_samples": 8},
+                                         {"source": str(STSB_TRAIN), "kind": "sts", "max_samples": 8,
+                                          "loss_weights": {"ibn_w": 0, "angle_w": 0}}), seed=0)
+    loss_args = LossArguments()
+    objective = build_objective(loss_args, ESEArguments(), tiny_bert.config, [None, {"ibn_w": 0, "angle_w": 0}])
+    model = TrainingModel(SentenceEncoder(tiny_bert, "mean"), objective)
+    collate = RowCollator(tokenizer)
+    by_source = {source: [row for row in rows if row["source"] == source] for source in (0, 1)}
+    for source, weights in ((0, {"cosent": loss_args.cosent_w, "ibn": loss_args.ibn_w, "angle": loss_args.angle_w}),
+                            (1, {"cosent": loss_args.cosent_w, "ibn": 0.0, "angle": 0.0})):
+        batch = collate(by_source[source])
+        assert batch[SOURCE_KEY].item() == source
+        output = model(**batch)
+        assert set(output.terms) == {"loss_cosent", "loss_ibn", "loss_angle"}  # every term logged at every step
+        expected = sum(weight * output.terms[f"loss_{key}"] for key, weight in weights.items())
+        assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert SOURCE_KEY not in collate(by_source[0][:2] + by_source[1][:2])  # rows of two sources: no source
+
+
+@pytest.mark.parametrize("weights,pattern", [
+    ([None, {"ibm_w": 0}], r"train_datasets\[1\]\.loss_weights: unknown \['ibm_w'\]; valid keys: \['cosent_w'"),
+    ([{"cosent_w": 0, "ibn_w": 0, "angle_w": 0}], r"train_datasets\[0\]\.loss_weights: every term's weight is 0"),
+])
+def test_bad_source_loss_weights_stop_the_run_naming_the_entry(weights, pattern, tiny_bert):
+    from ese_trainer.config.parsing import ConfigError
+    from ese_trainer.ese.arguments import ESEArguments
+    from ese_trainer.losses.arguments import LossArguments
+    from ese_trainer.training.build import build_objective
+
+    with pytest.raises(ConfigError, match=pattern):
+        build_objective(LossArguments(), ESEArguments(), tiny_bert.config, weights)

@@ -17,7 +17,9 @@ OTHER_ROW_KEY, OTHER_ROLE_KEY, OTHER_SCORE_KEY = "other_row", "other_role", "oth
 TEXT_IDS_KEY = "text_ids"
 # A frozen guide model's embeddings of the N texts (false-negative filtering), when the run has a guide.
 GUIDE_KEY = "guide_embeddings"
-ROW_KEYS = (OTHER_ROW_KEY, OTHER_ROLE_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY, GUIDE_KEY)
+# The index of the training source every row of the batch comes from (each step draws from one source).
+SOURCE_KEY = "source"
+ROW_KEYS = (OTHER_ROW_KEY, OTHER_ROLE_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY, GUIDE_KEY, SOURCE_KEY)
 
 
 def text_id(text: str) -> int:
@@ -60,5 +62,8 @@ class RowCollator:
         batch[TEXT_IDS_KEY] = torch.tensor([text_id(text) for text in texts], dtype=torch.int64)
         if self.guide is not None:
             batch[GUIDE_KEY] = self.guide(texts)
+        sources = {feature.get(SOURCE_KEY) for feature in features}
+        if len(sources) == 1 and None not in sources:  # rows of one training source
+            batch[SOURCE_KEY] = torch.tensor(sources.pop(), dtype=torch.long)
         batch["return_loss"] = True
         return batch

@@ -42,7 +42,9 @@ class TrainSource:
     (or the SentEval file suffix); ``max_samples``: a seeded random subset of this many rows; ``weight``: how many
     times its rows are drawn per epoch (1 = each once); ``label_map`` (nli; default the run's); ``score_range`` (sts;
     default [0, 5]); ``name`` (default: the source); ``mine_negatives``: hard negatives mined for its rows with a
-    positive (:class:`~ese_trainer.data.mining.MiningSettings` keys, ``{}`` for the defaults).
+    positive (:class:`~ese_trainer.data.mining.MiningSettings` keys, ``{}`` for the defaults); ``loss_weights``: the
+    combined loss's weights for this source's steps (``{cosent_w: 1, ibn_w: 0}``; a key left out keeps the run's
+    weight), as sentence-transformers trains each dataset with a loss of its own.
     """
 
     source: str
@@ -55,6 +57,7 @@ class TrainSource:
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE
     name: str | None = None
     mine_negatives: dict | None = None
+    loss_weights: dict | None = None
 
     @classmethod
     def parse(cls, entry: dict | str, index: int) -> TrainSource:
@@ -96,12 +99,26 @@ class TrainSource:
                 raise ValueError(f"{where}: {error}") from None
         if self.kind != "nli" and self.label_map is not None:
             raise ValueError(f"{where}: label_map applies to kind nli only")
+        if self.loss_weights is not None:
+            self.check_loss_weights(where)
         if self.mine_negatives is not None:
             try:
                 self.mining_settings()
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{where}: mine_negatives: {error}") from None
         return self
+
+    def check_loss_weights(self, where: str) -> None:
+        """``loss_weights`` is a mapping of term weights (``<term>_w``) to finite numbers >= 0; which terms exist is
+        the objective's to check (``ese_trainer.training.build``)."""
+        if not isinstance(self.loss_weights, dict) or not self.loss_weights:
+            raise ValueError(f"{where}: loss_weights must be a mapping such as {{cosent_w: 1, ibn_w: 0}}, got "
+                             f"{self.loss_weights!r}")
+        for key, weight in self.loss_weights.items():
+            if not str(key).endswith("_w"):
+                raise ValueError(f"{where}: loss_weights: {key!r} is not a term weight (cosent_w, ibn_w, ...)")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+                raise ValueError(f"{where}: loss_weights: {key} must be a number >= 0, got {weight!r}")
 
     def mining_settings(self) -> MiningSettings | None:
         if self.mine_negatives is None:
@@ -120,8 +137,8 @@ class TrainSource:
 @dataclass
 class SourceCounts:
     """What one source gave: rows read, pairs kept (for NLI, what was dropped and why), the rows built, the rows used
-    (after ``max_samples``) and what they hold (``rows``: with a positive, hard negatives, ranking pairs), and mined
-    negatives."""
+    (after ``max_samples``) and what they hold (``rows``: with a positive, hard negatives, ranking pairs), mined
+    negatives, and the source's own loss weights."""
 
     name: str
     kind: str
@@ -134,6 +151,7 @@ class SourceCounts:
     rows: dict = field(default_factory=dict)
     nli: dict = field(default_factory=dict)
     mined: dict = field(default_factory=dict)
+    loss_weights: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,7 +251,8 @@ def load_train_sources(sources: list[TrainSource], seed: int, label_map: dict | 
     label_map = validate_label_map(label_map or DEFAULT_LABEL_MAP)
     parts, all_counts = [], []
     for index, spec in enumerate(sources):
-        counts = SourceCounts(name=spec.display_name, kind=spec.kind, weight=spec.weight, source=spec.source)
+        counts = SourceCounts(name=spec.display_name, kind=spec.kind, weight=spec.weight, source=spec.source,
+                              loss_weights=spec.loss_weights)
         rows = _source_rows(spec, label_map, thresholds, seed, counts)
         if len(rows) == 0:
             raise DataError(f"{counts.name}: no usable rows")

@@ -3,7 +3,7 @@ table of its terms."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -113,30 +113,48 @@ class CombinedLoss(nn.Module):
     Args:
         weights: ``{term key: weight}`` for every key of :data:`LOSS_TERMS`.
         settings: :class:`LossSettings`.
+        source_weights: per training source (by index), ``{term key: weight}`` for the steps of that source (a key
+            left out keeps ``weights``'); None or missing: ``weights``. A term with a weight anywhere is computed for
+            every batch (and logged), weighted 0 where its source turns it off.
 
     Relations:
         sentence-transformers would sum ``CoSENTLoss``, ``MultipleNegativesRankingLoss`` (or ``GISTEmbedLoss``) and
         ``AnglELoss`` over differently laid-out datasets; here they share one forward pass of each row's texts.
     """
 
-    def __init__(self, weights: dict[str, float], settings: LossSettings | None = None) -> None:
+    def __init__(self, weights: dict[str, float], settings: LossSettings | None = None,
+                 source_weights: Sequence[dict[str, float] | None] = ()) -> None:
         super().__init__()
         missing = [term.key for term in LOSS_TERMS if term.key not in weights]
         if missing:
             raise ValueError(f"combined loss: no weight for {missing}")
-        self.terms = [term for term in LOSS_TERMS if weights[term.key]]
+        per_source = [{**weights, **(own or {})} for own in source_weights]
+        for index, own in enumerate(per_source):
+            unknown = sorted(set(own) - {term.key for term in LOSS_TERMS})
+            if unknown:
+                raise ValueError(f"source {index}: no loss term {unknown}; terms: {[t.key for t in LOSS_TERMS]}")
+            if not any(own.values()):
+                raise ValueError(f"source {index}: all loss weights are 0: its steps would train nothing")
+        self.terms = [term for term in LOSS_TERMS if any(each[term.key] for each in (weights, *per_source))]
         if not self.terms:
             raise ValueError("all loss weights are 0: nothing to train")
         self.weights = {term.log_name: weights[term.key] for term in self.terms}
+        self.source_weights = [{term.log_name: own[term.key] for term in self.terms} for own in per_source]
         self.settings = settings or LossSettings()
 
     def forward(self, batch: RowBatch) -> dict[str, Tensor]:
         inputs = TermInputs(batch, self.settings)
         return {term.log_name: term.compute(inputs) for term in self.terms}
 
-    def combine(self, terms: dict[str, Tensor]) -> Tensor:
-        return sum(self.weights[name] * value for name, value in terms.items())
+    def weights_for(self, source: int | None) -> dict[str, float]:
+        """The term weights of a step of training source ``source`` (the run's own for None or a source without
+        weights of its own)."""
+        return self.source_weights[source] if source is not None and source < len(self.source_weights) else self.weights
+
+    def combine(self, terms: dict[str, Tensor], source: int | None = None) -> Tensor:
+        weights = self.weights_for(source)
+        return sum(weights[name] * value for name, value in terms.items())
 
     def total(self, batch: RowBatch) -> Tensor:
         """The weighted sum for ``batch`` (e.g. a shallower layer's embeddings under ESE)."""
-        return self.combine(self(batch))
+        return self.combine(self(batch), batch.source)

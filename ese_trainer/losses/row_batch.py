@@ -16,7 +16,8 @@ class RowBatch(NamedTuple):
     other text its row (``other_row``), role (``other_role``: :data:`~ese_trainer.data.rows.POSITIVE`,
     ``NEGATIVE`` or ``SCORED``) and gold score against the row's anchor (``other_score``, NaN when it has none).
     ``text_ids`` (``N``, equal for equal texts) mark duplicates; ``guide`` (``N x G``) is a frozen guide model's
-    embedding of the same texts, for false-negative filtering."""
+    embedding of the same texts, for false-negative filtering; ``source`` the index of the training source all the
+    rows come from (None: unknown, e.g. evaluation), which picks that source's loss weights."""
 
     embeddings: Tensor
     other_row: Tensor
@@ -24,6 +25,7 @@ class RowBatch(NamedTuple):
     other_score: Tensor
     text_ids: Tensor | None = None
     guide: Tensor | None = None
+    source: int | None = None
 
     @property
     def num_rows(self) -> int:

@@ -142,6 +142,11 @@ def _data_section(data_counts: dict[str, Any]) -> list[str]:
                      f"{item.get('rows_built', '–')} | {item['rows_used']} | {rows.get('rows_with_positive', '–')} | "
                      f"{rows.get('rows_with_negative', '–')} | {item['weight']} | {dropped} | "
                      f"{mined.get('negatives', '–')} | {steps.get(item['name'], '–')} |")
+    own = [f"`{item['name']}`: " + ", ".join(f"{key} {value}" for key, value in item["loss_weights"].items())
+           for item in data_counts.get("sources", []) if item.get("loss_weights")]
+    if own:
+        lines += ["", "  Loss weights of their own (other terms at the objective's weights below): " + "; ".join(own)
+                  + "."]
     return [*lines, ""]
 
 

@@ -89,4 +89,5 @@ def gather_rows(batch: RowBatch) -> RowBatch:
         other_score=_gather_padded(batch.other_score, other_sizes, differentiable=False),
         text_ids=both(batch.text_ids, differentiable=False),
         guide=both(batch.guide, differentiable=False),
+        source=batch.source,  # every process's batch of a step comes from the same source
     )

@@ -4,9 +4,9 @@ A resumed Trainer skips the batches the checkpoint already trained on by their c
 continues the same run only when the batches are drawn the same way and the optimizer state belongs to the same
 objective. The fingerprint holds what decides that: the sources and their files (size and SHA-256 of every file a
 local source reads), the label map, role thresholds, sampling and data seed, the world size, per-device batch and
-gradient accumulation, the model's text encoding (start model, pooling, length, dimension) and the objective's
-settings (loss, ESE and MoE keys). Left out: what changes only memory or speed (GradCache, packing, forward chunks),
-and the length of the schedule (``max_steps``, epochs): extending a run is a resume.
+gradient accumulation, the model's text encoding (start model, pooling, length, dimension, attention dropout) and the
+objective's settings (loss, ESE and MoE keys). Left out: what changes only memory or speed (GradCache, packing,
+forward chunks, compiled layers), and the length of the schedule (``max_steps``, epochs): extending a run is a resume.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def run_fingerprint(model: ModelArguments, data: DataArguments, loss: LossArgume
         "per_device_train_batch_size": training.per_device_train_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "model": {"model_name_or_path": model.model_name_or_path, "pooling": model.pooling,
-                  "max_seq_length": model.max_seq_length, "embedding_dim": model.embedding_dim},
+                  "max_seq_length": model.max_seq_length, "embedding_dim": model.embedding_dim,
+                  "attention_dropout": model.attention_dropout},
         "objective": {"loss": objective, "ese": asdict(ese), "moe": asdict(moe)},
     })
 

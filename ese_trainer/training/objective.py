@@ -45,7 +45,8 @@ class ObjectiveOutput(ModelOutput):
 class EmbeddingObjective(nn.Module):
     """``loss = L(e_n) + L_router + L_ESE``, each part optional but the first::
 
-        L        = Σ_t w_t · term_t(e_n)                    (CombinedLoss: CoSENT, in-batch negatives, AnglE, hinge)
+        L        = Σ_t w_t · term_t(e_n)                    (CombinedLoss: CoSENT, in-batch negatives, AnglE, hinge;
+                                                             w_t the batch's source's weights)
         L_router = α · loss_router_aux + β · loss_router_z  (RouterLoss, an MoE encoder)
         L_ESE    = loss_ese                                 (ESELoss: layer and compression terms, its heads)
 
@@ -80,7 +81,7 @@ class EmbeddingObjective(nn.Module):
     def forward(self, encoded: EncodedBatch, batch: RowBatch) -> ObjectiveOutput:
         batch = batch.with_embeddings(encoded.embeddings)
         terms = self.loss_terms(batch)
-        loss = self.loss.combine(terms)
+        loss = self.loss.combine(terms, batch.source)
         routing = {}
         if self.router_loss is not None and encoded.router_logits is not None:
             router_terms = self.router_loss(encoded.router_logits)
@@ -90,7 +91,7 @@ class EmbeddingObjective(nn.Module):
         if self.ese_loss is not None:
             layers = {**encoded.layer_embeddings, self.ese_loss.num_layers: encoded.embeddings}
             ese_terms = self.ese_loss(layers, lambda embeddings: self.loss.combine(
-                self.loss_terms(batch.with_embeddings(embeddings))))
+                self.loss_terms(batch.with_embeddings(embeddings)), batch.source))
             if ese_terms:
                 loss = loss + ese_terms[ESE_TOTAL]
                 terms.update(ese_terms)

@@ -11,7 +11,14 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
 from ese_trainer.data.batching import SourceBatchSampler
-from ese_trainer.data.collator import GUIDE_KEY, OTHER_ROLE_KEY, OTHER_ROW_KEY, OTHER_SCORE_KEY, TEXT_IDS_KEY
+from ese_trainer.data.collator import (
+    GUIDE_KEY,
+    OTHER_ROLE_KEY,
+    OTHER_ROW_KEY,
+    OTHER_SCORE_KEY,
+    SOURCE_KEY,
+    TEXT_IDS_KEY,
+)
 from ese_trainer.evaluation.dev_score import CosineSpearman
 from ese_trainer.evaluation.slice_score import SliceSpearman
 from ese_trainer.modeling.encoding import MODEL_INPUT_KEYS, SentenceEncoder
@@ -112,7 +119,8 @@ class ESETrainer(Trainer):
 
         def objective(encoded):
             batch = row_batch(encoded.embeddings, inputs[OTHER_ROW_KEY], inputs[OTHER_ROLE_KEY],
-                              inputs[OTHER_SCORE_KEY], inputs.get(TEXT_IDS_KEY), inputs.get(GUIDE_KEY))
+                              inputs[OTHER_SCORE_KEY], inputs.get(TEXT_IDS_KEY), inputs.get(GUIDE_KEY),
+                              inputs.get(SOURCE_KEY))
             output = training_model.objective(encoded, batch)
             self._check_finite(output)
             self.recorder.add(output)

@@ -37,18 +37,19 @@ class TrainingModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, other_row: Tensor, other_role: Tensor,
                 other_score: Tensor, token_type_ids: Tensor | None = None, text_ids: Tensor | None = None,
-                guide_embeddings: Tensor | None = None, return_loss: bool = True) -> ObjectiveOutput:
+                guide_embeddings: Tensor | None = None, source: Tensor | None = None,
+                return_loss: bool = True) -> ObjectiveOutput:
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         encoded = self.encoder({key: features[key] for key in MODEL_INPUT_KEYS if features[key] is not None})
         return self.objective(encoded, row_batch(encoded.embeddings, other_row, other_role, other_score, text_ids,
-                                                 guide_embeddings))
+                                                 guide_embeddings, source))
 
 
 def row_batch(embeddings: Tensor, other_row: Tensor, other_role: Tensor, other_score: Tensor,
-              text_ids: Tensor | None = None, guide: Tensor | None = None) -> RowBatch:
+              text_ids: Tensor | None = None, guide: Tensor | None = None, source: Tensor | None = None) -> RowBatch:
     """A collated batch's layout (:class:`~ese_trainer.data.collator.RowCollator`) around its embeddings, on their
-    device."""
+    device, and the training source its rows come from."""
     device = embeddings.device
     return RowBatch(embeddings, other_row.to(device), other_role.to(device), other_score.to(device),
                     None if text_ids is None else text_ids.to(device),
-                    None if guide is None else guide.to(device))
+                    None if guide is None else guide.to(device), None if source is None else int(source))
