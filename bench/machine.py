@@ -19,11 +19,10 @@ def cpu_name() -> str:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, many times
-    slower than float32, and CPU bf16 timings mean nothing."""
-    import torch
+    """Whether this CPU computes bfloat16 natively: CPU bf16 timings mean nothing elsewhere (torch emulates it)."""
+    from ese_trainer.training.run_start import cpu_computes_bf16
 
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return cpu_computes_bf16()
 
 
 def describe_machine() -> str:

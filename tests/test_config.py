@@ -1,5 +1,7 @@
 """YAML + CLI parsing: overrides, unknown keys and wrong types named with their source."""
 
+import logging
+
 import pytest
 from transformers import TrainingArguments
 
@@ -121,3 +123,15 @@ def test_retired_key_says_what_replaced_it(tmp_path):
 def test_bad_objective_settings_are_named(arguments, pattern):
     with pytest.raises(ConfigError, match=pattern):
         parse_config(arguments, GROUPS)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path, caplog):
+    from ese_trainer.training.run_start import cpu_computes_bf16, start_run, warn_emulated_bf16
+
+    config = ["--config", str(REPO / "configs" / "smoke_snli.yaml"), "--output_dir", str(tmp_path / "out")]
+    with caplog.at_level(logging.WARNING):
+        args, _ = start_run([*config, "--bf16", "true", "--use_cpu", "true"])
+    emulated = not cpu_computes_bf16()  # this machine's CPU decides which way the warning must go
+    assert ("bf16 on a CPU without native bf16" in caplog.text) == emulated
+    fp32, _ = start_run([*config, "--use_cpu", "true"])
+    assert not warn_emulated_bf16(fp32.training)

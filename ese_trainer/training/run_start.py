@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from transformers import set_seed
+import torch
+from transformers import TrainingArguments, set_seed
 
 from ese_trainer.config.parsing import parse_config
 from ese_trainer.training.fingerprint import run_fingerprint
@@ -20,6 +21,25 @@ from ese_trainer.training.run_arguments import (
     move_hub_token_to_environment,
 )
 from ese_trainer.training.strategy import check_strategy, configured_deepspeed_arguments
+
+logger = logging.getLogger(__name__)
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def warn_emulated_bf16(training: TrainingArguments) -> bool:
+    """Warn when bf16 (``bf16`` autocast, ``bf16_full_eval``) runs on a CPU without native bf16, where torch emulates
+    it at many times float32's cost; returns whether it warned."""
+    asked = [key for key in ("bf16", "bf16_full_eval") if getattr(training, key)]
+    on_cpu = training.use_cpu or not torch.cuda.is_available()
+    if not asked or not on_cpu or cpu_computes_bf16():
+        return False
+    logger.warning("%s on a CPU without native bf16 (AVX512-BF16 or AMX): torch emulates it, many times slower than "
+                   "float32; set %s false here", " and ".join(asked), " and ".join(asked))
+    return True
 
 
 class RunStart(NamedTuple):
@@ -51,6 +71,8 @@ def start_run(argv: list[str], prog: str | None = None, description: str | None 
     check_grad_cache(args.loss, strategy)
     apply_recipe_settings(args.training, args.loss)
     move_hub_token_to_environment(args.training)
+    if args.is_main_process:
+        warn_emulated_bf16(args.training)
     fingerprint = run_fingerprint(args.model, args.data, args.loss, args.moe, args.ese, args.training)
     checkpoint = find_resume_checkpoint(args.training.resume_from_checkpoint, args.training.output_dir,
                                         warn=args.is_main_process)
