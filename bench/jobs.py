@@ -128,6 +128,9 @@ CONTENDERS = {
                                 "every step), chosen by its slices' mean dev", "ours", recipe_args=STARBUCKS_ARGS,
                                 dev_metric=SLICES_METRIC),
     **{contender.name: contender for contender in (twin(1, 128), twin(2, 256))},  # start b's diagonal
+    # Attention dropout 0 lets CPU SDPA take its fused kernel; a default only if dev stays within noise (at ours' rate).
+    "ours-ad0": Contender("ours-ad0", "ours without attention dropout (attention_dropout 0)", "ours",
+                          recipe_args=("--attention_dropout", "0")),
 }
 
 # Candidate objectives for ours, compared on STS-B dev only (``sweep``): recipe arguments over the seed's
@@ -148,6 +151,7 @@ SWEEP_OPTIONS = {
     "hinge": ("--hinge_w", "1"),
     "guide": ("--guide_model", "start"),
     "q2q": ("--ibn_directions", "query_to_doc", "query_to_query"),
+    "ad0": ("--attention_dropout", "0"),
 }
 
 
