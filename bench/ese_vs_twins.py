@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, RUNS, SEEDS, STARTS, ese_diagonal, offline
+from bench.jobs import CONTENDERS, RUNS, SEEDS, STARTS, ese_diagonal, offline, write_atomically
 from bench.quality_vs_peers import chosen_rate, load_encoder, model_path, run_one, suite_tasks, tune
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
@@ -104,7 +104,7 @@ def score_grids(start: str, names: list[str] | tuple[str, ...]) -> None:
             routing = routing_summary(folder)
             if routing is not None:
                 record["routing"] = routing
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            write_atomically(path, json.dumps(record, indent=2) + "\n")
             print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f} "
                   f"(cell {layer} x {dim})", flush=True)
 

@@ -8,10 +8,13 @@ models under ``outputs/quality-tiny/``, ``TINY_ROWS`` rows per source in batches
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,28 @@ IN_DOMAIN = [{"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "n
 if TINY:
     SNLI, IN_DOMAIN = ([{**source, "max_samples": TINY_ROWS} for source in group] for group in (SNLI, IN_DOMAIN))
 RAW_LABELS = {"entailment": 0.0, "neutral": 0.5, "contradiction": 1.0}  # raw ids 0/1/2, normalised: same order
+
+
+@contextmanager
+def exclusive(name: str, folder: Path | None = None) -> Iterator[None]:
+    """One process at a time holds ``name`` (a run, a shared file), so two harnesses can run side by side, one per
+    core: an ``flock`` on ``<folder>/<name>.lock`` (default ``WORK/locks``), released when the holder ends, however
+    it ends."""
+    folder = folder or WORK / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``path`` holds the old text or the new, never half of it (a record read by another process)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def offline() -> None:

@@ -76,11 +76,13 @@ from bench.jobs import (
     WORK,
     Contender,
     RunRecord,
+    exclusive,
     half_dev,
     halving_choice,
     offline,
     second_best_half,
     start_model,
+    write_atomically,
 )
 from bench.machine import describe_machine
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED
@@ -127,30 +129,33 @@ def training_files(start: str) -> dict:
     meta_file = folder / "meta.json"
     if meta_file.is_file():
         return json.loads(meta_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = [TrainSource.parse(entry, index) for index, entry in enumerate(STARTS[start].sources)]
-    rows, _ = load_train_sources(specs, seed=0)
-    names = [spec.display_name if spec.kind == "sts" else "nli" for spec in specs]
-    sizes: dict = {"rows": {}, "row_texts": {}, "triplets": {}}
-    nli_pairs, sts_pairs, angle_pairs = [], [], []
-    for row in rows:
-        source = names[row["source"]]
-        sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
-        sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
-        for text, score, role in zip(row["texts"], row["scores"], row["roles"]):
-            if source == "nli":
-                nli_pairs.append((row["anchor"], text, ROLE_LABELS[role]))
-                if role != SCORED:
+    with exclusive(f"{start}-data"):  # written once, by one harness
+        if meta_file.is_file():
+            return json.loads(meta_file.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        specs = [TrainSource.parse(entry, index) for index, entry in enumerate(STARTS[start].sources)]
+        rows, _ = load_train_sources(specs, seed=0)
+        names = [spec.display_name if spec.kind == "sts" else "nli" for spec in specs]
+        sizes: dict = {"rows": {}, "row_texts": {}, "triplets": {}}
+        nli_pairs, sts_pairs, angle_pairs = [], [], []
+        for row in rows:
+            source = names[row["source"]]
+            sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
+            sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
+            for text, score, role in zip(row["texts"], row["scores"], row["roles"]):
+                if source == "nli":
+                    nli_pairs.append((row["anchor"], text, ROLE_LABELS[role]))
+                    if role != SCORED:
+                        angle_pairs.append({"text1": row["anchor"], "text2": text, "label": score})
+                else:
+                    sts_pairs.append({"sentence1": row["anchor"], "sentence2": text, "score": score, "source": source})
                     angle_pairs.append({"text1": row["anchor"], "text2": text, "label": score})
-            else:
-                sts_pairs.append({"sentence1": row["anchor"], "sentence2": text, "score": score, "source": source})
-                angle_pairs.append({"text1": row["anchor"], "text2": text, "label": score})
-    sizes["triplets"]["nli"] = write_jsonl(folder / "triplets.jsonl", st_nli_triplets(nli_pairs))
-    for pair in sts_pairs:
-        sizes["triplets"][pair["source"]] = sizes["triplets"].get(pair["source"], 0) + 1
-    write_jsonl(folder / "sts_pairs.jsonl", sts_pairs)
-    sizes["angle"] = write_jsonl(folder / "angle.jsonl", angle_pairs)
-    meta_file.write_text(json.dumps(sizes, indent=2) + "\n")
+        sizes["triplets"]["nli"] = write_jsonl(folder / "triplets.jsonl", st_nli_triplets(nli_pairs))
+        for pair in sts_pairs:
+            sizes["triplets"][pair["source"]] = sizes["triplets"].get(pair["source"], 0) + 1
+        write_jsonl(folder / "sts_pairs.jsonl", sts_pairs)
+        sizes["angle"] = write_jsonl(folder / "angle.jsonl", angle_pairs)
+        write_atomically(meta_file, json.dumps(sizes, indent=2) + "\n")
     return sizes
 
 
@@ -209,11 +214,12 @@ def passes(start: str, contender: Contender) -> float:
     if not contender.time_of:
         return float(EPOCHS)
     path = RUNS / start / "equal_time.json"
-    frozen = json.loads(path.read_text()) if path.is_file() else {}
-    if contender.name not in frozen:
-        frozen[contender.name] = time_ratio(start, contender.time_of, "ours")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(frozen, indent=2) + "\n")
+    with exclusive(f"{start}-equal-time"):
+        frozen = json.loads(path.read_text()) if path.is_file() else {}
+        if contender.name not in frozen:
+            frozen[contender.name] = time_ratio(start, contender.time_of, "ours")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, json.dumps(frozen, indent=2) + "\n")
     return EPOCHS * frozen[contender.name]["ratio"]
 
 
@@ -342,11 +348,18 @@ def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extr
     """Train one contender (or one sweep variant of ours) with STS-B dev scored inside its trainer, stopping at half
     the pass below ``keep_at_least``; keep the best model of a run that ran the whole pass; the record goes to
     ``quality_runs``."""
-    contender = CONTENDERS[name]
     label = f"{name}+{variant}" if variant else name
     path = record_path(start, label, lr, seed, sweep=bool(variant))
-    if path.is_file():
-        return json.loads(path.read_text())
+    with exclusive(f"{start}-{path.stem}"):  # another harness may be running (or have run) the same job
+        if path.is_file():
+            return json.loads(path.read_text())
+        return train_and_record(start, name, label, path, lr, seed, variant, extra, keep_at_least)
+
+
+def train_and_record(start: str, name: str, label: str, path: Path, lr: float, seed: int, variant: str,
+                     extra: tuple[str, ...], keep_at_least: float | None) -> dict:
+    """:func:`run_one`'s job, run by the one process that holds it."""
+    contender = CONTENDERS[name]
     steps, texts = job_shape(start, contender)
     every = max(1, steps // CHECKPOINTS)
     output_dir = WORK / "runs" / start / f"{label}_lr{lr:g}_seed{seed}"
@@ -375,7 +388,7 @@ def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extr
                            str(step): value for step, value in sorted(trained.full_dev.items())},
                        passes=passes(start, contender))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    write_atomically(path, json.dumps(asdict(record), indent=2) + "\n")
     stop = f", stopped at step {trained.stopped_at}" if trained.stopped_at else ""
     print(f"   dev {trained.dev[best]:.2f} at step {best}{stop} ({seconds:.0f} s)", flush=True)
     return asdict(record)
@@ -387,9 +400,10 @@ def tuned(start: str) -> dict:
 
 
 def save_tuning(start: str, name: str, choice: dict) -> None:
-    everything = tuned(start)
-    everything[name] = choice
-    (RUNS / start / "tuned.json").write_text(json.dumps(everything, indent=2) + "\n")
+    with exclusive(f"{start}-tuned"):  # read, update and write as one step against other harnesses
+        everything = tuned(start)
+        everything[name] = choice
+        write_atomically(RUNS / start / "tuned.json", json.dumps(everything, indent=2) + "\n")
 
 
 def extended_grid(grid: list[float], chosen: float) -> list[float]:
@@ -466,7 +480,7 @@ def score_chosen(start: str) -> None:
                 continue
             folder = model_path(start, name, lr, record["seed"])
             record["test"] = score(folder, start, suite)
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            write_atomically(path, json.dumps(record, indent=2) + "\n")
             print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
 
 

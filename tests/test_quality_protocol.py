@@ -132,3 +132,25 @@ def test_the_plain_dev_score_for_angles_trainer_equals_our_evaluator(minilm, tok
     ours = evaluate_sts(minilm, tokenizer, {"dev": pairs}, "mean", packed=False, show_progress=False)["dev"]
     plain = padded_mean_dev_score(minilm, tokenizer, pairs.sentences1, pairs.sentences2, pairs.scores)
     assert abs(plain - ours) < 0.01 and 70 < ours < 95
+
+
+COUNTER = """
+import sys, time
+from pathlib import Path
+from bench.jobs import exclusive, write_atomically
+folder, counter = Path(sys.argv[1]), Path(sys.argv[1]) / "counter"
+for _ in range(40):
+    with exclusive("counter", folder):
+        count = int(counter.read_text())
+        time.sleep(0.002)  # a read-modify-write as slow as a harness's, where two processes would interleave
+        write_atomically(counter, str(count + 1))
+"""
+
+
+def test_two_harnesses_side_by_side_lose_no_update(tmp_path):
+    """The quality and ESE harnesses run one per core and share records and tuned.json: each read-modify-write
+    holds the lock, so none is lost."""
+    (tmp_path / "counter").write_text("0")
+    workers = [subprocess.Popen([sys.executable, "-c", COUNTER, str(tmp_path)], cwd=REPO) for _ in range(2)]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    assert (tmp_path / "counter").read_text() == "80"
