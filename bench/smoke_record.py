@@ -2,6 +2,7 @@
 prints, recorded with the machine.
 
     python3 bench/smoke_record.py            # in a fresh clone: both commands, the set-up included in the first
+    python3 bench/smoke_record.py smoke      # ``make smoke`` alone (its table and time; no test count)
 
 Writes ``bench/results/smoke.{json,md}``. Standard library only, so that it runs before the set-up exists.
 """
@@ -57,11 +58,15 @@ def sts_table(output: str) -> tuple[list[str], dict[str, list[float]], str]:
 
 def main() -> None:
     fresh = not (REPO / ".venv").exists()  # the set-up is part of the first command's time
+    chosen = sys.argv[1:] or [target for _, target in COMMANDS]
+    unknown = sorted(set(chosen) - {target for _, target in COMMANDS})
+    if unknown:
+        raise SystemExit(f"unknown command(s) {unknown}: choose from smoke, test")
     seconds, outputs = {}, {}
-    for command in COMMANDS:
+    for command in (command for command in COMMANDS if command[1] in chosen):
         seconds[" ".join(command)], outputs[" ".join(command)] = timed(command)
     columns, rows, best = sts_table(outputs["make smoke"])
-    tests = re.findall(r"=+ (\d+ passed.*?) in ", outputs["make test"])
+    tests = re.findall(r"=+ (\d+ passed.*?) in ", outputs.get("make test", ""))
     record = {"commands": list(seconds), "seconds": {key: round(value, 1) for key, value in seconds.items()},
               "machine": machine(), "columns": columns, "sts": rows, "best_checkpoint": best,
               "tests": tests[-1] if tests else None,
@@ -72,7 +77,8 @@ def main() -> None:
              "| command | wall time |", "|---|---|"]
     lines += [f"| `{command}` | {value / 60:.1f} min |" for command, value in seconds.items()]
     lines += ["", "Set-up (a new `.venv`) included in `make smoke`'s time." if fresh else "`.venv` already existed."]
-    lines += ["", f"`make test`: {record['tests']}.", "", "STS (cosine Spearman x100) printed by `make smoke`:", "",
+    lines += ["", f"`make test`: {record['tests'] or 'not run in this record'}.", "",
+              "STS (cosine Spearman x100) printed by `make smoke`:", "",
               "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |" for name, values in rows.items()]
     lines += ["", best, ""]
