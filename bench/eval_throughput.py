@@ -30,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.machine import describe_machine, native_bf16
+from bench.machine import describe_machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +48,12 @@ def padding_sweep(encoder, tokenizer, pairs, repeats: int) -> list[dict]:
 
     from ese_trainer.evaluation.sts import bf16_copy
     from ese_trainer.modeling.encoding import SentenceEncoder
+    from ese_trainer.training.run_start import cpu_computes_bf16
 
     sentences = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
     token_ids = tokenizer(sentences, truncation=True, max_length=128)
     order = sorted(range(len(sentences)), key=lambda i: len(token_ids["input_ids"][i]), reverse=True)
-    models = {"fp32": encoder, **({"bf16": bf16_copy(encoder)} if native_bf16() else {})}
+    models = {"fp32": encoder, **({"bf16": bf16_copy(encoder)} if cpu_computes_bf16() else {})}
     rows = []
     for window in SWEEP_WINDOWS:
         width = len(order) if window is None else window * BATCH_SIZE
@@ -96,6 +97,7 @@ def main() -> None:
     from ese_trainer.evaluation.sts import evaluate_sts
     from ese_trainer.hub_models import resolve_model_path
     from ese_trainer.modeling.packing import EVAL_PACKING_MIN_PADDING
+    from ese_trainer.training.run_start import cpu_computes_bf16
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sts_data_dir", default="data")
@@ -109,7 +111,7 @@ def main() -> None:
     sentences = sum(2 * len(pairs) for pairs in tasks.values())
     distinct = sum(len(set(pairs.sentences1 + pairs.sentences2)) for pairs in tasks.values())
     tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    bf16 = native_bf16()  # emulated bf16 is many times slower than fp32: its timings would mean nothing
+    bf16 = cpu_computes_bf16()  # emulated bf16 is many times slower than fp32: its timings would mean nothing
     st_models = {"fp32": SentenceTransformer(path, device="cpu"),
                  **({"bf16": SentenceTransformer(path, device="cpu", model_kwargs={"dtype": torch.bfloat16})}
                     if bf16 else {})}

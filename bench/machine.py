@@ -18,13 +18,6 @@ def cpu_name() -> str:
     return cpu
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively: CPU bf16 timings mean nothing elsewhere (torch emulates it)."""
-    from ese_trainer.training.run_start import cpu_computes_bf16
-
-    return cpu_computes_bf16()
-
-
 def describe_machine() -> str:
     import torch
 

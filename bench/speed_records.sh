@@ -23,7 +23,7 @@ esac
 step() { echo "== python -m $*" >&2; "$python" -m "$@" "${out[@]}"; }
 # bf16 only where the CPU computes it natively (AVX512-BF16 or AMX): elsewhere torch emulates it, some 25x slower than
 # fp32, and the bf16 records already in bench/results/ (each naming its machine) are kept.
-bf16=$("$python" -c "from bench.machine import native_bf16; print(int(native_bf16()))")
+bf16=$("$python" -c "from ese_trainer.training.run_start import cpu_computes_bf16; print(int(cpu_computes_bf16()))")
 [ "$bf16" = 1 ] || echo "== this CPU has no native bf16: the bf16 steps are skipped" >&2
 step_bf16() { if [ "$bf16" = 1 ]; then step "$@" --bf16; fi; }
 
