@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 from bench.jobs import CONTENDERS, RUNS, SEEDS, STARTS, ese_diagonal, offline, write_atomically
-from bench.quality_vs_peers import chosen_rate, load_encoder, model_path, run_one, suite_tasks, tune
+from bench.quality_vs_peers import chosen_rate, kept_model, load_encoder, run_lock, run_one, suite_tasks, tune
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
 MOE_CONTENDERS = ("ours", "ours-moe", "ours-moe2")
@@ -56,9 +56,11 @@ def run_plan(start: str, names: list[str] | tuple[str, ...]) -> None:
     """Every contender's rate (``tune``, seed 42), then seeds 43 and 44 at it, resuming from the records."""
     for name in names:
         tune(start, name, SEEDS[0])
+        score_grids(start, names)
     for seed in SEEDS[1:]:
         for name in names:
             run_one(start, name, chosen_rate(start, name), seed)
+            score_grids(start, names)
 
 
 def full_cell(record: dict, grid: dict) -> tuple[str, str]:
@@ -83,30 +85,34 @@ def routing_summary(folder: Path) -> dict | None:
 def score_grids(start: str, names: list[str] | tuple[str, ...]) -> None:
     """The test suite's layer x dims grid of every whole-pass run at its contender's chosen rate (cached in the
     record as ``test_grid``; ``test`` = the released embedding's cell, per task and averaged)."""
-    from ese_trainer.evaluation.layer_grid import evaluate_layer_dim_grid
 
     suite = None
     for name in names:
         lr = chosen_rate(start, name)
         for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
-            record = json.loads(path.read_text())
-            if "test_grid" in record or record.get("stopped_at"):
-                continue
-            suite = suite or suite_tasks()
-            folder = model_path(start, name, lr, record["seed"])
-            model, tokenizer = load_encoder(folder, start)
-            dims = [dim for dim in grid_dims(start) if dim <= model.config.hidden_size]
-            grid = evaluate_layer_dim_grid(model, tokenizer, suite, "mean", "all", dims, show_progress=False)
-            layer, dim = full_cell(record, grid)
-            record["test_grid"] = grid["avg"]
-            record["test"] = {**{task: cells[layer][dim] for task, cells in grid["tasks"].items()},
-                              "avg": grid["avg"][layer][dim]}
-            routing = routing_summary(folder)
-            if routing is not None:
-                record["routing"] = routing
-            write_atomically(path, json.dumps(record, indent=2) + "\n")
-            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f} "
-                  f"(cell {layer} x {dim})", flush=True)
+            with run_lock(path):
+                if "test_grid" in json.loads(path.read_text()) or json.loads(path.read_text()).get("stopped_at"):
+                    continue
+                suite = suite or suite_tasks()
+                folder = kept_model(path)
+                record = json.loads(path.read_text())
+                record.update(scored_grid(start, record, folder, suite))
+                write_atomically(path, json.dumps(record, indent=2) + "\n")
+            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
+
+
+def scored_grid(start: str, record: dict, folder: Path, suite: dict) -> dict:
+    """A run's test fields: its layer x dims grid on the suite, the released cell's tasks, an MoE run's routing."""
+    from ese_trainer.evaluation.layer_grid import evaluate_layer_dim_grid
+
+    model, tokenizer = load_encoder(folder, start)
+    dims = [dim for dim in grid_dims(start) if dim <= model.config.hidden_size]
+    grid = evaluate_layer_dim_grid(model, tokenizer, suite, "mean", "all", dims, show_progress=False)
+    layer, dim = full_cell(record, grid)
+    fields = {"test_grid": grid["avg"], "test": {**{task: cells[layer][dim] for task, cells in grid["tasks"].items()},
+                                                 "avg": grid["avg"][layer][dim]}}
+    routing = routing_summary(folder)
+    return fields if routing is None else {**fields, "routing": routing}
 
 
 def ese_plan(start: str) -> None:

@@ -343,6 +343,11 @@ def model_path(start: str, label: str, lr: float, seed: int) -> Path:
     return WORK / "models" / start / f"{label}_lr{lr:g}_seed{seed}"
 
 
+def run_lock(path: Path):
+    """The lock of the run recorded at ``path``: held to train it, to train it again or to score it."""
+    return exclusive(f"{path.parent.name}-{path.stem}")
+
+
 def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extra: tuple[str, ...] = (),
             keep_at_least: float | None = None) -> dict:
     """Train one contender (or one sweep variant of ours) with STS-B dev scored inside its trainer, stopping at half
@@ -350,7 +355,7 @@ def run_one(start: str, name: str, lr: float, seed: int, variant: str = "", extr
     ``quality_runs``."""
     label = f"{name}+{variant}" if variant else name
     path = record_path(start, label, lr, seed, sweep=bool(variant))
-    with exclusive(f"{start}-{path.stem}"):  # another harness may be running (or have run) the same job
+    with run_lock(path):  # another harness may be running (or have run) the same job
         if path.is_file():
             return json.loads(path.read_text())
         return train_and_record(start, name, label, path, lr, seed, variant, extra, keep_at_least)
@@ -464,8 +469,41 @@ def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed
         run_one(start, "ours-111", rate, seed, variant, arguments)
 
 
-def score_chosen(start: str) -> None:
-    """The test suite for every run at its contender's chosen rate (all seeds), and for the start model."""
+REBUILT_DEV_GAP = 0.5  # the most a rebuilt run's dev curve may differ from its record's (another CPU's rounding)
+
+
+def kept_model(path: Path) -> Path:
+    """The model of the whole-pass run recorded at ``path``. Models are not committed, so on a machine that lacks it
+    the run is trained again from its record (same contender, rate and seed, whole pass) and must reproduce the
+    record's dev curve to within ``REBUILT_DEV_GAP`` (another CPU rounds differently; more means the code changed);
+    the record keeps the rebuilt run's machine, curve and selected step as ``rebuilt``. The caller holds the
+    run's lock (``run_lock``)."""
+    record = json.loads(path.read_text())
+    start, label, lr, seed = record["start"], record["contender"], record["learning_rate"], record["seed"]
+    folder = model_path(start, label, lr, seed)
+    if folder.is_dir():
+        return folder
+    name, _, variant = label.partition("+")
+    extra = tuple(record["arguments"][len(CONTENDERS[name].recipe_args):]) if variant else ()
+    print(f"   {path.name}: its model is not on this machine; training it again", flush=True)
+    rebuilt = train_and_record(start, name, label, WORK / "rebuilt" / path.name, lr, seed, variant, extra, None)
+    gap = max(abs(rebuilt["dev_by_step"].get(step, math.inf) - dev) for step, dev in record["dev_by_step"].items())
+    if gap > REBUILT_DEV_GAP:
+        shutil.rmtree(model_path(start, label, lr, seed))
+        raise SystemExit(f"{path}: trained again, its dev curve differs from the record's by up to {gap:.2f} "
+                         f"(> {REBUILT_DEV_GAP}): the code or data changed since; rerun the contender (delete its "
+                         "records) rather than score a different model under this record")
+    record["rebuilt"] = {key: rebuilt[key] for key in ("machine", "dev_by_step", "selected_step", "selected_dev",
+                                                        "train_seconds")} | {"max_dev_gap": round(gap, 4)}
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def score_chosen(start: str, names: list[str] | None = None) -> None:
+    """The test suite for every whole-pass run at its contender's chosen rate (all seeds), and for the start model.
+    ``protocol`` calls it after every run, so a model is scored on the machine that trained it; test scores enter
+    no choice (rates, checkpoints and seeds are chosen on dev), only the final table. ``names``: those contenders
+    only (default: every tuned one)."""
     suite = suite_tasks()
     start_file = RUNS / start / "start_model.json"
     if not start_file.is_file():
@@ -473,14 +511,18 @@ def score_chosen(start: str) -> None:
         scores["avg"] = sum(scores[task] for task in suite) / len(suite)
         start_file.write_text(json.dumps(scores, indent=2) + "\n")
     for name, choice in tuned(start).items():
+        if names is not None and name not in names:
+            continue
         lr = choice["learning_rate"]
         for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
-            record = json.loads(path.read_text())
-            if record["test"] or record.get("stopped_at"):
-                continue
-            folder = model_path(start, name, lr, record["seed"])
-            record["test"] = score(folder, start, suite)
-            write_atomically(path, json.dumps(record, indent=2) + "\n")
+            with run_lock(path):
+                record = json.loads(path.read_text())
+                if record["test"] or record.get("stopped_at"):
+                    continue
+                folder = kept_model(path)
+                record = json.loads(path.read_text())
+                record["test"] = score(folder, start, suite)
+                write_atomically(path, json.dumps(record, indent=2) + "\n")
             print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
 
 
@@ -493,12 +535,15 @@ def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
 def protocol(start: str, names: list[str]) -> None:
     """The whole comparison at one start, resuming from the records: every contender's rate (``tune``), seeds
     ``SEEDS`` for all, ``MORE_SEEDS`` for ours, the best peer by dev and any peer within ``CLOSE`` of ours on dev;
-    the raw-labels row (one seed, ours' rate); then the test suite for the chosen runs."""
+    the raw-labels row (one seed, ours' rate). The test suite scores each chosen run as soon as it is made
+    (:func:`score_chosen`), on the machine that holds its model."""
     for name in names:
         tune(start, name, SEEDS[0])
+        score_chosen(start, names)
     for seed in SEEDS[1:]:
         for name in names:
             run_one(start, name, chosen_rate(start, name), seed)
+            score_chosen(start, names)
     peers = [name for name in names if name != "ours"]
     if "ours" in names and peers:
         ours = dev_mean(start, "ours", SEEDS)
@@ -507,9 +552,10 @@ def protocol(start: str, names: list[str]) -> None:
         for seed in MORE_SEEDS:
             for name in ["ours", *close]:
                 run_one(start, name, chosen_rate(start, name), seed)
+                score_chosen(start, names)
     if "ours" in names:
         run_one(start, "raw-labels", adopt_rate(start, "raw-labels", "ours"), SEEDS[0])
-    score_chosen(start)
+    score_chosen(start, [*names, "raw-labels"])
 
 
 def main() -> None:

@@ -154,3 +154,44 @@ def test_two_harnesses_side_by_side_lose_no_update(tmp_path):
     workers = [subprocess.Popen([sys.executable, "-c", COUNTER, str(tmp_path)], cwd=REPO) for _ in range(2)]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     assert (tmp_path / "counter").read_text() == "80"
+
+
+REBUILD = """
+import json, shutil, sys
+from pathlib import Path
+import bench.jobs as jobs, bench.quality_vs_peers as quality
+root = Path(sys.argv[1])
+jobs.WORK = quality.WORK = root / "work"
+quality.RUNS = root / "runs"
+jobs.offline()
+path = quality.record_path("b", "ours", 1e-4, 42)
+quality.run_one("b", "ours", 1e-4, 42)
+folder = quality.model_path("b", "ours", 1e-4, 42)
+shutil.rmtree(folder)  # a new machine: the record is committed, the model is not
+with quality.run_lock(path):
+    assert quality.kept_model(path) == folder and (folder / "config.json").is_file()
+record = json.loads(path.read_text())
+print("REBUILT", json.dumps(record["rebuilt"]))
+record["dev_by_step"] = {step: dev + 1.0 for step, dev in record["dev_by_step"].items()}  # the code changed since
+path.write_text(json.dumps(record))
+shutil.rmtree(folder)
+try:
+    with quality.run_lock(path):
+        quality.kept_model(path)
+except SystemExit as refusal:
+    print("REFUSED", refusal, folder.exists())
+"""
+
+
+def test_a_chosen_runs_lost_model_is_trained_again_to_its_records_dev_curve(tmp_path):
+    """Models are not committed: on a new machine a chosen run is trained again from its record before the test
+    suite scores it, and a rebuilt curve that strays from the record's is refused and its model removed."""
+    result = subprocess.run([sys.executable, "-c", REBUILD, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "BENCH_QUALITY_TINY": "1", "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines()
+            if line.startswith(("REBUILT ", "REFUSED "))}
+    rebuilt, refusal = json.loads(said["REBUILT"]), said["REFUSED"]
+    record = json.loads((tmp_path / "runs" / "b" / "ours_lr0.0001_seed42.json").read_text())
+    assert rebuilt["max_dev_gap"] < 0.01 and rebuilt["selected_step"] == record["selected_step"]
+    assert "differs from the record's by up to 1.0" in refusal and refusal.endswith("False")
