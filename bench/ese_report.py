@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from bench.jobs import RESULTS, RUNS, STARTS, ese_diagonal
-from bench.machine import describe_machine
+from bench.jobs import RESULTS, RUNS, STARTS, ese_diagonal, machines_of
 
 ESE_VARIANTS = {"ours": "no ESE", "ours-espresso": "Espresso", "ours-starbucks": "Starbucks"}
 MOE_ROWS = {"ours": "dense", "ours-moe": "MoE, every layer", "ours-moe2": "MoE, every 2nd layer",
@@ -127,7 +126,9 @@ def collect() -> dict:
     for start in STARTS:
         entry = {"ese": ese_summary(start), "moe": moe_summary(start)}
         if entry["ese"] or entry["moe"]:
-            summary[start] = entry
+            names = [*ESE_VARIANTS, *(f"twin-{layer}x{dim}" for layer, dim in ese_diagonal(start)[:-1]), *MOE_ROWS]
+            runs = [record for name in dict.fromkeys(names) for record in scored(start, name)[1].values()]
+            summary[start] = {**entry, "machines": machines_of(runs)}
     return summary
 
 
@@ -206,12 +207,14 @@ def markdown(summary: dict) -> str:
              "The quality protocol (`bench/quality_vs_peers.py`): every contender's rate by successive halving on "
              "STS-B dev inside the extended grid, its checkpoint chosen on dev (ESE variants by the mean of their "
              "trained slices' dev scores), seeds 42, 43, 44; the test suite read once, for the full layer x dims "
-             f"grid of every chosen run. Command: `{COMMAND}`.", "", f"Machine: {describe_machine()}", ""]
+             f"grid of every chosen run. Command: `{COMMAND}`.", ""]
     for start, entry in summary.items():
         if entry["ese"]:
             lines += ese_markdown(start, entry["ese"])
         if entry["moe"]:
             lines += moe_markdown(start, entry["moe"])
+        lines += [f"Machines at start ({start}), each run's own record:", "",
+                  *(f"- {machine}: {', '.join(runs)}" for machine, runs in entry["machines"].items()), ""]
     return "\n".join(lines)
 
 

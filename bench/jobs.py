@@ -246,6 +246,14 @@ def second_best_half(records: dict[float, dict]) -> float | None:
     return halves[1] if len(halves) >= 2 else None
 
 
+def machines_of(records: list[dict]) -> dict[str, list[str]]:
+    """Each run's own machine, as its record stamps it: machine -> ``"<contender> <seed>"`` of the runs it made."""
+    machines: dict[str, list[str]] = {}
+    for record in records:
+        machines.setdefault(record["machine"], []).append(f"{record['contender']} {record['seed']}")
+    return machines
+
+
 def ese_diagonal(start: str) -> list[tuple[int, int]]:
     """The start's default Starbucks diagonal of (layer, dims) slices, small to large, the full model last."""
     from ese_trainer.ese.starbucks import default_diagonal

@@ -16,7 +16,7 @@ import math
 import statistics
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS, halving_choice
+from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS, halving_choice, machines_of
 
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness", "avg")
 HEADERS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "avg")
@@ -137,7 +137,6 @@ def start_section(start: str, entry: dict) -> list[str]:
     if model:
         lines.append(f"| start model | – | – | – | – | {model['dev']:.2f} | "
                      + " | ".join(f"{model[task]:.2f}" for task in TASKS) + " |")
-    machines = {}
     for name, item in entry["contenders"].items():
         records = item["records"]
         scored = [record for record in records if record["test"]]
@@ -146,8 +145,6 @@ def start_section(start: str, entry: dict) -> list[str]:
         lines.append(f"| {name} | {item['tuning']['learning_rate']:g} ({candidates_cell(item['tuning'])}) | "
                      f"{len(records)} | {'/'.join(map(str, ran))} | {records[0]['texts_per_step']:.0f} | "
                      f"{cell([r['selected_dev'] for r in records])} | {tests} |")
-        for record in records:
-            machines.setdefault(record["machine"], []).append(f"{name} {record['seed']}")
     differences = paired_differences(entry)
     if differences:
         lines += ["", f"{REFERENCE} minus each contender, 7-task test average over paired seeds:", ""]
@@ -160,7 +157,8 @@ def start_section(start: str, entry: dict) -> list[str]:
     if check:
         lines += ["", "Successive halving replayed on every grid that ran in full (seed 42):", "", *check]
     lines += ["", "Machines (each run's own record):", ""]
-    lines += [f"- {machine}: {', '.join(runs)}" for machine, runs in machines.items()]
+    everything = [record for item in entry["contenders"].values() for record in item["records"]]
+    lines += [f"- {machine}: {', '.join(runs)}" for machine, runs in machines_of(everything).items()]
     return [*lines, ""]
 
 

@@ -121,6 +121,8 @@ def test_the_report_sets_every_diagonal_slice_beside_its_twin(work):
         record["test"] = {"avg": value}
         record_path.write_text(json.dumps(record))
     write_tuned(work, {name: lr for name, (_, lr) in moe.items()})
+    moved = work / "runs" / "b" / "twin-2x256_lr0.0004_seed44.json"
+    moved.write_text(json.dumps({**json.loads(moved.read_text()), "machine": "another CPU"}))
 
     ese_report.write_report()
     summary = json.loads((work / "ese_vs_twins.json").read_text())["b"]
@@ -138,6 +140,8 @@ def test_the_report_sets_every_diagonal_slice_beside_its_twin(work):
     assert moe_summary["equal_steps"]["ours-moe"]["mean"] == pytest.approx(0.8)
     assert moe_summary["equal_steps"]["ours-moe2"]["won"] == 0
     assert moe_summary["equal_time"]["ours-moe"]["mean"] == pytest.approx(0.5)
+    assert summary["machines"]["another CPU"] == ["twin-2x256 44"] and "ours-long 44" in summary["machines"]["m"]
+    assert "- another CPU: twin-2x256 44" in (work / "ese_vs_twins.md").read_text()
     assert moe_summary["contenders"]["ours-long"]["passes"] == 1.25
     text = (work / "ese_vs_twins.md").read_text()
     assert "| 1 x 128 (twin-1x128) | 61.00 ± 1.00 |" in text and "dead layer 0: 1, layer 1: 0" in text
