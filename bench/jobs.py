@@ -177,6 +177,16 @@ SWEEP_OPTIONS = {
     "guide": ("--guide_model", "start"),
     "q2q": ("--ibn_directions", "query_to_doc", "query_to_query"),
     "ad0": ("--attention_dropout", "0"),
+    # ESE's candidates (``sweep --contender ours-starbucks|ours-espresso``, chosen by the slices' mean dev): the
+    # slices' similarities distilled from the full model's (detached), slice weights by layer, the grid ladder, each
+    # slice distilled toward its layer's PCA target; Espresso's layer weighting.
+    "sb-sim1": ("--ese.starbucks_similarity_weight", "1"),
+    "sb-linear": ("--ese.starbucks_weights", "linear"),
+    "sb-depth": ("--ese.starbucks_weights", "depth"),
+    "sb-grid": ("--ese.starbucks_ladder", "grid"),
+    "sb-distill": ("--ese.starbucks_distill_weight", "1"),
+    "es-uniform": ("--ese.layer_weighting", "uniform"),
+    "es-linear": ("--ese.layer_weighting", "linear"),
 }
 
 

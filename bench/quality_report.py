@@ -164,20 +164,30 @@ def start_section(start: str, entry: dict) -> list[str]:
 
 def sweep_markdown(summary: dict) -> str:
     lines = ["# Ours: candidate objectives on STS-B dev", "",
-             "Every variant: `recipes/train_nli.py` on the start's job (`bench/quality_vs_peers.py`), seed 42, the "
-             "rate shown (by default the middle of the start's grid); the seed's objective (`ours-111`: CoSENT 1, "
-             "in-batch 1, AnglE 1, scale 20) plus the arguments shown. Dev only: the test sets are not read for "
-             "these runs. Command: `python -m bench.quality_vs_peers sweep --start S [--base NAME] [--lr LR]`.", ""]
+             "Every variant: `recipes/train_nli.py` on the start's job (`bench/quality_vs_peers.py`), seed 42. "
+             "`ours-111`: the seed's objective (CoSENT 1, in-batch 1, AnglE 1, scale 20) plus the arguments shown, at "
+             "the rate shown (by default the middle of the start's grid). An ESE contender: its own arguments plus "
+             "those shown, at its chosen rate, beside its tuning run at that rate (\"as tuned\"), scored by its "
+             "slices' mean dev. Dev only: the test sets are not read for these runs. Command: `python -m "
+             "bench.quality_vs_peers sweep --start S [--contender NAME] [--base NAME] [--lr LR] [--names ...]`.", ""]
     for start, entry in summary.items():
-        if not entry["sweep"]:
-            continue
-        lines += [f"## Start ({start})", "", "| variant | arguments | lr | dev (chosen) | chosen step / steps |",
-                  "|---|---|---|---|---|"]
-        for record in sorted(entry["sweep"], key=lambda r: -r["selected_dev"]):
-            arguments = " ".join(record["arguments"][len(CONTENDERS["ours-111"].recipe_args):])
-            lines.append(f"| {record['variant']} | `{arguments or '(seed objective)'}` | {record['learning_rate']:g} "
-                         f"| {record['selected_dev']:.2f} | {record['selected_step']} / {record['steps']} |")
-        lines.append("")
+        by_contender: dict[str, list[dict]] = {}
+        for record in entry["sweep"]:
+            by_contender.setdefault(record["contender"].split("+")[0], []).append(record)
+        for name, records in by_contender.items():
+            tuned = entry["contenders"].get(name)
+            if tuned:  # the contender as tuned, at the sweep's rate and seed
+                records += [{**record, "variant": "(as tuned)"} for record in tuned["records"]
+                            if (record["learning_rate"], record["seed"]) == (records[0]["learning_rate"],
+                                                                             records[0]["seed"])]
+            metric = records[0].get("dev_metric", "sts_dev_spearman")
+            lines += [f"## Start ({start}), {name} (dev: `{metric}`)", "",
+                      "| variant | arguments | lr | dev (chosen) | chosen step / steps |", "|---|---|---|---|---|"]
+            for record in sorted(records, key=lambda r: -r["selected_dev"]):
+                arguments = " ".join(record["arguments"][len(CONTENDERS[name].recipe_args):])
+                lines.append(f"| {record['variant']} | `{arguments or '(its own)'}` | {record['learning_rate']:g} "
+                             f"| {record['selected_dev']:.2f} | {record['selected_step']} / {record['steps']} |")
+            lines.append("")
     return "\n".join(lines)
 
 

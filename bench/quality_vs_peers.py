@@ -5,6 +5,7 @@
     python -m bench.quality_vs_peers seeds --start b --seeds 45 46 --contenders ours st-mnrl
     python -m bench.quality_vs_peers seeds --start b --seeds 42 --contenders raw-labels --rate_of ours
     python -m bench.quality_vs_peers sweep --start b [--base w1-10-1] [--names ...]   # ours' objectives (dev only)
+    python -m bench.quality_vs_peers sweep --start b --contender ours-starbucks --names sb-sim1 sb-grid  # ESE's
     python -m bench.quality_vs_peers score --start b                       # the test suite, chosen runs only
     python -m bench.quality_vs_peers report
 
@@ -457,16 +458,23 @@ def adopt_rate(start: str, name: str, of: str) -> float:
     return rate
 
 
-def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed: int) -> None:
-    """Ours' candidate objectives at one rate (default: the middle of the start's grid), dev only."""
-    rate = lr or STARTS[start].learning_rates[len(STARTS[start].learning_rates) // 2]
+def sweep(start: str, names: list[str], base: str | None, lr: float | None, seed: int,
+          contender: str = "ours-111") -> None:
+    """Candidate objectives of ``contender``, dev only (by its own dev metric). ``ours-111``: the weightings of
+    ``SWEEP`` (with ``base``: one of them plus ``SWEEP_OPTIONS``) at ``lr`` (default: the middle of the start's
+    grid); another contender (ESE's): ``SWEEP_OPTIONS`` on top of its own arguments at its chosen rate, beside its
+    tuning run at that rate and seed."""
+    if contender == "ours-111":
+        rate = lr or STARTS[start].learning_rates[len(STARTS[start].learning_rates) // 2]
+    else:
+        rate = lr or chosen_rate(start, contender)
     for name in names:
         if base:
             arguments = (*SWEEP[base], *SWEEP_OPTIONS[name])
             variant = f"{base}+{name}"
         else:
-            arguments, variant = SWEEP[name], name
-        run_one(start, "ours-111", rate, seed, variant, arguments)
+            arguments, variant = SWEEP[name] if contender == "ours-111" else SWEEP_OPTIONS[name], name
+        run_one(start, contender, rate, seed, variant, arguments)
 
 
 REBUILT_DEV_GAP = 0.5  # the most a rebuilt run's dev curve may differ from its record's (another CPU's rounding)
@@ -570,6 +578,8 @@ def main() -> None:
     sweep_parser.add_argument("--base", choices=SWEEP)
     sweep_parser.add_argument("--lr", type=float)
     sweep_parser.add_argument("--seed", type=int, default=42)
+    sweep_parser.add_argument("--contender", choices=CONTENDERS, default="ours-111",
+                              help="ours-111: SWEEP's weightings; another (ours-starbucks): SWEEP_OPTIONS on top")
     tune_parser = commands.add_parser("tune", help="contenders' learning rates on dev (successive halving)")
     tune_parser.add_argument("--start", choices=STARTS, required=True)
     tune_parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, required=True)
@@ -587,8 +597,10 @@ def main() -> None:
     if args.command == "protocol":
         protocol(args.start, args.contenders)
     elif args.command == "sweep":
+        if args.contender != "ours-111" and (args.base or not args.names):
+            parser.error("sweep --contender other than ours-111 takes --names from SWEEP_OPTIONS and no --base")
         names = args.names or list(SWEEP_OPTIONS if args.base else SWEEP)
-        sweep(args.start, names, args.base, args.lr, args.seed)
+        sweep(args.start, names, args.base, args.lr, args.seed, args.contender)
     elif args.command == "tune":
         for name in args.contenders:
             tune(args.start, name, args.seed)

@@ -9,9 +9,11 @@ import sys
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from bench.jobs import half_dev, halving_choice, second_best_half
+from bench.jobs import CONTENDERS, SWEEP_OPTIONS, half_dev, halving_choice, second_best_half
 from bench.peers.dev_callback import HalvingCut
 from bench.quality_vs_peers import extended_grid, st_nli_triplets
+from ese_trainer.config.parsing import parse_config
+from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, RunArguments, check_arguments
 
 from .conftest import EMBEDDED_DATA, REPO
 
@@ -195,3 +197,18 @@ def test_a_chosen_runs_lost_model_is_trained_again_to_its_records_dev_curve(tmp_
     record = json.loads((tmp_path / "runs" / "b" / "ours_lr0.0001_seed42.json").read_text())
     assert rebuilt["max_dev_gap"] < 0.01 and rebuilt["selected_step"] == record["selected_step"]
     assert "differs from the record's by up to 1.0" in refusal and refusal.endswith("False")
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_OPTIONS))
+def test_every_sweep_option_is_a_setting_the_recipe_takes(name, tmp_path):
+    """``sweep --contender`` passes these to ``recipes/train_nli.py``: each parses, with its contender's own
+    arguments, into the value it names (an ESE candidate into the run's ESE settings)."""
+    contender = {"sb": "ours-starbucks", "es": "ours-espresso"}.get(name.split("-")[0], "ours-111")
+    options = SWEEP_OPTIONS[name]
+    args = RunArguments(*parse_config(["--config", "configs/smoke_snli.yaml", "--output_dir", str(tmp_path),
+                                       *CONTENDERS[contender].recipe_args, *options], ARGUMENT_GROUPS))
+    check_arguments(args)
+    key, value = options[0].removeprefix("--"), options[1:]
+    if key.startswith("ese."):
+        setting = getattr(args.ese.settings(), key.removeprefix("ese."))
+        assert setting == (list(value) if isinstance(setting, list) else type(setting)(value[0]))
