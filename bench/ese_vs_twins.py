@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 from bench.jobs import CONTENDERS, RUNS, SEEDS, STARTS, ese_diagonal, offline, write_atomically
-from bench.quality_vs_peers import chosen_rate, kept_model, load_encoder, run_lock, run_one, suite_tasks, tune
+from bench.quality_vs_peers import chosen_rate, kept_model, load_encoder, run_lock, run_one, suite_tasks, tune, tuned
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
 MOE_CONTENDERS = ("ours", "ours-moe", "ours-moe2")
@@ -84,11 +84,11 @@ def routing_summary(folder: Path) -> dict | None:
 
 def score_grids(start: str, names: list[str] | tuple[str, ...]) -> None:
     """The test suite's layer x dims grid of every whole-pass run at its contender's chosen rate (cached in the
-    record as ``test_grid``; ``test`` = the released embedding's cell, per task and averaged)."""
-
-    suite = None
-    for name in names:
-        lr = chosen_rate(start, name)
+    record as ``test_grid``; ``test`` = the released embedding's cell, per task and averaged). A contender not yet
+    tuned has nothing to score."""
+    suite, rates = None, tuned(start)
+    for name in (name for name in names if name in rates):
+        lr = rates[name]["learning_rate"]
         for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
             with run_lock(path):
                 if "test_grid" in json.loads(path.read_text()) or json.loads(path.read_text()).get("stopped_at"):

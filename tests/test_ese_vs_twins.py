@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoConfig, TrainerControl, TrainerState
 
 import bench.ese_report as ese_report
+import bench.ese_vs_twins as ese_vs_twins
 import bench.jobs as jobs
 import bench.quality_vs_peers as quality
 from bench.jobs import CONTENDERS, SLICES_METRIC
@@ -146,3 +147,12 @@ def test_the_report_sets_every_diagonal_slice_beside_its_twin(work):
     text = (work / "ese_vs_twins.md").read_text()
     assert "| 1 x 128 (twin-1x128) | 61.00 ± 1.00 |" in text and "dead layer 0: 1, layer 1: 0" in text
     assert (work / "ese_vs_twins.png").stat().st_size > 10_000
+
+
+def test_scoring_passes_over_contenders_not_yet_tuned(work):
+    """The plan scores after every run, while later contenders have no rate yet: those are left for later."""
+    (work / "runs" / "b" / "tuned.json").write_text(json.dumps({"ours": {"learning_rate": 4e-4, "candidates": {}}}))
+    write_record(work, "ours", 4e-4, 42, test_grid={"3": {"384": 70.0}}, test={"avg": 70.0})
+    ese_vs_twins.score_grids("b", ["ours", "ours-espresso", "twin-1x128"])  # neither a rate nor a run to score
+    with pytest.raises(SystemExit, match="ours-espresso has no learning rate yet"):
+        quality.chosen_rate("b", "ours-espresso")
