@@ -99,7 +99,8 @@ class Contender:
     trainer); ``unit`` is what a batch holds (rows, triplets or pairs). Ours only: ``start_slice`` (layer, dims)
     trains the start cut to that slice (``recipes/export_slice.py``; a twin of an ESE slice); ``dev_metric`` is what
     the recipe chooses its checkpoint by and halving ranks it by; ``time_of`` names the contender whose wall clock
-    this one is given (its passes scaled by their time ratio, ``bench.quality_vs_peers.passes``)."""
+    this one is given (its passes scaled by their time ratio, ``bench.quality_vs_peers.passes``);
+    ``sts_loss_weights`` become the ``loss_weights`` of every STS source (start c's in-domain sets)."""
 
     name: str
     description: str
@@ -110,6 +111,7 @@ class Contender:
     start_slice: tuple[int, int] | None = None
     dev_metric: str = DEV_METRIC
     time_of: str = ""
+    sts_loss_weights: tuple[tuple[str, float], ...] = ()
 
 
 def twin(layer: int, dim: int) -> Contender:
@@ -156,6 +158,12 @@ CONTENDERS = {
     # Attention dropout 0 lets CPU SDPA take its fused kernel; a default only if dev stays within noise (at ours' rate).
     "ours-ad0": Contender("ours-ad0", "ours without attention dropout (attention_dropout 0)", "ours",
                           recipe_args=("--attention_dropout", "0")),
+    # Start c's scored sources trained as sentence-transformers trains them (CoSENT alone), or without the in-batch
+    # term only: candidates for ours' per-source default, chosen on dev.
+    "ours-sts-cosent": Contender("ours-sts-cosent", "ours, its STS sources by CoSENT alone", "ours",
+                                 sts_loss_weights=(("cosent_w", 1.0), ("ibn_w", 0.0), ("angle_w", 0.0))),
+    "ours-sts-noibn": Contender("ours-sts-noibn", "ours, its STS sources without the in-batch term", "ours",
+                                sts_loss_weights=(("ibn_w", 0.0),)),
 }
 
 # Candidate objectives for ours, compared on STS-B dev only (``sweep``): recipe arguments over the seed's

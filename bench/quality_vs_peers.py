@@ -240,9 +240,13 @@ def job_shape(start: str, contender: Contender) -> tuple[int, float]:
 
 def recipe_config(start: str, contender: Contender, lr: float, seed: int, every: int, output_dir: Path) -> dict:
     """Our recipe's config for the job (the recipe's defaults for everything else, the loss included): the
-    contender's start (a slice of it for a twin), passes and the dev metric it is chosen by."""
+    contender's start (a slice of it for a twin), passes, the dev metric it is chosen by and its STS sources' own
+    term weights."""
+    sources = [{**source, "loss_weights": dict(contender.sts_loss_weights)}
+               if contender.sts_loss_weights and source["kind"] == "sts" else dict(source)
+               for source in STARTS[start].sources]
     return {"model_name_or_path": start_model(start, contender.start_slice), "pooling": "mean",
-            "max_seq_length": 128, "train_datasets": [dict(source) for source in STARTS[start].sources],
+            "max_seq_length": 128, "train_datasets": sources,
             "sts_dev": dev_file(), "sts_tasks": "none", "suite_before_training": False, "output_dir": str(output_dir),
             "seed": seed, "per_device_train_batch_size": BATCH, "per_device_eval_batch_size": 64,
             "learning_rate": lr, "warmup_steps": 0.1, "weight_decay": 0.01,

@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from sentence_transformers import SentenceTransformer
 
 from bench.jobs import CONTENDERS, SWEEP_OPTIONS, half_dev, halving_choice, second_best_half
 from bench.peers.dev_callback import HalvingCut
 from bench.quality_vs_peers import extended_grid, st_nli_triplets
+from bench.quality_vs_peers import recipe_config as quality_config
 from ese_trainer.config.parsing import parse_config
+from ese_trainer.training.build import source_term_weights
 from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, RunArguments, check_arguments
 
 from .conftest import EMBEDDED_DATA, REPO
@@ -212,3 +215,19 @@ def test_every_sweep_option_is_a_setting_the_recipe_takes(name, tmp_path):
     if key.startswith("ese."):
         setting = getattr(args.ese.settings(), key.removeprefix("ese."))
         assert setting == (list(value) if isinstance(setting, list) else type(setting)(value[0]))
+
+
+def test_a_contenders_sts_weights_reach_its_sts_sources_only(tmp_path):
+    """At start c the in-domain STS sources of ``ours-sts-cosent`` train by CoSENT alone, as the recipe reads its
+    config; SNLI keeps the run's weights."""
+    config = quality_config("c", CONTENDERS["ours-sts-cosent"], 2e-5, 42, 10, tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = RunArguments(*parse_config(["--config", str(path)], ARGUMENT_GROUPS))
+    check_arguments(args)
+    sources = args.data.train_sources()
+    assert [source.kind for source in sources] == ["nli", "nli", "sts", "sts"]
+    weights = source_term_weights([source.loss_weights for source in sources], {"cosent": 1, "ibn": 10, "angle": 1})
+    assert weights == [None, None, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}]
+    plain = quality_config("c", CONTENDERS["ours"], 2e-5, 42, 10, tmp_path)
+    assert all("loss_weights" not in source for source in plain["train_datasets"])
