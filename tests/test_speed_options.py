@@ -93,11 +93,12 @@ def test_compiled_layers_give_the_eager_loss_and_gradients_without_recompiling(t
             gradients[name] = {key: p.grad for key, p in model.named_parameters() if p.grad is not None}
         assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-5, abs=1e-6)
         # fused kernels sum in another order: gaps relative to the largest gradient (the key bias's is rounding noise
-        # around 0: softmax ignores a shift shared by every key)
+        # around 0: softmax ignores a shift shared by every key). The token-type table sums every token's gradient:
+        # 1.2e-5 on an AVX-512 Xeon; a wrong gradient is off by the order of the gradient itself.
         largest = max(float(grad.abs().max()) for grad in gradients["eager"].values())
         for key, grad in gradients["eager"].items():
             gap = float((gradients["compiled"][key] - grad).abs().max()) / largest
-            assert gap < 1e-5, (key, gap)
+            assert gap < 5e-5, (key, gap)
         if step == 0:
             graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs  # no recompiles for new shapes
