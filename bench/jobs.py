@@ -186,11 +186,12 @@ SWEEP_OPTIONS = {
     "q2q": ("--ibn_directions", "query_to_doc", "query_to_query"),
     "ad0": ("--attention_dropout", "0"),
     # ESE's candidates (``sweep --contender ours-starbucks|ours-espresso``, chosen by the slices' mean dev): the
-    # slices' similarities distilled from the full model's (detached), slice weights by layer, the grid ladder, each
-    # slice distilled toward its layer's PCA target; Espresso's layer weighting.
+    # slices' similarities distilled from the full model's (detached), slice weights by layer or the small slices
+    # weighted up, the grid ladder, each slice distilled toward its layer's PCA target; Espresso's layer weighting.
     "sb-sim1": ("--ese.starbucks_similarity_weight", "1"),
     "sb-linear": ("--ese.starbucks_weights", "linear"),
     "sb-depth": ("--ese.starbucks_weights", "depth"),
+    "sb-small2": ("--ese.starbucks_weights", "2", "1.5"),  # start b's two smaller slices weighted up, 1 for the full
     "sb-grid": ("--ese.starbucks_ladder", "grid"),
     "sb-distill": ("--ese.starbucks_distill_weight", "1"),
     "es-uniform": ("--ese.layer_weighting", "uniform"),
