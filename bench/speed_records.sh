@@ -36,10 +36,12 @@ else
     step bench.eval_throughput --repeats 2
     step bench.compile_step --steps 20 --batch 32 --warmup 3
     step bench.compile_step --steps 20 --batch 32 --warmup 3 --attention_dropout 0
+    step_bf16 bench.compile_step --steps 20 --batch 32 --warmup 3
 fi
 step bench.train_profile "${profile[@]}"
 step_bf16 bench.train_profile "${profile[@]}"
 step bench.train_profile "${profile[@]}" --attention_dropout 0
+step_bf16 bench.train_profile "${profile[@]}" --attention_dropout 0
 task=()
 [ "$check" = 0 ] || task=(--task STS16)
 step bench.eval_profile "${task[@]}"
