@@ -30,8 +30,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, RUNS, SEEDS, STARTS, ese_diagonal, offline, write_atomically
-from bench.quality_vs_peers import chosen_rate, kept_model, load_encoder, run_lock, run_one, suite_tasks, tune, tuned
+from bench.jobs import CONTENDERS, SEEDS, STARTS, ese_diagonal, offline
+from bench.quality_vs_peers import chosen_rate, load_encoder, run_one, score_chosen_runs, tune
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
 MOE_CONTENDERS = ("ours", "ours-moe", "ours-moe2")
@@ -86,19 +86,8 @@ def score_grids(start: str, names: list[str] | tuple[str, ...]) -> None:
     """The test suite's layer x dims grid of every whole-pass run at its contender's chosen rate (cached in the
     record as ``test_grid``; ``test`` = the released embedding's cell, per task and averaged). A contender not yet
     tuned has nothing to score."""
-    suite, rates = None, tuned(start)
-    for name in (name for name in names if name in rates):
-        lr = rates[name]["learning_rate"]
-        for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
-            with run_lock(path):
-                if "test_grid" in json.loads(path.read_text()) or json.loads(path.read_text()).get("stopped_at"):
-                    continue
-                suite = suite or suite_tasks()
-                folder = kept_model(path)
-                record = json.loads(path.read_text())
-                record.update(scored_grid(start, record, folder, suite))
-                write_atomically(path, json.dumps(record, indent=2) + "\n")
-            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
+    score_chosen_runs(start, names, "test_grid",
+                      lambda record, folder, suite: scored_grid(start, record, folder, suite))
 
 
 def scored_grid(start: str, record: dict, folder: Path, suite: dict) -> dict:

@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -501,7 +502,7 @@ def kept_model(path: Path) -> Path:
     rebuilt = train_and_record(start, name, label, WORK / "rebuilt" / path.name, lr, seed, variant, extra, None)
     gap = max(abs(rebuilt["dev_by_step"].get(step, math.inf) - dev) for step, dev in record["dev_by_step"].items())
     if gap > REBUILT_DEV_GAP:
-        shutil.rmtree(model_path(start, label, lr, seed))
+        shutil.rmtree(folder)
         raise SystemExit(f"{path}: trained again, its dev curve differs from the record's by up to {gap:.2f} "
                          f"(> {REBUILT_DEV_GAP}): the code or data changed since; rerun the contender (delete its "
                          "records) rather than score a different model under this record")
@@ -511,31 +512,40 @@ def kept_model(path: Path) -> Path:
     return folder
 
 
+def score_chosen_runs(start: str, names: list[str] | tuple[str, ...], done: str,
+                      fields: Callable[[dict, Path, dict], dict]) -> None:
+    """Every whole-pass run at the chosen rate of a tuned contender of ``names`` whose record has no ``done`` yet:
+    under the run's lock, its model (:func:`kept_model`) and ``fields(record, model folder, suite)`` written into
+    its record. The test suite is loaded once, when a run first needs it; a contender not yet tuned is passed over."""
+    rates, suite = tuned(start), None
+    for name in (name for name in names if name in rates):
+        lr = rates[name]["learning_rate"]
+        for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
+            with run_lock(path):
+                record = json.loads(path.read_text())
+                if record.get(done) or record.get("stopped_at"):
+                    continue
+                suite = suite or suite_tasks()
+                folder = kept_model(path)
+                record = json.loads(path.read_text())
+                record.update(fields(record, folder, suite))
+                write_atomically(path, json.dumps(record, indent=2) + "\n")
+            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
+
+
 def score_chosen(start: str, names: list[str] | None = None) -> None:
     """The test suite for every whole-pass run at its contender's chosen rate (all seeds), and for the start model.
     ``protocol`` calls it after every run, so a model is scored on the machine that trained it; test scores enter
     no choice (rates, checkpoints and seeds are chosen on dev), only the final table. ``names``: those contenders
     only (default: every tuned one)."""
-    suite = suite_tasks()
     start_file = RUNS / start / "start_model.json"
     if not start_file.is_file():
+        suite = suite_tasks()
         scores = score(Path(start_model(start)), start, {**suite, **dev_task()})
         scores["avg"] = sum(scores[task] for task in suite) / len(suite)
         start_file.write_text(json.dumps(scores, indent=2) + "\n")
-    for name, choice in tuned(start).items():
-        if names is not None and name not in names:
-            continue
-        lr = choice["learning_rate"]
-        for path in sorted((RUNS / start).glob(f"{name}_lr{lr:g}_seed*.json")):
-            with run_lock(path):
-                record = json.loads(path.read_text())
-                if record["test"] or record.get("stopped_at"):
-                    continue
-                folder = kept_model(path)
-                record = json.loads(path.read_text())
-                record["test"] = score(folder, start, suite)
-                write_atomically(path, json.dumps(record, indent=2) + "\n")
-            print(f"start {start}, {name} seed {record['seed']}: 7-task avg {record['test']['avg']:.2f}", flush=True)
+    score_chosen_runs(start, list(tuned(start)) if names is None else names, "test",
+                      lambda record, folder, suite: {"test": score(folder, start, suite)})
 
 
 def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
