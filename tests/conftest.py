@@ -55,6 +55,35 @@ def build_tiny_moe(vocab_size: int, seed: int = 0, dropout: float = 0.0):
     return MoEBertModel(config, add_pooling_layer=False)
 
 
+SMALL_STS_PAIRS = 100
+
+
+@pytest.fixture(scope="session")
+def small_sts(tmp_path_factory) -> Path:
+    """An STS folder in the embedded layout holding the first ``SMALL_STS_PAIRS`` real pairs of STS-B dev and test
+    (``STS/STSBenchmark/sts-{dev,test}.csv``): for runs whose test is about mechanics, not the score, so their
+    evaluations take a second rather than a minute. Give ``--sts_data_dir`` the folder, ``--sts_dev`` its dev file."""
+    folder = tmp_path_factory.mktemp("small_sts")
+    for split in ("dev", "test"):
+        path = folder / "STS" / "STSBenchmark" / f"sts-{split}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = (EMBEDDED_DATA / "STS" / "STSBenchmark" / f"sts-{split}.csv").read_text().splitlines()
+        path.write_text("\n".join(lines[:SMALL_STS_PAIRS]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_dev(small_sts) -> Path:
+    """``small_sts``'s STS-B dev pairs (the file's own layout)."""
+    return small_sts / "STS" / "STSBenchmark" / "sts-dev.csv"
+
+
+def small_sts_args(folder: Path) -> list[str]:
+    """The recipe's options that evaluate on ``small_sts``: STS-B dev for checkpoints, STS-B test for the table."""
+    return ["--sts_data_dir", str(folder), "--sts_dev", str(folder / "STS" / "STSBenchmark" / "sts-dev.csv"),
+            "--sts_tasks", "STSBenchmark"]
+
+
 @pytest.fixture
 def tiny_bert(tokenizer) -> BertModel:
     return build_tiny_bert(len(tokenizer))

@@ -27,15 +27,6 @@ def test_the_slices_scored_are_the_slices_trained():
         SliceSpearman([], 3)
 
 
-@pytest.fixture(scope="module")
-def small_dev(tmp_path_factory):
-    """120 real STS-B dev pairs (the file's own layout)."""
-    path = tmp_path_factory.mktemp("dev") / "sts-dev.csv"
-    lines = (EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv").read_text().splitlines()
-    path.write_text("\n".join(lines[:120]) + "\n")
-    return path
-
-
 def test_a_starbucks_run_is_chosen_by_its_slices_and_scores_them_as_the_layer_grid_does(small_dev, tmp_path):
     output_dir = tmp_path / "out"
     result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(output_dir),

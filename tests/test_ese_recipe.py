@@ -2,18 +2,18 @@
 
 import json
 
-from .conftest import EMBEDDED_DATA
+from .conftest import small_sts_args
 from .test_recipe import run_recipe
 
 ESE_RUN = ["--max_train_samples", "64", "--per_device_train_batch_size", "16", "--max_steps", "3",
            "--eval_strategy", "no", "--eval_on_start", "false", "--load_best_model_at_end", "false",
-           "--save_strategy", "no", "--logging_steps", "1", "--sts_tasks", "STSBenchmark"]
+           "--save_strategy", "no", "--logging_steps", "1"]
 
 
-def test_ese_run_logs_its_terms_and_writes_the_grid(tmp_path):
+def test_ese_run_logs_its_terms_and_writes_the_grid(small_sts, tmp_path):
     output_dir = tmp_path / "out"
     result = run_recipe("--config", "configs/ese_smoke.yaml", "--output_dir", str(output_dir),
-                        "--sts_data_dir", str(EMBEDDED_DATA), "--ese.layer_weighting", "linear", *ESE_RUN)
+                        *small_sts_args(small_sts), "--ese.layer_weighting", "linear", *ESE_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
     train_logs = [entry for entry in state["log_history"] if "loss" in entry]

@@ -86,15 +86,6 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.fixture(scope="module")
-def small_dev(tmp_path_factory):
-    """100 real STS-B dev pairs (the file's own layout), to keep the in-trainer evaluations short."""
-    path = tmp_path_factory.mktemp("dev") / "sts-dev.csv"
-    lines = (EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-dev.csv").read_text().splitlines()
-    path.write_text("\n".join(lines[:100]) + "\n")
-    return path
-
-
 def test_sentence_transformers_peer_scores_dev_inside_its_trainer_and_stops_at_the_cut(minilm_path, small_dev,
                                                                                       tmp_path):
     triplets = tmp_path / "triplets.jsonl"

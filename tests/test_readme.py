@@ -2,8 +2,9 @@
 
 The commands are read from the README's ``bash`` blocks. Each recipe answers ``--help``; every recipe command's
 arguments parse (unknown keys, wrong types and missing files fail here); ``train_nli.py`` runs once per CPU
-config and launcher, cut to ``--max_steps 2 --sts_tasks STSBenchmark --eval_on_start false``; the evaluation and
-export commands then run on that run's model; GPU configs are parsed and their local paths checked.
+config and launcher, cut to ``--max_steps 2 --eval_on_start false`` and evaluated on 100 real STS-B dev and test
+pairs; the evaluation and export commands then run on that run's model; GPU configs are parsed and their local
+paths checked.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import yaml
 
 from ese_trainer.config.parsing import parse_config
 
-from .conftest import REPO
+from .conftest import REPO, small_sts_args
 
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
-CHEAP_RUN = ["--max_steps", "2", "--sts_tasks", "STSBenchmark", "--eval_on_start", "false"]
+CHEAP_RUN = ["--max_steps", "2", "--eval_on_start", "false"]
 
 
 @dataclass
@@ -146,12 +147,12 @@ for _command in COMMANDS:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tmp_path_factory, small_sts) -> dict[str, Path]:
     """Each CPU config under each README launcher, as written plus a cheap schedule; output dir by config."""
     outputs = {}
     for (_, config), command in TRAIN_RUNS.items():
         output_dir = tmp_path_factory.mktemp("readme") / Path(config).stem
-        result = run([*command.words, *CHEAP_RUN, "--output_dir", str(output_dir)])
+        result = run([*command.words, *CHEAP_RUN, *small_sts_args(small_sts), "--output_dir", str(output_dir)])
         assert result.returncode == 0, f"{command.line}\n{result.stderr[-3000:]}"
         assert "| before |" in result.stdout and "| after |" in result.stdout, command.line
         outputs.setdefault(yaml.safe_load((REPO / config).read_text())["output_dir"], output_dir)
@@ -170,7 +171,7 @@ def test_cpu_configs_train_as_written(trained):
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.recipe in ("recipes/evaluate_sts.py",
                                                                         "recipes/export_slice.py")],
                          ids=lambda c: c.line[-80:])
-def test_evaluation_and_export_commands_run_on_the_trained_model(command, trained, tmp_path):
+def test_evaluation_and_export_commands_run_on_the_trained_model(command, trained, small_sts, tmp_path):
     model = command.option("--model_name_or_path")
     assert model in trained, f"{command.line}: no README run writes {model}"
     words = [str(trained[model]) if word == model else word for word in command.words]
@@ -178,6 +179,6 @@ def test_evaluation_and_export_commands_run_on_the_trained_model(command, traine
         if (value := command.option(option)) is not None:
             words[words.index(value)] = str(tmp_path / Path(value).name)
     if command.recipe == "recipes/evaluate_sts.py":
-        words += ["--sts_tasks", "STSBenchmark", "--time_sentences", "64"]
+        words += ["--sts_tasks", "STSBenchmark", "--sts_data_dir", str(small_sts), "--time_sentences", "64"]
     result = run(words, timeout=600)
     assert result.returncode == 0, f"{command.line}\n{result.stderr[-3000:]}"

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from ese_trainer.evaluation.sts import encode
 
-from .conftest import EMBEDDED_DATA, REPO
+from .conftest import EMBEDDED_DATA, REPO, SMALL_STS_PAIRS
 
 SMALL_RUN = ["--max_train_samples", "32", "--per_device_train_batch_size", "16", "--max_steps", "4",
              "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--sts_tasks", "STSBenchmark"]
@@ -25,10 +25,11 @@ def run_recipe(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, small_dev):
+    """4 steps, checkpoints chosen on 100 STS-B dev pairs, the whole STS-B test set before and after."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
     result = run_recipe("--config", "configs/smoke_snli.yaml", "--output_dir", str(output_dir),
-                        "--sts_data_dir", str(EMBEDDED_DATA), *SMALL_RUN)
+                        "--sts_data_dir", str(EMBEDDED_DATA), "--sts_dev", str(small_dev), *SMALL_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, result
 
@@ -43,7 +44,7 @@ def test_outputs(finished_run):
     counts = json.loads((output_dir / "data_counts.json").read_text())
     [source] = counts["sources"]
     assert source["nli"]["kept"] == 9842 and source["rows_built"] == 3574 and source["rows_used"] == 32
-    assert counts["sts_dev_pairs"] == 1500
+    assert counts["sts_dev_pairs"] == SMALL_STS_PAIRS
     state = json.loads((output_dir / "trainer_state.json").read_text())
     evaluations = [entry for entry in state["log_history"] if "eval_sts_dev_spearman" in entry]
     assert [entry["step"] for entry in evaluations] == [0, 2, 4]  # eval_on_start scores the base model

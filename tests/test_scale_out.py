@@ -10,7 +10,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from ese_trainer.training.grad_cache import RandomState
-from tests.conftest import REPO
+from tests.conftest import REPO, small_sts_args
 from tests.scale_out_common import ROWS_PER_PROCESS, one_sgd_step
 
 CPU_2PROC = REPO / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
@@ -92,7 +92,7 @@ def test_random_state_replays_dropout():
     assert torch.equal(first, replay)
 
 
-def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
+def test_moe_recipe_under_accelerate_launch_two_processes(small_sts, tmp_path):
     """The recipe with an MoE encoder under DDP (2 gloo processes, find_unused_parameters off: every expert is
     in every graph), gathering across processes; the saved folder loads through sentence-transformers."""
     output_dir = tmp_path / "out"
@@ -100,7 +100,7 @@ def test_moe_recipe_under_accelerate_launch_two_processes(tmp_path):
         str(REPO / "recipes" / "train_nli.py"), "--config", "configs/moe_smoke.yaml", "--output_dir", str(output_dir),
         "--max_steps", "5", "--max_train_samples", "80", "--per_device_train_batch_size", "8",
         "--moe.num_experts", "8", "--moe.num_experts_per_tok", "1", "--moe.layers", "every_2",
-        "--gather_across_devices", "true", "--sts_tasks", "STSBenchmark",
+        "--gather_across_devices", "true", *small_sts_args(small_sts),
         "--eval_on_start", "false", "--logging_steps", "1",
     )
     assert result.returncode == 0, result.stderr[-3000:]

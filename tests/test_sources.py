@@ -16,7 +16,7 @@ from ese_trainer.data.collator import row_text_ids
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED, RoleThresholds
 from ese_trainer.data.sources import TrainSource, load_train_sources
 
-from .conftest import EMBEDDED_DATA, REPO
+from .conftest import EMBEDDED_DATA, REPO, small_sts_args
 
 STSB_TRAIN = EMBEDDED_DATA / "STS" / "STSBenchmark" / "sts-train.csv"
 SICK_TRAIN = EMBEDDED_DATA / "SICK" / "SICK_train.txt"
@@ -206,7 +206,7 @@ def test_order_depends_on_seed_and_epoch_only():
     assert order(1, 0) == order(1, 0) and order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
 
 
-def test_recipe_trains_on_several_sources_and_reports_each(tmp_path):
+def test_recipe_trains_on_several_sources_and_reports_each(small_sts, tmp_path):
     output_dir = tmp_path / "out"
     entries = [{"source": "data/SNLI", "split": "dev", "max_samples": 48},
                {"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "max_samples": 64, "name": "stsb",
@@ -216,7 +216,7 @@ def test_recipe_trains_on_several_sources_and_reports_each(tmp_path):
         [sys.executable, "recipes/train_nli.py", "--config", "configs/smoke.yaml", "--output_dir", str(output_dir),
          "--train_datasets", *map(json.dumps, entries),
          "--per_device_train_batch_size", "16", "--max_steps", "3", "--eval_steps", "3", "--save_steps", "3",
-         "--sts_tasks", "STSBenchmark", "--suite_before_training", "false"],
+         *small_sts_args(small_sts), "--suite_before_training", "false"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads((output_dir / "data_counts.json").read_text())
