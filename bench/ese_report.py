@@ -198,7 +198,8 @@ def moe_markdown(start: str, moe: dict) -> list[str]:
         f"Equal wall clock (ours-moe minus ours-long): {gap_text(moe['equal_time']['ours-moe'])}."]
     if moe["equal_time_passes"]:
         for name, item in moe["equal_time_passes"].items():
-            lines.append(f"`{name}` passes: {item['ratio']:g} x, {item['derived_as']}.")
+            lines.append(f"`{name}` passes: {item['ratio']:g} x, {item['derived_as']} ({item['steps_timed']} steps "
+                         f"each; {item['machine']}; `{item['command']}`).")
     return lines + [""]
 
 

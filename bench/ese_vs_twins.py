@@ -2,6 +2,7 @@
 
     python -m bench.ese_vs_twins ese --start b     # ours, ours-espresso, ours-starbucks and a twin per diagonal slice
     python -m bench.ese_vs_twins moe --start b     # ours, ours-moe, ours-moe2; then ours-long (ours-moe's wall clock)
+    python -m bench.ese_vs_twins time --start b    # on a quiet machine, before ours-long: ours-moe's step time / ours'
     python -m bench.ese_vs_twins report            # bench/results/ese_vs_twins.{json,md,png}
 
 Each plan resumes from the records (``bench/results/quality_runs/<start>/``, shared with the quality comparison:
@@ -16,9 +17,11 @@ as ``routing``.
 The twin of the diagonal slice ``(L, D)`` (``ese_diagonal``: ``default_diagonal(3, 384)`` at start b, (1, 128)
 (2, 256) (3, 384)) is the start cut to its first L layers and first D dims (``recipes/export_slice.py``) trained
 alone with ``--embedding_dim D``; the full slice's twin is ``ours`` itself. ``ours-long`` is dense ``ours`` given
-the wall clock of ``ours-moe``: its passes are ``EPOCHS`` times the median ratio of their seconds per step over
-the seeds both ran (``bench.quality_vs_peers.passes``, frozen in ``equal_time.json``), so it runs after ours-moe's
-seeds.
+the wall clock of ``ours-moe``: its passes are ``EPOCHS`` times ours-moe's seconds per step over ours', timed by
+``time`` on a quiet machine (each contender's job cut to ``TIMED_STEPS`` steps without evaluation, one thread as in
+every quality run, ``TIMED_ROUNDS`` rounds alternating, the median round's ratio) and frozen in ``equal_time.json``
+(``bench.quality_vs_peers.passes``). The runs' own wall clocks are not used: they ran beside another job, some
+through pauses.
 
 ``BENCH_QUALITY_TINY=1`` runs either plan at a tiny size under ``outputs/quality-tiny/`` (``bench.jobs``): a check
 of the whole chain, never a result.
@@ -28,15 +31,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, SEEDS, STARTS, ese_diagonal, offline
-from bench.quality_vs_peers import chosen_rate, load_encoder, run_one, score_chosen_runs, tune
+import yaml
+from tqdm import tqdm
+
+from bench import jobs
+from bench.jobs import CONTENDERS, REPO, SEEDS, STARTS, ese_diagonal, exclusive, offline, write_atomically
+from bench.machine import busy_cores, describe_machine
+from bench.quality_vs_peers import (
+    chosen_rate,
+    equal_time_path,
+    load_encoder,
+    recipe_config,
+    run_one,
+    score_chosen_runs,
+    tune,
+)
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
 MOE_CONTENDERS = ("ours", "ours-moe", "ours-moe2")
 EQUAL_TIME = ("ours-long",)  # after MOE_CONTENDERS: their seconds per step set its passes
 GRID_DIMS = (64, 128, 256, 384)
+TIMED_STEPS, TIMED_ROUNDS = 40, 3
+QUIET_BELOW = 0.25  # busy cores (other processes) under which a timing may start
 
 
 def twins(start: str) -> list[str]:
@@ -116,6 +139,54 @@ def moe_plan(start: str) -> None:
     score_grids(start, [*MOE_CONTENDERS, *EQUAL_TIME])
 
 
+def timed_seconds_per_step(start: str, name: str, output_dir: Path) -> float:
+    """Seconds per optimizer step of ``name``'s quality job cut to ``TIMED_STEPS`` steps, without evaluation or
+    checkpoints, one thread: the Trainer's ``train_runtime`` over the steps."""
+    contender = CONTENDERS[name]
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
+    config = recipe_config(start, contender, 1e-4, SEEDS[0], TIMED_STEPS, output_dir) | {
+        "max_steps": TIMED_STEPS, "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False}
+    (output_dir / "job.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run([sys.executable, "recipes/train_nli.py", "--config", str(output_dir / "job.yaml"),
+                    *contender.recipe_args], cwd=REPO, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    return json.loads((output_dir / "train_results.json").read_text())["train_runtime"] / TIMED_STEPS
+
+
+def time_equal_time(start: str) -> None:
+    """Each equal-time contender's passes: its reference's seconds per step over ours', ``TIMED_ROUNDS`` rounds
+    alternating the two (the order swapped each round), the median round's ratio, frozen in ``equal_time.json``.
+    Refused beside another job (:func:`~bench.machine.busy_cores`) and once frozen (runs may have used it)."""
+    path = equal_time_path(start)
+    for name in EQUAL_TIME:
+        reference = CONTENDERS[name].time_of
+        with exclusive(f"{start}-equal-time"):
+            frozen = json.loads(path.read_text()) if path.is_file() else {}
+        if name in frozen:
+            print(f"start {start}, {name}: frozen at {frozen[name]['ratio']} (remove its entry only if no run used it)")
+            continue
+        if (busy := busy_cores()) > QUIET_BELOW:
+            raise SystemExit(f"{busy:.1f} cores are busy: the equal-time ratio is timed on a quiet machine (pause or "
+                             "finish the other jobs first)")
+        seconds: dict[str, list[float]] = {reference: [], "ours": []}
+        rounds = [(reference, "ours") if index % 2 == 0 else ("ours", reference) for index in range(TIMED_ROUNDS)]
+        for contender in tqdm([item for pair in rounds for item in pair], desc=f"{reference} vs ours, timed"):
+            folder = jobs.WORK / "timing" / start / contender
+            seconds[contender].append(timed_seconds_per_step(start, contender, folder))
+        ratios = [slow / base for slow, base in zip(seconds[reference], seconds["ours"])]
+        entry = {"ratio": round(statistics.median(ratios), 3), "of": reference, "against": "ours",
+                 "seconds_per_step": {key: [round(value, 4) for value in values] for key, values in seconds.items()},
+                 "round_ratios": [round(ratio, 4) for ratio in ratios], "steps_timed": TIMED_STEPS, "threads": 1,
+                 "busy_cores_before": round(busy, 2), "machine": describe_machine(),
+                 "command": f"python -m bench.ese_vs_twins time --start {start}",
+                 "derived_as": f"median over rounds of ({reference} s/step) / (ours s/step), alternating, quiet"}
+        with exclusive(f"{start}-equal-time"):
+            frozen = json.loads(path.read_text()) if path.is_file() else {}
+            write_atomically(path, json.dumps({**frozen, name: entry}, indent=2) + "\n")
+        print(f"start {start}, {name}: passes x {entry['ratio']} (rounds {entry['round_ratios']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +194,8 @@ def main() -> None:
                           ("moe", "dense, MoE in every layer and every second one, dense at MoE's time (resumes)")):
         plan_parser = commands.add_parser(command, help=text)
         plan_parser.add_argument("--start", choices=STARTS, default="b")
+    time_parser = commands.add_parser("time", help="on a quiet machine: ours-moe's step time over ours' (frozen)")
+    time_parser.add_argument("--start", choices=STARTS, default="b")
     commands.add_parser("report", help="bench/results/ese_vs_twins.{json,md,png} from the records")
     args = parser.parse_args()
     offline()
@@ -130,6 +203,8 @@ def main() -> None:
         ese_plan(args.start)
     elif args.command == "moe":
         moe_plan(args.start)
+    elif args.command == "time":
+        time_equal_time(args.start)
     else:
         from bench.ese_report import write_report
 

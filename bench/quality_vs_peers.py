@@ -183,45 +183,22 @@ def suite_tasks() -> dict:
     return suite
 
 
-def seconds_per_step(record: dict) -> float:
-    return record["train_seconds"] / (record.get("steps_run") or record["steps"])
-
-
-def time_ratio(start: str, slow: str, base: str) -> dict:
-    """``slow``'s wall clock per optimizer step over ``base``'s (each run timed whole by the harness: training, its
-    dev evaluations, loading and saving), the median over the seeds both ran the whole pass at their chosen rates
-    on the same machine."""
-    ratios, seconds = {}, {}
-    for seed in SEEDS if {slow, base} <= set(tuned(start)) else ():
-        paths = [record_path(start, name, chosen_rate(start, name), seed) for name in (slow, base)]
-        if not all(path.is_file() for path in paths):
-            continue
-        pair = [json.loads(path.read_text()) for path in paths]
-        if any(record.get("stopped_at") for record in pair) or pair[0]["machine"] != pair[1]["machine"]:
-            continue
-        seconds[seed] = [round(seconds_per_step(record), 4) for record in pair]
-        ratios[seed] = seconds[seed][0] / seconds[seed][1]
-    if not ratios:
-        raise SystemExit(f"start {start}: no seed with whole-pass runs of both {slow} and {base} on one machine at "
-                         f"their chosen rates: run `python -m bench.ese_vs_twins moe --start {start}` first")
-    return {"ratio": round(statistics.median(ratios.values()), 3), "of": slow, "against": base,
-            "seconds_per_step": {str(seed): pair for seed, pair in seconds.items()},
-            "derived_as": f"median over seeds of ({slow} seconds per step) / ({base} seconds per step)"}
+def equal_time_path(start: str) -> Path:
+    """Where the equal-time contenders' step-time ratios are frozen (``python -m bench.ese_vs_twins time``)."""
+    return RUNS / start / "equal_time.json"
 
 
 def passes(start: str, contender: Contender) -> float:
     """Passes over every source: ``EPOCHS``; for a contender given another's wall clock (``time_of``), ``EPOCHS``
-    times :func:`time_ratio` of that contender to ours, frozen at first use in ``equal_time.json`` (every rate and
-    seed of it then runs the same job)."""
+    times that contender's seconds per step over ours, timed on a quiet machine and frozen in ``equal_time.json``
+    (``python -m bench.ese_vs_twins time``: every rate and seed of it then runs the same job)."""
     if not contender.time_of:
         return float(EPOCHS)
-    path = RUNS / start / "equal_time.json"
-    with exclusive(f"{start}-equal-time"):
-        frozen = json.loads(path.read_text()) if path.is_file() else {}
-        if contender.name not in frozen:
-            frozen[contender.name] = time_ratio(start, contender.time_of, "ours")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, json.dumps(frozen, indent=2) + "\n")
+    path = equal_time_path(start)
+    frozen = json.loads(path.read_text()) if path.is_file() else {}
+    if contender.name not in frozen:
+        raise SystemExit(f"start {start}: {contender.name} needs the step time of {contender.time_of} over ours, timed "
+                         f"on a quiet machine: run `python -m bench.ese_vs_twins time --start {start}` first")
     return EPOCHS * frozen[contender.name]["ratio"]
 
 

@@ -1,9 +1,12 @@
 """The ESE and MoE plans on the quality protocol: twins start from their slice of the real start model, ESE runs are
-chosen and cut by their slices' dev mean, the equal-wall-clock dense run's passes come from the runs' own step
-times, and the report sets every diagonal slice beside its twin."""
+chosen and cut by their slices' dev mean, the equal-wall-clock dense run's passes come from a timing of both jobs,
+and the report sets every diagonal slice beside its twin."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoConfig, TrainerControl, TrainerState
@@ -13,6 +16,7 @@ import bench.ese_vs_twins as ese_vs_twins
 import bench.jobs as jobs
 import bench.quality_vs_peers as quality
 from bench.jobs import CONTENDERS, SLICES_METRIC
+from bench.machine import busy_cores
 from bench.peers.dev_callback import HalvingCut, RecipeHalving
 
 SEEDS = (42, 43, 44)
@@ -71,25 +75,38 @@ def write_tuned(work, rates: dict[str, float]) -> None:
     path.write_text(json.dumps(tuned))
 
 
-def test_the_equal_wall_clock_run_gets_the_passes_moes_seconds_per_step_buy(work):
+def test_the_equal_wall_clock_run_gets_the_passes_moes_timed_step_buys(work, monkeypatch):
+    """ours-long waits for the step-time ratio, which ``time`` measures by running both jobs (alternating rounds)
+    and freezes: a second ``time`` keeps it, and every rate and seed of ours-long then runs the same job."""
     long = CONTENDERS["ours-long"]
-    with pytest.raises(SystemExit, match="ours-moe and ours"):
+    with pytest.raises(SystemExit, match="bench.ese_vs_twins time --start b"):
         quality.passes("b", long)
-    write_tuned(work, {"ours": 4e-4, "ours-moe": 2e-4})
-    for seed, moe_seconds in zip(SEEDS, (130.0, 120.0, 400.0)):
-        write_record(work, "ours", 4e-4, seed)
-        write_record(work, "ours-moe", 2e-4, seed, train_seconds=moe_seconds,
-                     machine="m" if seed != 44 else "another machine")  # seed 44: not comparable
-    assert quality.passes("b", long) == 1.25  # median of 1.3 and 1.2
-    frozen = json.loads((work / "runs" / "b" / "equal_time.json").read_text())["ours-long"]
-    assert frozen["seconds_per_step"] == {"42": [1.3, 1.0], "43": [1.2, 1.0]}
-    write_record(work, "ours-moe", 2e-4, 42, train_seconds=500.0)
-    assert quality.passes("b", long) == 1.25  # frozen at first use: every rate and seed runs the same job
+    monkeypatch.setattr(ese_vs_twins, "TIMED_STEPS", 1)
+    monkeypatch.setattr(ese_vs_twins, "TIMED_ROUNDS", 1)
+    monkeypatch.setattr(ese_vs_twins, "QUIET_BELOW", float(os.cpu_count() + 1))  # the suite may run beside a job
+    ese_vs_twins.time_equal_time("b")
+    path = work / "runs" / "b" / "equal_time.json"
+    frozen = json.loads(path.read_text())["ours-long"]
+    moe, dense = frozen["seconds_per_step"]["ours-moe"], frozen["seconds_per_step"]["ours"]
+    assert len(moe) == len(dense) == 1 and frozen["ratio"] == pytest.approx(moe[0] / dense[0], abs=1e-3)
+    assert frozen["of"] == "ours-moe" and frozen["steps_timed"] == 1 and frozen["command"].endswith("--start b")
+    assert quality.passes("b", long) == pytest.approx(frozen["ratio"])
+    written = path.stat().st_mtime_ns
+    ese_vs_twins.time_equal_time("b")
+    assert path.stat().st_mtime_ns == written
     dense_steps, _ = quality.job_shape("b", CONTENDERS["ours"])
-    assert quality.job_shape("b", long)[0] == math.ceil(1.25 * dense_steps)
-    assert quality.recipe_config("b", long, 4e-4, 42, 10, work / "out")["num_train_epochs"] == 1.25
+    assert quality.job_shape("b", long)[0] == math.ceil(frozen["ratio"] * dense_steps)
     assert quality.passes("b", CONTENDERS["ours-moe2"]) == 1.0
     assert ("--moe.layers", "every_2") == CONTENDERS["ours-moe2"].recipe_args[-2:]
+
+
+def test_busy_cores_sees_a_process_that_spins():
+    spin = "import time\nend = time.time() + 4\nwhile time.time() < end: pass"
+    spinning = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        assert busy_cores(2.0) > 0.7
+    finally:
+        spinning.wait(timeout=30)
 
 
 def grid(cells: dict[tuple[int, int], float]) -> dict:
