@@ -1,6 +1,6 @@
 """Where a training step's time goes: ``torch.profiler`` over the packed training step of ``bench.train_throughput``.
 
-    python -m bench.train_profile [--steps 8] [--batch 32] [--bf16] [--attention_dropout 0]
+    python -m bench.train_profile [--steps 8] [--batch 32] [--bf16] [--attention_dropout 0] [--fast_dropout]
 
 The step is the bare packed loop's (the recipe's model and objective, collation, backward, clipping at norm 1,
 fused AdamW) on the same SNLI dev rows, after 2 unprofiled warm-up steps. Self CPU time is summed per operator and
@@ -9,8 +9,9 @@ embedding table's backward, casts and copies, and the rest (elementwise, norms, 
 profiler's per-op bookkeeping adds time to small operators, so the shares are a map of where to look, not a timing;
 speeds are measured by ``bench.train_throughput``. Beside the matmuls' and the optimizer's profiled time stand their
 floors (:mod:`bench.step_floor`: the profiled steps' GEMMs at their measured rates, the optimizer's memory traffic at
-the measured bandwidth). ``--attention_dropout 0`` profiles the step with ``model.attention_dropout: 0``.
-Results: ``bench/results/train_profile[_bf16][_attention_dropout_0].{json,md,png}``.
+the measured bandwidth). ``--attention_dropout 0`` profiles the step with ``model.attention_dropout: 0``,
+``--fast_dropout`` with ``model.fast_dropout``. Results:
+``bench/results/train_profile[_bf16][_attention_dropout_0][_fast_dropout].{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from bench.train_throughput import LEARNING_RATE, MAX_LENGTH, RESULTS, bare_step
 
 # Kinds of work, matched on the operator's name in this order; the first match wins.
 KINDS = (
-    ("dropout masks", ("bernoulli", "dropout")),
+    ("dropout masks", ("bernoulli", "dropout", "random_")),  # random_: fast dropout's 64-bit draws
     ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "_softmax_backward", "softmax")),
     ("optimizer", ("adam", "clip_grad", "_foreach_norm", "zero_")),
     ("embedding table", ("embedding",)),
@@ -60,8 +61,8 @@ def summarise_operators(averages, per: int = 1, key: str = "self_ms") -> tuple[l
     return operators, kinds, sum(op[key] for op in operators)
 
 
-def profiled_steps(steps: int, batch: int, bf16: bool, attention_dropout: float | None = None
-                   ) -> tuple[list, float, dict]:
+def profiled_steps(steps: int, batch: int, bf16: bool, attention_dropout: float | None = None,
+                   fast_dropout: bool = False) -> tuple[list, float, dict]:
     """Profile ``steps`` packed training steps after the warm-up; the operators' averages, the seconds per step and
     the floors of those steps (ms per step: ``matmul`` for their GEMMs, ``optimizer`` for its memory traffic)."""
     from ese_trainer.data.collator import RowCollator
@@ -69,7 +70,8 @@ def profiled_steps(steps: int, batch: int, bf16: bool, attention_dropout: float 
 
     rows, sampler = load_rows(steps + WARM_UP_STEPS, batch)
     batches = list(sampler)
-    tokenizer, encoder, objective = our_parts(packed=True, attention_dropout=attention_dropout)
+    tokenizer, encoder, objective = our_parts(packed=True, attention_dropout=attention_dropout,
+                                              fast_dropout=fast_dropout)
     training_model = TrainingModel(encoder, objective).train()
     collate = RowCollator(tokenizer, MAX_LENGTH)
     parameters = [p for p in training_model.parameters() if p.requires_grad]
@@ -115,24 +117,29 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="operators listed")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU: AVX512-bf16)")
     parser.add_argument("--attention_dropout", type=float, default=None, help="model.attention_dropout")
+    parser.add_argument("--fast_dropout", action="store_true", help="model.fast_dropout")
     parser.add_argument("--output_dir", default=str(RESULTS), help="where the records go")
     args = parser.parse_args()
-    averages, seconds_per_step, floors = profiled_steps(args.steps, args.batch, args.bf16, args.attention_dropout)
+    averages, seconds_per_step, floors = profiled_steps(args.steps, args.batch, args.bf16, args.attention_dropout,
+                                                        args.fast_dropout)
     operators, kinds, total = summarise_operators(averages, per=args.steps, key="self_ms_per_step")
-    dropout = "" if args.attention_dropout is None else f" --attention_dropout {args.attention_dropout:g}"
+    dropout = ("" if args.attention_dropout is None else f" --attention_dropout {args.attention_dropout:g}") + (
+        " --fast_dropout" if args.fast_dropout else "")
     command = f"python -m bench.train_profile --steps {args.steps} --batch {args.batch}" + (
         " --bf16" if args.bf16 else "") + dropout
     machine = describe_machine()
     stem = "train_profile" + ("_bf16" if args.bf16 else "") + dropout.replace(" --", "_").replace(" ", "_")
     payload = {"command": command, "machine": machine, "bf16": args.bf16, "steps": args.steps, "batch": args.batch,
-               "attention_dropout": args.attention_dropout, "seconds_per_step_profiled": seconds_per_step,
+               "attention_dropout": args.attention_dropout, "fast_dropout": args.fast_dropout,
+               "seconds_per_step_profiled": seconds_per_step,
                "self_ms_per_step_total": total, "kinds_ms_per_step": kinds, "floor_ms_per_step": floors,
                "operators": operators}
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     setting = ("bf16 autocast" if args.bf16 else "fp32") + (
-        "" if args.attention_dropout is None else f", attention dropout {args.attention_dropout:g}")
+        "" if args.attention_dropout is None else f", attention dropout {args.attention_dropout:g}") + (
+        ", fast dropout" if args.fast_dropout else "")
     lines = [f"# Where a packed training step's time goes ({setting}, CPU)", "",
              f"Command: `{command}`  ", f"Machine: {machine}", "",
              f"{args.steps} profiled steps of {args.batch} SNLI dev rows after {WARM_UP_STEPS} warm-up steps, "

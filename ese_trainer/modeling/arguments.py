@@ -39,6 +39,12 @@ class ModelArguments:
                                 "checkpoint's (0.1 for BERTs). 0 lets PyTorch's SDPA take its fused flash kernel on "
                                 "CPU (forward and backward), which refuses any dropout."}
     )
+    fast_dropout: bool = field(
+        default=False, metadata={"help": "CPU: draw dropout masks (hidden states and, packed, attention "
+                                 "probabilities) four elements per 64-bit random draw instead of one (bernoulli_); the "
+                                 "same expectation, p rounded to 1/65536, another random stream "
+                                 "(ese_trainer/modeling/fast_dropout.py)."}
+    )
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each transformer layer (dynamic shapes; packing and pooling "
                                  "stay eager). bench/compile_step.py measures compile time, step time, recompiles "

@@ -10,6 +10,7 @@ from ese_trainer.config.parsing import ConfigError
 from ese_trainer.hub_models import resolve_model_path
 from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
 from ese_trainer.modeling.convert import MoEConversionError, build_moe, is_moe_model
+from ese_trainer.modeling.fast_dropout import use_fast_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ def load_tokenizer_and_encoder(model_args: ModelArguments, moe_args: MoEArgument
         model.pooler.requires_grad_(False)
     if model_args.attention_dropout is not None:
         set_attention_dropout(model, model_args.attention_dropout)
+    if model_args.fast_dropout:
+        replaced = use_fast_dropout(model)
+        logger.info("fast dropout: %d dropout modules draw their CPU masks 4 elements per draw", replaced)
     if model_args.compile_layers:
         compile_layers(model)
     return tokenizer, model

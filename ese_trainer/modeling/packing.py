@@ -38,6 +38,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import is_flash_attn_2_available
 
+from ese_trainer.modeling.fast_dropout import FastDropout, fast_dropout
+
 PACKED_SDPA = "packed_sdpa"
 # packed_sdpa's attention: at most this many SDPA calls per layer, over length groups (each padded to its longest)
 ATTENTION_GROUPS = 4
@@ -254,10 +256,25 @@ def packed_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
                 for part, (texts, longest) in zip(flat.split(sizes), layout.shapes)]
 
     dropout = dropout if module.training else 0.0
-    outputs = [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    attend = F.scaled_dot_product_attention
+    if dropout > 0.0 and query.device.type == "cpu" and isinstance(getattr(module, "dropout", None), FastDropout):
+        attend = fast_dropout_attention
+    outputs = [attend(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
                for q, k, v, mask in zip(grids(query), grids(key), grids(value), layout.key_masks)]
     flat = torch.cat([output.transpose(1, 2).reshape(-1, heads, head_dim) for output in outputs])
     return flat.index_select(0, layout.slots).unsqueeze(0), None
+
+
+def fast_dropout_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, dropout_p: float,
+                           scale: float | None) -> Tensor:
+    """SDPA's math path (``softmax(q k^T scale + mask) v``, Vaswani et al., 2017) with the attention probabilities
+    dropped by :func:`~ese_trainer.modeling.fast_dropout.fast_dropout` instead of ``bernoulli_``; the softmax in
+    float32, as transformers' eager attention. ``attn_mask``: boolean, True where a key takes part."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(fast_dropout(probabilities, dropout_p), value)
 
 
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)

@@ -73,7 +73,8 @@ def run_fingerprint(model: ModelArguments, data: DataArguments, loss: LossArgume
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "model": {"model_name_or_path": model.model_name_or_path, "pooling": model.pooling,
                   "max_seq_length": model.max_seq_length, "embedding_dim": model.embedding_dim,
-                  "attention_dropout": model.attention_dropout},
+                  "attention_dropout": model.attention_dropout,
+                  **({"fast_dropout": True} if model.fast_dropout else {})},  # another random stream; absent: off
         "objective": {"loss": objective, "ese": asdict(ese), "moe": asdict(moe)},
     })
 
