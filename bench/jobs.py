@@ -100,7 +100,9 @@ class Contender:
     trains the start cut to that slice (``recipes/export_slice.py``; a twin of an ESE slice); ``dev_metric`` is what
     the recipe chooses its checkpoint by and halving ranks it by; ``time_of`` names the contender whose wall clock
     this one is given (its passes scaled by their time ratio, ``bench.quality_vs_peers.passes``);
-    ``sts_loss_weights`` become the ``loss_weights`` of every STS source (start c's in-domain sets)."""
+    ``sts_loss_weights`` become the ``loss_weights`` of every STS source (start c's in-domain sets); ``plan``: the
+    comparison it is reported in, ``quality`` (``bench.quality_report``: ours against the peers) or ``ese_moe``
+    (``bench.ese_report``: ESE against its twins, MoE against dense)."""
 
     name: str
     description: str
@@ -112,13 +114,14 @@ class Contender:
     dev_metric: str = DEV_METRIC
     time_of: str = ""
     sts_loss_weights: tuple[tuple[str, float], ...] = ()
+    plan: str = "quality"
 
 
 def twin(layer: int, dim: int) -> Contender:
     """The separately trained twin of ESE's slice ``(layer, dim)``: the start cut to its first ``layer`` layers and
     first ``dim`` dims, trained alone at that size (``--embedding_dim``)."""
     return Contender(f"twin-{layer}x{dim}", f"ours on the start cut to {layer} layer(s) x {dim} dims, trained alone",
-                     "ours", recipe_args=("--embedding_dim", str(dim)), start_slice=(layer, dim))
+                     "ours", recipe_args=("--embedding_dim", str(dim)), start_slice=(layer, dim), plan="ese_moe")
 
 
 # The router's load-balancing loss on at the moe settings' default weight, 0.1 (Switch's 0.01 let an expert fall to a
@@ -143,17 +146,17 @@ CONTENDERS = {
     "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
                             recipe_args=("--label_map", json.dumps(RAW_LABELS))),
     "ours-moe": Contender("ours-moe", "ours on the start upcycled to 4 experts (top-2) in every layer", "ours",
-                          recipe_args=MOE_ARGS),
+                          recipe_args=MOE_ARGS, plan="ese_moe"),
     "ours-moe2": Contender("ours-moe2", "ours on the start upcycled to 4 experts (top-2) in every second layer",
-                           "ours", recipe_args=(*MOE_ARGS, "--moe.layers", "every_2")),
+                           "ours", recipe_args=(*MOE_ARGS, "--moe.layers", "every_2"), plan="ese_moe"),
     "ours-long": Contender("ours-long", "ours (dense) given ours-moe's wall clock: more passes at the same batch",
-                           "ours", time_of="ours-moe"),
+                           "ours", time_of="ours-moe", plan="ese_moe"),
     "ours-espresso": Contender("ours-espresso", "ours with ESE's Espresso terms (every layer, first 128 dims, PCA "
                                "target), chosen by its slices' mean dev", "ours", recipe_args=ESPRESSO_ARGS,
-                               dev_metric=SLICES_METRIC),
+                               dev_metric=SLICES_METRIC, plan="ese_moe"),
     "ours-starbucks": Contender("ours-starbucks", "ours with the Starbucks schedule (the default diagonal of slices "
                                 "every step), chosen by its slices' mean dev", "ours", recipe_args=STARBUCKS_ARGS,
-                                dev_metric=SLICES_METRIC),
+                                dev_metric=SLICES_METRIC, plan="ese_moe"),
     **{contender.name: contender for contender in (twin(1, 128), twin(2, 256))},  # start b's diagonal
     # Attention dropout 0 lets CPU SDPA take its fused kernel; a default only if dev stays within noise (at ours' rate).
     "ours-ad0": Contender("ours-ad0", "ours without attention dropout (attention_dropout 0)", "ours",
@@ -184,6 +187,10 @@ SWEEP_OPTIONS = {
     "hinge": ("--hinge_w", "1"),
     "guide": ("--guide_model", "start"),
     "q2q": ("--ibn_directions", "query_to_doc", "query_to_query"),
+    # The positive as a query against every anchor too: sentence-transformers' NLI triplets take both anchors
+    # ((a, p, n) and (p, a, n)), which st-combined trains on at (b).
+    "d2q": ("--ibn_directions", "query_to_doc", "doc_to_query"),
+    "d2q-q2q": ("--ibn_directions", "query_to_doc", "doc_to_query", "query_to_query"),
     "ad0": ("--attention_dropout", "0"),
     # ESE's candidates (``sweep --contender ours-starbucks|ours-espresso``, chosen by the slices' mean dev): the
     # slices' similarities distilled from the full model's (detached), slice weights by layer or the small slices

@@ -30,7 +30,9 @@ def cell(values: list[float]) -> str:
 
 
 def collect() -> dict:
-    """``{start: {"start_model", "contenders": {name: {"tuning", "records"}}, "sweep": [record, ...]}}``."""
+    """``{start: {"start_model", "contenders": {name: {"tuning", "records"}}, "other_plans": {...}, "sweep": [...]}}``:
+    ``contenders`` are ours and the peers (``plan`` ``quality``), ``other_plans`` the ESE and MoE plans' contenders
+    (``bench.ese_report`` compares those), kept for their sweeps' "as tuned" rows."""
     summary = {}
     for start in STARTS:
         folder = RUNS / start
@@ -39,17 +41,18 @@ def collect() -> dict:
         if not tuned_file.is_file() and not sweep:
             continue
         tuned = json.loads(tuned_file.read_text()) if tuned_file.is_file() else {}
-        contenders = {}
+        contenders, elsewhere = {}, {}  # ours and the peers; the ESE and MoE plans' (their sweeps' "as tuned")
         for name in CONTENDERS:
-            if name not in tuned or CONTENDERS[name].start_slice is not None:  # a twin's test is its slice's
+            if name not in tuned:
                 continue
             lr = tuned[name]["learning_rate"]
             records = [json.loads(path.read_text()) for path in sorted(folder.glob(f"{name}_lr{lr:g}_seed*.json"))]
             if records:
-                contenders[name] = {"tuning": tuned[name], "records": records}
+                plan = contenders if CONTENDERS[name].plan == "quality" else elsewhere
+                plan[name] = {"tuning": tuned[name], "records": records}
         start_file = folder / "start_model.json"
         summary[start] = {"start_model": json.loads(start_file.read_text()) if start_file.is_file() else None,
-                          "contenders": contenders, "sweep": sweep}
+                          "contenders": contenders, "other_plans": elsewhere, "sweep": sweep}
     return summary
 
 
@@ -83,6 +86,13 @@ def difference_line(name: str, difference: dict) -> str:
 def steps_ran(record: dict) -> int:
     """The steps a run made: its last dev evaluation is at its last step."""
     return max(int(step) for step in record["dev_by_step"])
+
+
+def rate_at_edge(tuning: dict) -> bool:
+    """The chosen rate is the lowest or highest candidate: its grid does not bracket it (the protocol extends a
+    grid until it does; a contender tuned before that rule, or not yet extended, is marked)."""
+    rates = [float(lr) for lr in tuning["candidates"]]
+    return len(rates) > 1 and tuning["learning_rate"] in (min(rates), max(rates))
 
 
 def candidates_cell(tuning: dict) -> str:
@@ -142,7 +152,8 @@ def start_section(start: str, entry: dict) -> list[str]:
         scored = [record for record in records if record["test"]]
         tests = " | ".join(cell([r["test"][task] for r in scored]) if scored else "–" for task in TASKS)
         ran = sorted({steps_ran(record) for record in records})
-        lines.append(f"| {name} | {item['tuning']['learning_rate']:g} ({candidates_cell(item['tuning'])}) | "
+        edge = " **at the grid's edge**" if rate_at_edge(item["tuning"]) else ""
+        lines.append(f"| {name} | {item['tuning']['learning_rate']:g}{edge} ({candidates_cell(item['tuning'])}) | "
                      f"{len(records)} | {'/'.join(map(str, ran))} | {records[0]['texts_per_step']:.0f} | "
                      f"{cell([r['selected_dev'] for r in records])} | {tests} |")
     differences = paired_differences(entry)
@@ -175,7 +186,7 @@ def sweep_markdown(summary: dict) -> str:
         for record in entry["sweep"]:
             by_contender.setdefault(record["contender"].split("+")[0], []).append(record)
         for name, records in by_contender.items():
-            tuned = entry["contenders"].get(name)
+            tuned = entry["contenders"].get(name) or entry["other_plans"].get(name)
             if tuned:  # the contender as tuned, at the sweep's rate and seed
                 records += [{**record, "variant": "(as tuned)"} for record in tuned["records"]
                             if (record["learning_rate"], record["seed"]) == (records[0]["learning_rate"],

@@ -1,0 +1,53 @@
+"""The quality comparison's report: ours against the peers only (the ESE and MoE plans have their own report), paired
+differences seed by seed, and a rate its grid does not bracket marked as such."""
+
+import json
+
+import pytest
+
+import bench.quality_report as quality_report
+from bench.quality_report import TASKS
+
+SEEDS = (42, 43, 44)
+
+
+def write_run(folder, name: str, lr: float, seed: int, avg: float, variant: str = "") -> None:
+    record = {"start": "b", "contender": name + (f"+{variant}" if variant else ""), "learning_rate": lr,
+              "seed": seed, "variant": variant, "arguments": [], "steps": 200, "texts_per_step": 120.0,
+              "dev_by_step": {"100": avg + 7.0, "200": avg + 8.0}, "selected_step": 200, "selected_dev": avg + 8.0,
+              "train_seconds": 100.0, "machine": "m", "stopped_at": None,
+              "test": None if variant else {**{task: avg for task in TASKS[:-1]}, "avg": avg}}
+    target = folder / "sweep" if variant else folder
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{record['contender']}_lr{lr:g}_seed{seed}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def report(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "b"
+    tuned = {"ours": (2e-4, [1e-4, 2e-4, 4e-4]), "st-mnrl": (4e-4, [1e-4, 2e-4, 4e-4]),
+             "ours-starbucks": (4e-4, [2e-4, 4e-4, 8e-4])}
+    averages = {"ours": (74.0, 73.5, 74.2), "st-mnrl": (73.0, 73.6, 73.4), "ours-starbucks": (72.0, 72.1, 72.2)}
+    for name, (lr, _) in tuned.items():
+        for seed, avg in zip(SEEDS, averages[name]):
+            write_run(folder, name, lr, seed, avg)
+    write_run(folder, "ours-starbucks", 4e-4, 42, 71.0, variant="sb-sim1")
+    (folder / "tuned.json").write_text(json.dumps({name: {"learning_rate": lr, "candidates": {
+        f"{rate:g}": 80.0 + rate * 1e3 for rate in grid}} for name, (lr, grid) in tuned.items()}))
+    monkeypatch.setattr(quality_report, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(quality_report, "RESULTS", tmp_path)
+    quality_report.write_report()
+    return tmp_path
+
+
+def test_the_table_holds_ours_and_the_peers_with_paired_seeds_and_marks_an_unbracketed_rate(report):
+    summary = json.loads((report / "quality_vs_peers.json").read_text())["b"]
+    assert set(summary["contenders"]) == {"ours", "st-mnrl"} and set(summary["other_plans"]) == {"ours-starbucks"}
+    table = (report / "quality_vs_peers.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "ours-starbucks" not in rows and "at the grid's edge" in rows["st-mnrl"]
+    assert "at the grid's edge" not in rows["ours"]
+    # ours minus st-mnrl: +1.0, -0.1, +0.8 over seeds 42-44
+    assert "- st-mnrl: +0.57 ± 0.59, t = 1.68; ours ahead on 2 of 3 seeds (42, 43, 44)" in table
+    sweep = (report / "objective_sweep.md").read_text()
+    assert "| (as tuned) |" in sweep and "| sb-sim1 |" in sweep and "Start (b), ours-starbucks" in sweep
