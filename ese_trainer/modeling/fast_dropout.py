@@ -1,7 +1,7 @@
 """Dropout whose masks cost a quarter of a random draw per element (CPU).
 
-PyTorch's CPU ``dropout`` draws one value from the Mersenne Twister per element (``bernoulli_``): on a 2-core Xeon
-that is about 12 ns per element, 15% of a bf16 training step of the recipe (``bench/train_profile.py``). Here one
+PyTorch's CPU ``dropout`` draws one value from the Mersenne Twister per element (``bernoulli_``): 15% of a bf16
+training step of the recipe on a 2-core Xeon (``bench/results/train_profile_bf16.md``). Here one
 64-bit draw gives four 16-bit uniforms: an element is kept where its uniform is at least ``p`` (rounded to
 ``1/65536``), and the kept values are scaled by ``1 / (1 - p')`` with ``p'`` the rounded rate, so the expectation
 is exactly the input's (inverted dropout, Srivastava et al., 2014). The draws come from the default CPU generator:
@@ -15,6 +15,8 @@ attention probabilities with :func:`keep_mask` when the layer's dropout is a :cl
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,18 +24,21 @@ from torch import Tensor, nn
 LEVELS = 1 << 16  # the 16-bit uniforms' resolution
 
 
+def dropped_levels(probability: float) -> int:
+    """``p`` in 16-bit levels: the uniforms below this many of the 65536 are dropped."""
+    return round(probability * LEVELS)
+
+
 def kept_rate(probability: float) -> float:
     """The keep probability actually drawn: ``1 - p`` with ``p`` rounded to ``1 / 65536``."""
-    return 1.0 - round(probability * LEVELS) / LEVELS
+    return 1.0 - dropped_levels(probability) / LEVELS
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], probability: float) -> Tensor:
     """A boolean CPU mask, each element kept with :func:`kept_rate` ``(p)``, from ``ceil(n / 4)`` 64-bit draws."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
-    threshold = round(probability * LEVELS) - LEVELS // 2  # int16 uniforms: P(u < threshold) = p'
+    threshold = dropped_levels(probability) - LEVELS // 2  # int16 uniforms: P(u < threshold) = p'
     return words.view(torch.int16)[:count].view(shape) >= threshold
 
 
