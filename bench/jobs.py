@@ -142,6 +142,8 @@ CONTENDERS = {
                          "st", unit="triplets", st_mode="gist"),
     "st-combined": Contender("st-combined", "sentence-transformers, our three losses at our weights (1 : 10 : 1) "
                              "on the triplets", "st", unit="triplets", st_mode="combined"),
+    "ours-both": Contender("ours-both", "ours on both-anchor rows: each entailment also anchors its premise, as in "
+                           "sentence-transformers' NLI triplets", "ours", recipe_args=("--nli_anchors", "both")),
     "angle": Contender("angle", "AnglE's own trainer (angle-emb 0.6.1), its NLI weights", "angle", unit="pairs"),
     "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
                             recipe_args=("--label_map", json.dumps(RAW_LABELS))),

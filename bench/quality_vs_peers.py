@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -120,30 +120,40 @@ def write_jsonl(path: Path, rows: list[dict]) -> int:
     return len(rows)
 
 
+def count_row(sizes: dict, suffix: str, source: str, row: dict) -> None:
+    """One row of ``source`` counted in ``sizes["rows" + suffix]`` and its texts in ``sizes["row_texts" + suffix]``."""
+    sizes["rows" + suffix][source] = sizes["rows" + suffix].get(source, 0) + 1
+    sizes["row_texts" + suffix][source] = sizes["row_texts" + suffix].get(source, 0) + 1 + len(row["texts"])
+
+
 def training_files(start: str) -> dict:
     """The start's training data for every trainer, from our loader with the default label map (one row per
     premise): ``triplets.jsonl`` (sentence-transformers' NLI triplets), ``sts_pairs.jsonl`` (the scored sources'
     pairs, for CoSENT), ``angle.jsonl`` (AnglE's format A: NLI without neutral, entailment 1, contradiction 0, and
-    the scored pairs); and their sizes, for the step counts and texts per step."""
+    the scored pairs); and their sizes, for the step counts and texts per step (``rows_both``, ``row_texts_both``:
+    ours' rows with ``nli_anchors: both``)."""
     from ese_trainer.data.sources import TrainSource, load_train_sources
 
     folder = WORK / "data" / start
     meta_file = folder / "meta.json"
-    if meta_file.is_file():
-        return json.loads(meta_file.read_text())
+    if meta_file.is_file() and "rows_both" in (sizes := json.loads(meta_file.read_text())):
+        return sizes
     with exclusive(f"{start}-data"):  # written once, by one harness
-        if meta_file.is_file():
-            return json.loads(meta_file.read_text())
+        if meta_file.is_file() and "rows_both" in (sizes := json.loads(meta_file.read_text())):
+            return sizes
         folder.mkdir(parents=True, exist_ok=True)
         specs = [TrainSource.parse(entry, index) for index, entry in enumerate(STARTS[start].sources)]
         rows, _ = load_train_sources(specs, seed=0)
         names = [spec.display_name if spec.kind == "sts" else "nli" for spec in specs]
-        sizes: dict = {"rows": {}, "row_texts": {}, "triplets": {}}
+        sizes = {"rows": {}, "row_texts": {}, "triplets": {}, "rows_both": {}, "row_texts_both": {}}
+        both, _ = load_train_sources([replace(spec, anchors="both") if spec.kind == "nli" else spec
+                                      for spec in specs], seed=0)
+        for row in both:  # ours with nli_anchors both
+            count_row(sizes, "_both", names[row["source"]], row)
         nli_pairs, sts_pairs, angle_pairs = [], [], []
         for row in rows:
             source = names[row["source"]]
-            sizes["rows"][source] = sizes["rows"].get(source, 0) + 1
-            sizes["row_texts"][source] = sizes["row_texts"].get(source, 0) + 1 + len(row["texts"])
+            count_row(sizes, "", source, row)
             for text, score, role in zip(row["texts"], row["scores"], row["roles"]):
                 if source == "nli":
                     nli_pairs.append((row["anchor"], text, ROLE_LABELS[role]))
@@ -202,6 +212,12 @@ def passes(start: str, contender: Contender) -> float:
     return EPOCHS * frozen[contender.name]["ratio"]
 
 
+def both_anchors(contender: Contender) -> bool:
+    """Whether the contender's recipe arguments anchor NLI rows on their positives too (``--nli_anchors both``)."""
+    arguments = list(contender.recipe_args)
+    return "--nli_anchors" in arguments and arguments[arguments.index("--nli_anchors") + 1] == "both"
+
+
 def job_shape(start: str, contender: Contender) -> tuple[int, float]:
     """Optimizer steps of the contender's passes over every source (:func:`passes`) in batches of ``BATCH`` units
     (the plan, rounded up as the Trainer does; a record keeps the steps that ran), and texts per step."""
@@ -209,7 +225,9 @@ def job_shape(start: str, contender: Contender) -> tuple[int, float]:
     if contender.trainer == "angle":
         return math.ceil(epochs * (sizes["angle"] // BATCH)), 2.0 * BATCH
     if contender.trainer == "ours":
-        units, texts = sizes["rows"], sum(sizes["row_texts"].values()) / sum(sizes["rows"].values())
+        suffix = "_both" if both_anchors(contender) else ""
+        units = sizes["rows" + suffix]
+        texts = sum(sizes["row_texts" + suffix].values()) / sum(units.values())
     else:
         units = sizes["triplets"]
         texts = (3 * units["nli"] + 2 * sum(v for k, v in units.items() if k != "nli")) / sum(units.values())

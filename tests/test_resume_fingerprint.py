@@ -41,6 +41,8 @@ def changes(snli, *overrides: str) -> dict:
     (["--ibn_w", "10"], {"objective.loss.ibn_w": {"checkpoint": 1.0, "now": 10.0}}),
     (["--negative_max_score", "0.5"], {"role_thresholds.negative_max_score": {"checkpoint": 0.0, "now": 0.5}}),
     (["--attention_dropout", "0"], {"model.attention_dropout": {"checkpoint": None, "now": 0.0}}),
+    # the default anchors are left out, so checkpoints made before the key existed still resume
+    (["--nli_anchors", "both"], {"sources[0].anchors": {"checkpoint": None, "now": "both"}}),
 ])
 def test_each_input_that_decides_the_run_is_named(overrides, changed, snli_copy):
     assert changes(snli_copy, *overrides) == changed

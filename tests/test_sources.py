@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ese_trainer.data import DataError
+from ese_trainer.data.arguments import DataArguments
 from ese_trainer.data.batching import SourceBatchSampler, no_duplicate_batches
 from ese_trainer.data.collator import row_text_ids
 from ese_trainer.data.rows import NEGATIVE, POSITIVE, SCORED, RoleThresholds
@@ -39,6 +40,8 @@ def sources(*entries):
     ({"source": "x.csv", "kind": "sts", "loss_weights": {"cosent": 1}}, r"'cosent' is not a term weight"),
     ({"source": "x.csv", "kind": "sts", "loss_weights": {"ibn_w": -1}}, r"ibn_w must be a number >= 0, got -1"),
     ({"source": "x.csv", "kind": "sts", "loss_weights": {"ibn_w": "0"}}, r"ibn_w must be a number >= 0, got '0'"),
+    ({"source": "data/SNLI", "anchors": "hypothesis"}, r"train_datasets\[0\]: anchors must be one of"),
+    ({"source": "x.csv", "kind": "sts", "anchors": "both"}, "anchors applies to kind nli only"),
 ])
 def test_bad_source_entries_name_the_entry_and_key(entry, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -61,6 +64,33 @@ def test_an_nli_premise_becomes_rows_of_positive_hard_negative_and_scored_texts(
     two = next(group for group in by_premise.values() if sum(r["roles"].count(POSITIVE) for r in group) == 2
                and sum(r["roles"].count(NEGATIVE) for r in group) == 1 and len(group) == 2)
     assert sorted(len(row["texts"]) for row in two) == [1, 2]
+
+
+def test_both_anchors_add_each_entailment_as_the_anchor_of_its_premise():
+    premise_rows, _ = load_train_sources(sources({"source": "data/SNLI", "split": "dev"}), seed=0)
+    rows, [counts] = load_train_sources(sources({"source": "data/SNLI", "split": "dev", "anchors": "both"}), seed=0)
+    assert len(rows) == 3574 + 3329  # every row, then each row with a positive again
+    assert counts.rows["rows_with_positive"] == 2 * 3329
+    assert counts.rows["ranking_pairs"] == 9842 + 3329  # the premise-entailment pair again; negatives unscored
+    originals = [(row["anchor"], tuple(row["texts"])) for row in premise_rows]
+    assert [(row["anchor"], tuple(row["texts"])) for row in rows.select(range(3574))] == originals
+    for premise_row, reversed_row in zip((row for row in premise_rows if POSITIVE in row["roles"]),
+                                         rows.select(range(3574, len(rows)))):
+        entailment = premise_row["texts"][premise_row["roles"].index(POSITIVE)]
+        contradictions = [text for text, role in zip(premise_row["texts"], premise_row["roles"]) if role == NEGATIVE]
+        assert reversed_row["anchor"] == entailment
+        assert reversed_row["texts"] == [premise_row["anchor"], *contradictions]
+        assert reversed_row["roles"] == [POSITIVE] + [NEGATIVE] * len(contradictions)
+        assert reversed_row["scores"][0] == 1.0 and all(math.isnan(score) for score in reversed_row["scores"][1:])
+    # the run's nli_anchors reaches NLI entries without their own key, and never an STS one
+    args = DataArguments(train_datasets=[json.dumps({"source": "data/SNLI", "split": "dev"}),
+                                         json.dumps({"source": "data/SNLI", "split": "test", "anchors": "premise"}),
+                                         json.dumps({"source": str(STSB_TRAIN), "kind": "sts"})],
+                         nli_anchors="both")
+    assert [source.anchors for source in args.train_sources()] == ["both", "premise", None]
+    assert DataArguments(nli_anchors="both").train_sources()[0].anchors == "both"
+    with pytest.raises(ValueError, match="nli_anchors must be one of"):
+        DataArguments(nli_anchors="hypothesis")
 
 
 def test_raw_class_ids_as_scores_invert_the_roles():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ese_trainer.data.batching import SOURCE_SAMPLING_STRATEGIES
 from ese_trainer.data.nli import DEFAULT_LABEL_MAP, validate_label_map
 from ese_trainer.data.rows import RoleThresholds
-from ese_trainer.data.sources import TrainSource
+from ese_trainer.data.sources import NLI_ANCHORS, TrainSource
 from ese_trainer.data.sts import EMBEDDED_DATA_DIR, HUB_STS_SOURCE, STS_TASKS
 
 
@@ -23,8 +23,8 @@ class DataArguments:
         default=None,
         metadata={"help": "Several training sources, each batch from one: a YAML list of mappings (source, kind: "
                   "nli|sts|triplet|pair, split, subset, max_samples (rows), weight, label_map, score_range, name, "
-                  "mine_negatives), or their JSON on the command line. Unset: the one NLI source given by "
-                  "train_dataset and its keys."},
+                  "mine_negatives, loss_weights, anchors), or their JSON on the command line. Unset: the one NLI "
+                  "source given by train_dataset and its keys."},
     )
     train_sampling: str = field(
         default="proportional",
@@ -49,6 +49,13 @@ class DataArguments:
         default=None,
         metadata={"help": "NLI label name -> similarity score in [0, 1] (YAML mapping or JSON string); "
                   "default entailment 1.0, neutral 0.5, contradiction 0.0."},
+    )
+    nli_anchors: str = field(
+        default="premise",
+        metadata={"help": "What anchors NLI rows: 'premise' (a premise with its hypotheses), or 'both': each row "
+                  "with an entailment again anchored on it (the premise its positive, the contradictions its "
+                  "negatives), as sentence-transformers' NLI triplets take both anchors. NLI entries of "
+                  "train_datasets without their own 'anchors' take this."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "A random subset of this many rows "
                                                                   "(seeded; an NLI row is a premise with its "
@@ -92,17 +99,22 @@ class DataArguments:
         if self.train_datasets is not None and self.max_train_samples is not None:
             raise ValueError("max_train_samples applies to the single train_dataset; with train_datasets give each "
                              "entry its own max_samples")
+        if self.nli_anchors not in NLI_ANCHORS:
+            raise ValueError(f"nli_anchors must be one of {NLI_ANCHORS}, got {self.nli_anchors!r}")
         if self.train_sampling not in SOURCE_SAMPLING_STRATEGIES:
             raise ValueError(f"train_sampling must be one of {SOURCE_SAMPLING_STRATEGIES}, got {self.train_sampling!r}")
         self.train_sources()  # errors name the entry and key
         self.role_thresholds()
 
     def train_sources(self) -> list[TrainSource]:
-        """``train_datasets`` parsed, or the single NLI source of ``train_dataset`` and its keys."""
+        """``train_datasets`` parsed, or the single NLI source of ``train_dataset`` and its keys; an NLI source
+        without its own ``anchors`` takes ``nli_anchors``."""
         if self.train_datasets is None:
             return [TrainSource(self.train_dataset, "nli", self.train_split, self.train_subset, self.max_train_samples,
-                                label_map=self.label_map)]
-        return [TrainSource.parse(entry, index) for index, entry in enumerate(self.train_datasets)]
+                                label_map=self.label_map, anchors=self.nli_anchors)]
+        sources = [TrainSource.parse(entry, index) for index, entry in enumerate(self.train_datasets)]
+        return [replace(source, anchors=self.nli_anchors) if source.kind == "nli" and source.anchors is None
+                else source for source in sources]
 
     def role_thresholds(self) -> RoleThresholds:
         return RoleThresholds(self.positive_min_score, self.negative_max_score)

@@ -109,3 +109,20 @@ class Rows:
         for member in members:
             self.add(anchor, [text for text, _, _ in member], [score for _, score, _ in member],
                      [role for _, _, role in member])
+
+    def with_positives_as_anchors(self) -> Rows:
+        """These rows, then each row with a positive again anchored on that positive: ``(positive, [anchor, hard
+        negatives])``, the old anchor its positive at the pair's score and the hard negatives unscored (NaN: no gold
+        score against the positive, so in its softmax only). Sentence-transformers' NLI triplets take both anchors the
+        same way: (premise, entailment, contradiction) and (entailment, premise, contradiction)."""
+        both = Rows()
+        for anchor, texts, scores, roles in zip(self.anchor, self.texts, self.scores, self.roles):
+            both.add(anchor, texts, scores, roles)
+        for anchor, texts, scores, roles in zip(self.anchor, self.texts, self.scores, self.roles):
+            if POSITIVE not in roles:
+                continue
+            positive = roles.index(POSITIVE)
+            negatives = [text for text, role in zip(texts, roles) if role == NEGATIVE]
+            both.add(texts[positive], [anchor, *negatives], [scores[positive]] + [math.nan] * len(negatives),
+                     [POSITIVE] + [NEGATIVE] * len(negatives))
+        return both

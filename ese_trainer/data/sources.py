@@ -5,7 +5,8 @@ Every source becomes rows (:mod:`ese_trainer.data.rows`): an anchor with its pos
 texts, plus a ``source`` column (each batch comes from one source).
 
 - ``nli``: labels through the label map; a premise's hypotheses become its rows (one per positive, the rest dealt
-  over them); unlabelled, unknown-label and empty rows dropped and counted.
+  over them); unlabelled, unknown-label and empty rows dropped and counted. ``anchors: both`` adds each row again
+  anchored on its positive (sentence-transformers' NLI triplets: the entailment as a query for its premise too).
 - ``sts``: gold scores in ``score_range`` (default [0, 5]) normalised like evaluation data, each pair a row whose
   role follows its score; a NaN, non-numeric or out-of-range score is an error naming the file and row.
 - ``triplet``: ``(anchor, positive, negative)`` or ``(anchor, positive, negative_1..negative_k)`` rows (all-nli's
@@ -32,6 +33,7 @@ from ese_trainer.data.sts import DEFAULT_SCORE_RANGE, load_sts_pairs
 from ese_trainer.paths import looks_like_local_path
 
 SOURCE_KINDS = ("nli", "sts", "triplet", "pair")
+NLI_ANCHORS = ("premise", "both")  # what anchors an NLI source's rows: its premises, or its positives too
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class TrainSource:
     default [0, 5]); ``name`` (default: the source); ``mine_negatives``: hard negatives mined for its rows with a
     positive (:class:`~ese_trainer.data.mining.MiningSettings` keys, ``{}`` for the defaults); ``loss_weights``: the
     combined loss's weights for this source's steps (``{cosent_w: 1, ibn_w: 0}``; a key left out keeps the run's
-    weight), as sentence-transformers trains each dataset with a loss of its own.
+    weight), as sentence-transformers trains each dataset with a loss of its own; ``anchors`` (nli; default the
+    run's ``nli_anchors``): ``premise``, or ``both`` to add each row anchored on its positive
+    (:meth:`~ese_trainer.data.rows.Rows.with_positives_as_anchors`).
     """
 
     source: str
@@ -58,6 +62,7 @@ class TrainSource:
     name: str | None = None
     mine_negatives: dict | None = None
     loss_weights: dict | None = None
+    anchors: str | None = None
 
     @classmethod
     def parse(cls, entry: dict | str, index: int) -> TrainSource:
@@ -99,6 +104,10 @@ class TrainSource:
                 raise ValueError(f"{where}: {error}") from None
         if self.kind != "nli" and self.label_map is not None:
             raise ValueError(f"{where}: label_map applies to kind nli only")
+        if self.anchors is not None and self.anchors not in NLI_ANCHORS:
+            raise ValueError(f"{where}: anchors must be one of {NLI_ANCHORS}, got {self.anchors!r}")
+        if self.kind != "nli" and self.anchors is not None:
+            raise ValueError(f"{where}: anchors applies to kind nli only")
         if self.loss_weights is not None:
             self.check_loss_weights(where)
         if self.mine_negatives is not None:
@@ -206,7 +215,7 @@ def _nli_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, se
     rows = Rows()
     for premise, scored in hypotheses.items():
         rows.group(premise, scored, thresholds)
-    return rows
+    return rows.with_positives_as_anchors() if spec.anchors == "both" else rows
 
 
 def _source_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, seed: int,

@@ -21,6 +21,7 @@ from transformers import TrainingArguments
 
 from ese_trainer.config.parsing import ConfigError
 from ese_trainer.data.arguments import DataArguments
+from ese_trainer.data.sources import TrainSource
 from ese_trainer.errors import describe_error
 from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.losses.arguments import LossArguments
@@ -52,6 +53,14 @@ def source_files(source: str) -> dict[str, dict] | None:
             if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)}
 
 
+def source_fingerprint(source: TrainSource) -> dict[str, Any]:
+    """A source's keys and files; ``anchors`` only where it is not the premise (or unset), so a checkpoint made
+    before the key existed still resumes."""
+    keys = {key: value for key, value in asdict(source).items()
+            if not (key == "anchors" and value in (None, "premise"))}
+    return {**keys, "files": source_files(source.source)}
+
+
 def _plain(value: Any) -> Any:
     """JSON's view of ``value`` (tuples as lists, other objects as text): what a recorded fingerprint reads back."""
     return json.loads(json.dumps(value, default=str))
@@ -62,7 +71,7 @@ def run_fingerprint(model: ModelArguments, data: DataArguments, loss: LossArgume
     """What this run trains on (see the module's docstring)."""
     objective = {key: value for key, value in asdict(loss).items() if key not in MEMORY_ONLY_KEYS}
     return _plain({
-        "sources": [{**asdict(source), "files": source_files(source.source)} for source in data.train_sources()],
+        "sources": [source_fingerprint(source) for source in data.train_sources()],
         "label_map": data.label_map,
         "role_thresholds": {"positive_min_score": data.positive_min_score,
                             "negative_max_score": data.negative_max_score},
