@@ -100,6 +100,32 @@ def test_the_equal_wall_clock_run_gets_the_passes_moes_timed_step_buys(work, mon
     assert ("--moe.layers", "every_2") == CONTENDERS["ours-moe2"].recipe_args[-2:]
 
 
+def test_ours_both_is_planned_on_the_rows_its_recipe_loads(work):
+    """``ours-both``'s steps and texts per step come from the both-anchor rows, the rows its recipe config loads."""
+    from ese_trainer.config.parsing import parse_config
+    from ese_trainer.data.sources import load_train_sources
+    from ese_trainer.training.run_arguments import ARGUMENT_GROUPS, RunArguments
+
+    both, ours = CONTENDERS["ours-both"], CONTENDERS["ours"]
+    config = quality.recipe_config("b", both, 1e-4, 42, 10, work / "out")
+    args = RunArguments(*parse_config(["--config", write_yaml(work / "both.yaml", config), *both.recipe_args],
+                                      ARGUMENT_GROUPS))
+    rows, _ = load_train_sources(args.data.train_sources(), seed=0)
+    texts = sum(1 + len(row_texts) for row_texts in rows["texts"])
+    sizes = quality.training_files("b")
+    assert sizes["rows_both"] == {"nli": len(rows)} and sizes["row_texts_both"] == {"nli": texts}
+    assert quality.job_shape("b", both) == (math.ceil(len(rows) // jobs.BATCH), pytest.approx(texts / len(rows)
+                                                                                                * jobs.BATCH))
+    assert quality.job_shape("b", ours)[0] < quality.job_shape("b", both)[0] < 2 * quality.job_shape("b", ours)[0]
+
+
+def write_yaml(path, config) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
 def test_busy_cores_sees_a_process_that_spins():
     spin = "import time\nend = time.time() + 4\nwhile time.time() < end: pass"
     spinning = subprocess.Popen([sys.executable, "-c", spin])

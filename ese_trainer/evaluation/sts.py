@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
-import evaluate
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,10 +101,19 @@ def bf16_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
+@functools.cache
+def sts_spearman_metric():
+    """The STS metric module (``evaluate.load`` of its file, offline), loaded once per process. ``evaluate`` is
+    imported here, not with this module: it imports transformers' pipelines, seconds of start-up that a run which
+    never evaluates (a resumed or timed run) need not pay."""
+    import evaluate
+
+    return evaluate.load(STS_SPEARMAN_PATH)
+
+
 def spearman(predictions: list[float], gold: list[float]) -> float:
     """Spearman's rho ×100 between predicted similarities and gold scores (the STS metric module, offline)."""
-    metric = evaluate.load(STS_SPEARMAN_PATH)
-    return metric.compute(predictions=list(predictions), references=list(gold))["spearman"]
+    return sts_spearman_metric().compute(predictions=list(predictions), references=list(gold))["spearman"]
 
 
 def cosine_spearman(embeddings1: torch.Tensor, embeddings2: torch.Tensor, gold: list[float]) -> float:
