@@ -188,9 +188,10 @@ def load_nli_pairs(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     counts.used_after_max_samples = len(dataset)
+    unknown_named = f" {counts.unknown_labels}" if counts.unknown_labels else ""
     logger.info(
-        "%s: read %d rows, kept %d (dropped %d unlabelled, %d unknown label %s, %d empty text); using %d",
+        "%s: read %d rows, kept %d (dropped %d unlabelled, %d unknown label%s, %d empty text); using %d",
         counts.source, counts.rows_read, counts.kept, counts.dropped_unlabelled, counts.dropped_unknown_label,
-        counts.unknown_labels or "", counts.dropped_empty_text, counts.used_after_max_samples,
+        unknown_named, counts.dropped_empty_text, counts.used_after_max_samples,
     )
     return dataset, counts
