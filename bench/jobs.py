@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -272,6 +273,21 @@ def second_best_half(records: dict[float, dict]) -> float | None:
     """The bar a new candidate must reach at half the pass: the second best so far (none before two have run)."""
     halves = sorted((half_dev(record) for record in records.values()), reverse=True)
     return halves[1] if len(halves) >= 2 else None
+
+
+def ours_candidates() -> list[str]:
+    """Our recipe's variants in the quality comparison (trainer ``ours``, plan ``quality``; the raw-labels bug row
+    is not a candidate): ours is whichever of them dev prefers (:func:`ours_on_dev`)."""
+    return [name for name, contender in CONTENDERS.items()
+            if contender.trainer == "ours" and contender.plan == "quality" and name != "raw-labels"]
+
+
+def ours_on_dev(dev_by_seed: dict[str, dict[int, float]]) -> str:
+    """The candidate of ours (:func:`ours_candidates`) with the highest mean chosen-dev score over ``SEEDS``, among
+    those that ran every one of them; ``"ours"`` (the recipe's defaults) until one has."""
+    complete = {name: [runs[seed] for seed in SEEDS] for name, runs in dev_by_seed.items()
+                if name in ours_candidates() and all(seed in runs for seed in SEEDS)}
+    return max(complete, key=lambda name: (statistics.mean(complete[name]), name == "ours"), default="ours")
 
 
 def machines_of(records: list[dict]) -> dict[str, list[str]]:

@@ -16,11 +16,20 @@ import math
 import statistics
 from pathlib import Path
 
-from bench.jobs import CONTENDERS, RESULTS, RUNS, STARTS, halving_choice, machines_of
+from bench.jobs import (
+    CONTENDERS,
+    RESULTS,
+    RUNS,
+    SEEDS,
+    STARTS,
+    halving_choice,
+    machines_of,
+    ours_candidates,
+    ours_on_dev,
+)
 
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness", "avg")
 HEADERS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "avg")
-REFERENCE = "ours"
 
 
 def cell(values: list[float]) -> str:
@@ -52,18 +61,27 @@ def collect() -> dict:
                 plan[name] = {"tuning": tuned[name], "records": records}
         start_file = folder / "start_model.json"
         summary[start] = {"start_model": json.loads(start_file.read_text()) if start_file.is_file() else None,
-                          "contenders": contenders, "other_plans": elsewhere, "sweep": sweep}
+                          "contenders": contenders, "other_plans": elsewhere, "sweep": sweep,
+                          "ours": ours_on_dev(dev_by_seed(contenders))}
     return summary
 
 
+def dev_by_seed(contenders: dict) -> dict[str, dict[int, float]]:
+    """Each contender's chosen-dev score by seed, over its whole-pass runs at its chosen rate."""
+    return {name: {record["seed"]: record["selected_dev"] for record in item["records"]
+                   if not record.get("stopped_at")} for name, item in contenders.items()}
+
+
 def paired_differences(entry: dict) -> dict[str, dict]:
-    """Per contender, ours minus it on the 7-task test average, seed by seed (the seeds both ran): mean, standard
-    deviation, the paired t statistic (mean / (std / sqrt(n))) and the seeds ours wins."""
-    ours = {record["seed"]: record["test"]["avg"] for record in entry["contenders"].get(REFERENCE, {}).get(
+    """Per contender, ours (the candidate dev chose, ``entry["ours"]``) minus it on the 7-task test average, seed by
+    seed (the seeds both ran): mean, standard deviation, the paired t statistic (mean / (std / sqrt(n))) and the
+    seeds ours wins."""
+    reference = entry["ours"]
+    ours = {record["seed"]: record["test"]["avg"] for record in entry["contenders"].get(reference, {}).get(
         "records", []) if record["test"]}
     differences = {}
     for name, item in entry["contenders"].items():
-        if name == REFERENCE:
+        if name == reference:
             continue
         theirs = {record["seed"]: record["test"]["avg"] for record in item["records"] if record["test"]}
         seeds = sorted(set(ours) & set(theirs))
@@ -136,6 +154,16 @@ def rankings(entry: dict) -> tuple[list[str], list[str]]:
     return by_dev, by_test
 
 
+def ours_choice_line(entry: dict) -> str:
+    """Which of ours' candidates dev chose, and every candidate's mean dev over the seeds they all run."""
+    runs = dev_by_seed(entry["contenders"])
+    means = {name: statistics.mean(runs[name][seed] for seed in SEEDS) for name in ours_candidates()
+             if name in runs and all(seed in runs[name] for seed in SEEDS)}
+    listed = ", ".join(f"{name} {mean:.2f}" for name, mean in sorted(means.items(), key=lambda item: -item[1]))
+    return (f"Ours is **{entry['ours']}**: of our recipe's candidates, the one with the best mean chosen dev over "
+            f"seeds {', '.join(map(str, SEEDS))} ({listed or 'none has run them all yet'}); test sets play no part.")
+
+
 def start_section(start: str, entry: dict) -> list[str]:
     lines = [f"## Start ({start}): {STARTS[start].description}", "",
              f"Learning-rate grid: {', '.join(f'{lr:g}' for lr in STARTS[start].learning_rates)}, extended (x2, /2) "
@@ -156,9 +184,10 @@ def start_section(start: str, entry: dict) -> list[str]:
         lines.append(f"| {name} | {item['tuning']['learning_rate']:g}{edge} ({candidates_cell(item['tuning'])}) | "
                      f"{len(records)} | {'/'.join(map(str, ran))} | {records[0]['texts_per_step']:.0f} | "
                      f"{cell([r['selected_dev'] for r in records])} | {tests} |")
+    lines += ["", ours_choice_line(entry)]
     differences = paired_differences(entry)
     if differences:
-        lines += ["", f"{REFERENCE} minus each contender, 7-task test average over paired seeds:", ""]
+        lines += ["", f"{entry['ours']} minus each contender, 7-task test average over paired seeds:", ""]
         lines += [difference_line(name, difference) for name, difference in differences.items()]
     by_dev, by_test = rankings(entry)
     if by_dev:
@@ -233,7 +262,7 @@ def plot(summary: dict, path: Path) -> None:
         values = [[r["test"]["avg"] for r in entry["contenders"][name]["records"] if r["test"]] for name in names]
         means = [statistics.mean(v) for v in values]
         errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        axis.bar(names, means, yerr=errors, color=["tab:red" if n == REFERENCE else "tab:blue" for n in names],
+        axis.bar(names, means, yerr=errors, color=["tab:red" if n == entry["ours"] else "tab:blue" for n in names],
                  capsize=3)
         base = entry["start_model"]["avg"] if entry["start_model"] else min(means)
         axis.axhline(base, color="grey", linestyle="--", label="start model")

@@ -18,21 +18,23 @@ AdamW, weight decay 0.01, the same seeds. STS-B dev is scored by our evaluator i
 The protocol (``protocol``, resuming from the records): each contender's learning rate by successive halving on
 dev (seed 42): every candidate runs its full-length schedule, and at half the pass a candidate outside the top two
 stops; of the top two, the higher chosen dev wins; the grid is extended (x2, /2) until the chosen rate has a lower
-dev score on both sides, the same rule for all. Then seeds 43-44 for every contender, 45-46 for ours, the best peer
-by dev and any peer within 0.5 of ours on dev (5 paired seeds); the raw-labels row (one seed, ours' rate); then the
-test suite for the chosen runs, the only time test sets are read.
+dev score on both sides, the same rule for all. Then seeds 43-44 for every contender; ours is the candidate of our
+recipe (its defaults, the seed's 1:1:1 weights, both-anchor rows) with the best mean dev over seeds 42-44; seeds
+45-46 for it, the best peer by dev and any peer within 0.5 of it on dev (5 paired seeds); the raw-labels row (one
+seed, the defaults' rate); then the test suite for the chosen runs, the only time test sets are read.
 
 Starts: ``a`` all-MiniLM-L6-v2 as released; ``b`` the same cut to its first 3 layers (``recipes/export_slice.py``):
 a weaker encoder with room to learn; ``c`` start ``a`` with STS-B train and SICK train as in-domain scored
 sources. Training data: the embedded SNLI dev + test pairs (19.7k pairs; 7.2k premise rows).
 
-Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with the seed's 1:1:1 weights,
-sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI triplets (both anchors, the no-duplicates
-sampler) or with our three losses at our weights on the same triplets, AnglE's own trainer (angle-emb 0.6.1 in its
-own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights), and ours with raw class ids (the original
-bug). ESE (chosen by its slices' dev mean) against its slices trained alone, and MoE against dense, run as plans of
-their own on this protocol: ``bench/ese_vs_twins.py``. At (c) the STS sources are trained with CoSENT
-(sentence-transformers: a dataset of their own, proportional sampler; AnglE: pairs in its one file).
+Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with the seed's 1:1:1 weights, ours on
+both-anchor NLI rows (``--nli_anchors both``), sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI
+triplets (both anchors, the no-duplicates sampler) or with our three losses at our weights on the same triplets,
+AnglE's own trainer (angle-emb 0.6.1 in its own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights),
+and ours with raw class ids (the original bug). ESE (chosen by its slices' dev mean) against its slices trained
+alone, and MoE against dense, run as plans of their own on this protocol: ``bench/ese_vs_twins.py``. At (c) the STS
+sources are trained with CoSENT (sentence-transformers: a dataset of their own, proportional sampler; AnglE: pairs
+in its one file).
 
 Every run writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` (sweep runs under
 ``sweep/``) and is skipped when that file exists; the model of a run that ran its whole pass is kept under
@@ -82,6 +84,8 @@ from bench.jobs import (
     half_dev,
     halving_choice,
     offline,
+    ours_candidates,
+    ours_on_dev,
     second_best_half,
     start_model,
     write_atomically,
@@ -549,11 +553,19 @@ def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
                            for seed in seeds)
 
 
+def dev_by_seed(start: str, name: str) -> dict[int, float]:
+    """The contender's chosen-dev score by seed, over the records at its chosen rate."""
+    records = (json.loads(path.read_text()) for path in (RUNS / start).glob(
+        f"{name}_lr{chosen_rate(start, name):g}_seed*.json"))
+    return {record["seed"]: record["selected_dev"] for record in records if not record.get("stopped_at")}
+
+
 def protocol(start: str, names: list[str]) -> None:
     """The whole comparison at one start, resuming from the records: every contender's rate (``tune``), seeds
-    ``SEEDS`` for all, ``MORE_SEEDS`` for ours, the best peer by dev and any peer within ``CLOSE`` of ours on dev;
-    the raw-labels row (one seed, ours' rate). The test suite scores each chosen run as soon as it is made
-    (:func:`score_chosen`), on the machine that holds its model."""
+    ``SEEDS`` for all; ours is the candidate of ours among ``names`` that dev prefers (``ours_on_dev``); ``MORE_SEEDS``
+    for it, the best peer by dev and any peer within ``CLOSE`` of it on dev; the raw-labels row (one seed, the
+    defaults' rate). The test suite scores each chosen run as soon as it is made (:func:`score_chosen`), on the
+    machine that holds its model."""
     for name in names:
         tune(start, name, SEEDS[0])
         score_chosen(start, names)
@@ -561,13 +573,15 @@ def protocol(start: str, names: list[str]) -> None:
         for name in names:
             run_one(start, name, chosen_rate(start, name), seed)
             score_chosen(start, names)
-    peers = [name for name in names if name != "ours"]
-    if "ours" in names and peers:
-        ours = dev_mean(start, "ours", SEEDS)
+    candidates = [name for name in names if name in ours_candidates()]
+    peers = [name for name in names if name not in candidates]
+    if candidates and peers:
+        chosen = ours_on_dev({name: dev_by_seed(start, name) for name in candidates})
+        ours = dev_mean(start, chosen, SEEDS)
         best = max(peers, key=lambda name: dev_mean(start, name, SEEDS))
         close = [name for name in peers if name == best or dev_mean(start, name, SEEDS) > ours - CLOSE]
         for seed in MORE_SEEDS:
-            for name in ["ours", *close]:
+            for name in [chosen, *close]:
                 run_one(start, name, chosen_rate(start, name), seed)
                 score_chosen(start, names)
     if "ours" in names:
