@@ -77,20 +77,22 @@ def paired_differences(entry: dict) -> dict[str, dict]:
     seed (the seeds both ran): mean, standard deviation, the paired t statistic (mean / (std / sqrt(n))) and the
     seeds ours wins."""
     reference = entry["ours"]
-    ours = {record["seed"]: record["test"]["avg"] for record in entry["contenders"].get(reference, {}).get(
+    ours = {record["seed"]: record["test"] for record in entry["contenders"].get(reference, {}).get(
         "records", []) if record["test"]}
     differences = {}
     for name, item in entry["contenders"].items():
         if name == reference:
             continue
-        theirs = {record["seed"]: record["test"]["avg"] for record in item["records"] if record["test"]}
+        theirs = {record["seed"]: record["test"] for record in item["records"] if record["test"]}
         seeds = sorted(set(ours) & set(theirs))
         if seeds:
-            values = [ours[seed] - theirs[seed] for seed in seeds]
+            values = [ours[seed]["avg"] - theirs[seed]["avg"] for seed in seeds]
             std = statistics.stdev(values) if len(values) > 1 else None
             differences[name] = {"seeds": seeds, "mean": statistics.mean(values), "std": std,
                                  "t": statistics.mean(values) / (std / math.sqrt(len(values))) if std else None,
-                                 "ours_wins": sum(value > 0 for value in values)}
+                                 "ours_wins": sum(value > 0 for value in values),
+                                 "by_task": {task: statistics.mean(ours[seed][task] - theirs[seed][task]
+                                                                   for seed in seeds) for task in TASKS}}
     return differences
 
 
@@ -189,6 +191,10 @@ def start_section(start: str, entry: dict) -> list[str]:
     if differences:
         lines += ["", f"{entry['ours']} minus each contender, 7-task test average over paired seeds:", ""]
         lines += [difference_line(name, difference) for name, difference in differences.items()]
+        lines += ["", "Per task, the mean of the same paired differences:", "",
+                  "| minus | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{difference['by_task'][task]:+.2f}" for task in TASKS) + " |"
+                  for name, difference in differences.items()]
     by_dev, by_test = rankings(entry)
     if by_dev:
         lines += ["", "| rank | by dev (mean of chosen checkpoints) | by test (7-task avg) |", "|---|---|---|"]
