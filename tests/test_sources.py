@@ -238,7 +238,7 @@ def test_order_depends_on_seed_and_epoch_only():
 
 def test_recipe_trains_on_several_sources_and_reports_each(small_sts, tmp_path):
     output_dir = tmp_path / "out"
-    entries = [{"source": "data/SNLI", "split": "dev", "max_samples": 48},
+    entries = [{"source": "data/SNLI", "split": "dev", "max_samples": 48, "anchors": "both"},
                {"source": "data/STS/STSBenchmark/sts-train.csv", "kind": "sts", "max_samples": 64, "name": "stsb",
                 "loss_weights": {"ibn_w": 0, "angle_w": 0}}]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
@@ -254,7 +254,9 @@ def test_recipe_trains_on_several_sources_and_reports_each(small_sts, tmp_path):
         ("data/SNLI[dev]", "nli", 48), ("stsb", "sts", 64)]
     assert counts["steps_per_epoch"] == {"data/SNLI[dev]": 3, "stsb": 4}
     assert [s["loss_weights"] for s in counts["sources"]] == [None, {"ibn_w": 0, "angle_w": 0}]
+    assert [(s["anchors"], s["rows_built"]) for s in counts["sources"]] == [("both", 3574 + 3329), (None, 5749)]
     card = (output_dir / "README.md").read_text()
+    assert "NLI rows anchored on both sides (each row again with its entailment as the anchor" in card
     assert ("Loss weights of their own (other terms at the objective's weights below): `stsb`: ibn_w 0, angle_w 0."
             in card)
     assert "| `stsb` | sts | 5749 | 5749 | 5749 | 64 |" in card

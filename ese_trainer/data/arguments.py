@@ -59,7 +59,8 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "A random subset of this many rows "
                                                                   "(seeded; an NLI row is a premise with its "
-                                                                  "hypotheses)."})
+                                                                  "hypotheses, or with nli_anchors both also an "
+                                                                  "entailment with its premise)."})
     sts_dev: str = field(
         default="data/STS/STSBenchmark/sts-dev.csv",
         metadata={"help": "STS-B dev pairs for model selection: a file or a Hub id (e.g. mteb/stsbenchmark-sts)."},

@@ -147,7 +147,7 @@ class TrainSource:
 class SourceCounts:
     """What one source gave: rows read, pairs kept (for NLI, what was dropped and why), the rows built, the rows used
     (after ``max_samples``) and what they hold (``rows``: with a positive, hard negatives, ranking pairs), mined
-    negatives, and the source's own loss weights."""
+    negatives, the source's own loss weights and (NLI) what anchors its rows."""
 
     name: str
     kind: str
@@ -161,6 +161,7 @@ class SourceCounts:
     nli: dict = field(default_factory=dict)
     mined: dict = field(default_factory=dict)
     loss_weights: dict | None = None
+    anchors: str | None = None  # nli: what anchors its rows (``premise`` or ``both``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,7 +262,8 @@ def load_train_sources(sources: list[TrainSource], seed: int, label_map: dict | 
     parts, all_counts = [], []
     for index, spec in enumerate(sources):
         counts = SourceCounts(name=spec.display_name, kind=spec.kind, weight=spec.weight, source=spec.source,
-                              loss_weights=spec.loss_weights)
+                              loss_weights=spec.loss_weights,
+                              anchors=(spec.anchors or NLI_ANCHORS[0]) if spec.kind == "nli" else None)
         rows = _source_rows(spec, label_map, thresholds, seed, counts)
         if len(rows) == 0:
             raise DataError(f"{counts.name}: no usable rows")

@@ -147,6 +147,10 @@ def _data_section(data_counts: dict[str, Any]) -> list[str]:
     if own:
         lines += ["", "  Loss weights of their own (other terms at the objective's weights below): " + "; ".join(own)
                   + "."]
+    both = [f"`{item['name']}`" for item in data_counts.get("sources", []) if item.get("anchors") == "both"]
+    if both:
+        lines += ["", "  NLI rows anchored on both sides (each row again with its entailment as the anchor and the "
+                  "premise as its positive): " + ", ".join(both) + "."]
     return [*lines, ""]
 
 
