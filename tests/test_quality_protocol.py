@@ -222,3 +222,30 @@ def test_a_contenders_sts_weights_reach_its_sts_sources_only(tmp_path):
     assert weights == [None, None, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}]
     plain = quality_config("c", CONTENDERS["ours"], 2e-5, 42, 10, tmp_path)
     assert all("loss_weights" not in source for source in plain["train_datasets"])
+
+
+def test_the_protocol_gives_the_extra_seeds_to_the_ours_dev_prefers_and_the_peers_close_to_it(tmp_path, monkeypatch):
+    """After seeds 42-44, ours is the candidate of ours with the best mean dev (here the both-anchor rows, not the
+    defaults); seeds 45-46 go to it, the best peer and any peer within ``CLOSE`` of it; raw labels run at the
+    defaults' rate. Runs are records already on disk (``run_one`` is logged, nothing trains)."""
+    import bench.quality_vs_peers as quality
+
+    rates = {"ours": 4e-4, "ours-both": 1e-4, "st-combined": 1e-4, "angle": 2e-4}
+    devs = {"ours": 81.6, "ours-both": 81.8, "st-combined": 81.5, "angle": 81.2}  # angle: 0.6 below ours-both
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "tuned.json").write_text(json.dumps({name: {"learning_rate": lr} for name, lr in rates.items()}))
+    for name, lr in rates.items():
+        for seed in (42, 43, 44):
+            (folder / f"{name}_lr{lr:g}_seed{seed}.json").write_text(json.dumps({"seed": seed,
+                                                                                  "selected_dev": devs[name]}))
+    asked = []
+    monkeypatch.setattr(quality, "RUNS", tmp_path)
+    monkeypatch.setattr(quality, "tune", lambda start, name, seed: rates[name])
+    monkeypatch.setattr(quality, "score_chosen", lambda start, names=None: None)
+    monkeypatch.setattr(quality, "run_one", lambda start, name, lr, seed, *rest, **options: asked.append(
+        (name, lr, seed)))
+    quality.protocol("b", list(rates))
+    more = [call for call in asked if call[2] in (45, 46) or call[0] == "raw-labels"]
+    assert more == [("ours-both", 1e-4, 45), ("st-combined", 1e-4, 45), ("ours-both", 1e-4, 46),
+                    ("st-combined", 1e-4, 46), ("raw-labels", 4e-4, 42)]
