@@ -277,17 +277,25 @@ def second_best_half(records: dict[float, dict]) -> float | None:
 
 def ours_candidates() -> list[str]:
     """Our recipe's variants in the quality comparison (trainer ``ours``, plan ``quality``; the raw-labels bug row
-    is not a candidate): ours is whichever of them dev prefers (:func:`ours_on_dev`)."""
+    is not a candidate): the defaults, the seed's 1:1:1 weights, both-anchor rows, no attention dropout and (start c)
+    the STS sources' own weightings. Ours is whichever of those that ran dev prefers (:func:`ours_on_dev`)."""
     return [name for name, contender in CONTENDERS.items()
             if contender.trainer == "ours" and contender.plan == "quality" and name != "raw-labels"]
 
 
-def ours_on_dev(dev_by_seed: dict[str, dict[int, float]]) -> str:
+def quality_peers(names: list[str]) -> list[str]:
+    """The peers among ``names``: the quality plan's contenders that are neither ours' candidates nor the raw-labels
+    row."""
+    return [name for name in names if CONTENDERS[name].plan == "quality" and name != "raw-labels"
+            and name not in ours_candidates()]
+
+
+def ours_on_dev(dev_by_seed: dict[str, dict[int, float]]) -> str | None:
     """The candidate of ours (:func:`ours_candidates`) with the highest mean chosen-dev score over ``SEEDS``, among
-    those that ran every one of them; ``"ours"`` (the recipe's defaults) until one has."""
+    those that ran every one of them (a tie goes to the defaults); None while none has."""
     complete = {name: [runs[seed] for seed in SEEDS] for name, runs in dev_by_seed.items()
                 if name in ours_candidates() and all(seed in runs for seed in SEEDS)}
-    return max(complete, key=lambda name: (statistics.mean(complete[name]), name == "ours"), default="ours")
+    return max(complete, key=lambda name: (statistics.mean(complete[name]), name == "ours"), default=None)
 
 
 def machines_of(records: list[dict]) -> dict[str, list[str]]:

@@ -62,7 +62,7 @@ def collect() -> dict:
         start_file = folder / "start_model.json"
         summary[start] = {"start_model": json.loads(start_file.read_text()) if start_file.is_file() else None,
                           "contenders": contenders, "other_plans": elsewhere, "sweep": sweep,
-                          "ours": ours_on_dev(dev_by_seed(contenders))}
+                          "ours": ours_on_dev(dev_by_seed(contenders)) or "ours"}
     return summary
 
 
@@ -96,10 +96,10 @@ def paired_differences(entry: dict) -> dict[str, dict]:
     return differences
 
 
-def difference_line(name: str, difference: dict) -> str:
+def difference_line(name: str, difference: dict, reference: str) -> str:
     spread = f" ± {difference['std']:.2f}" if difference["std"] is not None else ""
     t = f", t = {difference['t']:.2f}" if difference["t"] is not None else ""
-    return (f"- {name}: {difference['mean']:+.2f}{spread}{t}; ours ahead on {difference['ours_wins']} of "
+    return (f"- {name}: {difference['mean']:+.2f}{spread}{t}; {reference} ahead on {difference['ours_wins']} of "
             f"{len(difference['seeds'])} seeds ({', '.join(map(str, difference['seeds']))})")
 
 
@@ -190,7 +190,7 @@ def start_section(start: str, entry: dict) -> list[str]:
     differences = paired_differences(entry)
     if differences:
         lines += ["", f"{entry['ours']} minus each contender, 7-task test average over paired seeds:", ""]
-        lines += [difference_line(name, difference) for name, difference in differences.items()]
+        lines += [difference_line(name, difference, entry["ours"]) for name, difference in differences.items()]
         lines += ["", "Per task, the mean of the same paired differences:", "",
                   "| minus | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(f"{difference['by_task'][task]:+.2f}" for task in TASKS) + " |"

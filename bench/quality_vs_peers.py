@@ -19,7 +19,8 @@ The protocol (``protocol``, resuming from the records): each contender's learnin
 dev (seed 42): every candidate runs its full-length schedule, and at half the pass a candidate outside the top two
 stops; of the top two, the higher chosen dev wins; the grid is extended (x2, /2) until the chosen rate has a lower
 dev score on both sides, the same rule for all. Then seeds 43-44 for every contender; ours is the candidate of our
-recipe (its defaults, the seed's 1:1:1 weights, both-anchor rows) with the best mean dev over seeds 42-44; seeds
+recipe run at the start (``bench.jobs.ours_candidates``: its defaults, the seed's 1:1:1 weights, both-anchor rows,
+no attention dropout, at (c) the STS sources' own weightings) with the best mean dev over seeds 42-44; seeds
 45-46 for it, the best peer by dev and any peer within 0.5 of it on dev (5 paired seeds); the raw-labels row (one
 seed, the defaults' rate); then the test suite for the chosen runs, the only time test sets are read.
 
@@ -86,6 +87,7 @@ from bench.jobs import (
     offline,
     ours_candidates,
     ours_on_dev,
+    quality_peers,
     second_best_half,
     start_model,
     write_atomically,
@@ -562,10 +564,10 @@ def dev_by_seed(start: str, name: str) -> dict[int, float]:
 
 def protocol(start: str, names: list[str]) -> None:
     """The whole comparison at one start, resuming from the records: every contender's rate (``tune``), seeds
-    ``SEEDS`` for all; ours is the candidate of ours among ``names`` that dev prefers (``ours_on_dev``); ``MORE_SEEDS``
-    for it, the best peer by dev and any peer within ``CLOSE`` of it on dev; the raw-labels row (one seed, the
-    defaults' rate). The test suite scores each chosen run as soon as it is made (:func:`score_chosen`), on the
-    machine that holds its model."""
+    ``SEEDS`` for all; ours is the candidate of ours among ``names`` that dev prefers (``ours_on_dev``; the report
+    chooses among every candidate with records at the start); ``MORE_SEEDS`` for it, the best peer by dev and any
+    peer within ``CLOSE`` of it on dev; the raw-labels row (one seed, the defaults' rate). The test suite scores
+    each chosen run as soon as it is made (:func:`score_chosen`), on the machine that holds its model."""
     for name in names:
         tune(start, name, SEEDS[0])
         score_chosen(start, names)
@@ -573,10 +575,9 @@ def protocol(start: str, names: list[str]) -> None:
         for name in names:
             run_one(start, name, chosen_rate(start, name), seed)
             score_chosen(start, names)
-    candidates = [name for name in names if name in ours_candidates()]
-    peers = [name for name in names if name not in candidates]
-    if candidates and peers:
-        chosen = ours_on_dev({name: dev_by_seed(start, name) for name in candidates})
+    peers = quality_peers(names)
+    chosen = ours_on_dev({name: dev_by_seed(start, name) for name in names if name in ours_candidates()})
+    if chosen and peers:  # with no peer, or no candidate of ours, there is nothing to pair the extra seeds with
         ours = dev_mean(start, chosen, SEEDS)
         best = max(peers, key=lambda name: dev_mean(start, name, SEEDS))
         close = [name for name in peers if name == best or dev_mean(start, name, SEEDS) > ours - CLOSE]

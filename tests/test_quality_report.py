@@ -81,6 +81,6 @@ def test_ours_is_the_candidate_dev_prefers_and_the_differences_are_taken_from_it
     assert "Ours is **ours-both**" in table and "(ours-both 83.00, ours 81.90)" in table
     assert "ours-both minus each contender" in table
     # ours-both minus ours: -1.0, -0.3, -1.1; minus st-mnrl: 0.0, -0.4, -0.3
-    assert "- ours: -0.80 ± 0.44, t = -3.18; ours ahead on 0 of 3 seeds (42, 43, 44)" in table
+    assert "- ours: -0.80 ± 0.44, t = -3.18; ours-both ahead on 0 of 3 seeds (42, 43, 44)" in table
     assert "- st-mnrl: -0.23 ± 0.21" in table
     assert "| ours | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 |" in table  # every task alike

@@ -53,6 +53,7 @@ def test_each_input_that_decides_the_run_is_named(overrides, changed, snli_copy)
     ["--max_steps", "500", "--num_train_epochs", "2"],  # a longer schedule: extending a run is a resume
     ["--packed", "false", "--forward_chunks", "1"],  # the same embeddings, computed another way
     ["--compile_layers", "true"],  # the same layers, compiled
+    ["--nli_anchors", "premise"],  # the default said out loud: a checkpoint from before the key still resumes
 ])
 def test_memory_speed_and_length_are_not_changes(overrides, snli_copy):
     assert changes(snli_copy, *overrides) == {}

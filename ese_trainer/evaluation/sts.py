@@ -104,8 +104,8 @@ def bf16_copy(model: nn.Module) -> nn.Module:
 @functools.cache
 def sts_spearman_metric():
     """The STS metric module (``evaluate.load`` of its file, offline), loaded once per process. ``evaluate`` is
-    imported here, not with this module: it imports transformers' pipelines, seconds of start-up that a run which
-    never evaluates (a resumed or timed run) need not pay."""
+    imported here, not with this module: it imports transformers' pipelines, seconds of start-up that a run with
+    evaluation off (a timed run, a tuning run without dev) need not pay."""
     import evaluate
 
     return evaluate.load(STS_SPEARMAN_PATH)
