@@ -145,6 +145,9 @@ CONTENDERS = {
                              "on the triplets", "st", unit="triplets", st_mode="combined"),
     "ours-both": Contender("ours-both", "ours on both-anchor rows: each entailment also anchors its premise, as in "
                            "sentence-transformers' NLI triplets", "ours", recipe_args=("--nli_anchors", "both")),
+    "ours-both-ibn": Contender("ours-both-ibn", "ours-both with the added rows in the in-batch term only (each "
+                               "premise-entailment pair ranked once)", "ours",
+                               recipe_args=("--nli_anchors", "both_in_batch")),
     "angle": Contender("angle", "AnglE's own trainer (angle-emb 0.6.1), its NLI weights", "angle", unit="pairs"),
     "raw-labels": Contender("raw-labels", "ours with raw NLI class ids as scores (the original bug)", "ours",
                             recipe_args=("--label_map", json.dumps(RAW_LABELS))),

@@ -219,9 +219,10 @@ def passes(start: str, contender: Contender) -> float:
 
 
 def both_anchors(contender: Contender) -> bool:
-    """Whether the contender's recipe arguments anchor NLI rows on their positives too (``--nli_anchors both``)."""
+    """Whether the contender's recipe arguments anchor NLI rows on their positives too (``--nli_anchors both`` or
+    ``both_in_batch``: the same rows)."""
     arguments = list(contender.recipe_args)
-    return "--nli_anchors" in arguments and arguments[arguments.index("--nli_anchors") + 1] == "both"
+    return "--nli_anchors" in arguments and arguments[arguments.index("--nli_anchors") + 1] != "premise"
 
 
 def job_shape(start: str, contender: Contender) -> tuple[int, float]:

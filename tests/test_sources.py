@@ -82,6 +82,12 @@ def test_both_anchors_add_each_entailment_as_the_anchor_of_its_premise():
         assert reversed_row["texts"] == [premise_row["anchor"], *contradictions]
         assert reversed_row["roles"] == [POSITIVE] + [NEGATIVE] * len(contradictions)
         assert reversed_row["scores"][0] == 1.0 and all(math.isnan(score) for score in reversed_row["scores"][1:])
+    # both_in_batch: the same rows, the added ones unscored, so every pair is ranked once
+    in_batch, [counts] = load_train_sources(sources({"source": "data/SNLI", "split": "dev",
+                                                     "anchors": "both_in_batch"}), seed=0)
+    assert list(in_batch["anchor"]) == list(rows["anchor"]) and list(in_batch["texts"]) == list(rows["texts"])
+    assert counts.rows["ranking_pairs"] == 9842 and counts.rows["rows_with_positive"] == 2 * 3329
+    assert all(math.isnan(score) for row in in_batch.select(range(3574, len(in_batch))) for score in row["scores"])
     # the run's nli_anchors reaches NLI entries without their own key, and never an STS one
     args = DataArguments(train_datasets=[json.dumps({"source": "data/SNLI", "split": "dev"}),
                                          json.dumps({"source": "data/SNLI", "split": "test", "anchors": "premise"}),

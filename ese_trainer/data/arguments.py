@@ -54,7 +54,8 @@ class DataArguments:
         default="premise",
         metadata={"help": "What anchors NLI rows: 'premise' (a premise with its hypotheses), or 'both': each row "
                   "with an entailment again anchored on it (the premise its positive, the contradictions its "
-                  "negatives), as sentence-transformers' NLI triplets take both anchors. NLI entries of "
+                  "negatives), as sentence-transformers' NLI triplets take both anchors; 'both_in_batch': those "
+                  "rows for the in-batch term only (each premise-entailment pair ranked once). NLI entries of "
                   "train_datasets without their own 'anchors' take this."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "A random subset of this many rows "

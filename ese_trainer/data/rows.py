@@ -110,11 +110,12 @@ class Rows:
             self.add(anchor, [text for text, _, _ in member], [score for _, score, _ in member],
                      [role for _, _, role in member])
 
-    def with_positives_as_anchors(self) -> Rows:
+    def with_positives_as_anchors(self, rescore: bool = True) -> Rows:
         """These rows, then each row with a positive again anchored on that positive: ``(positive, [anchor, hard
-        negatives])``, the old anchor its positive at the pair's score and the hard negatives unscored (NaN: no gold
-        score against the positive, so in its softmax only). Sentence-transformers' NLI triplets take both anchors the
-        same way: (premise, entailment, contradiction) and (entailment, premise, contradiction)."""
+        negatives])``, the old anchor its positive at the pair's score (``rescore``; else unscored, so the pair enters
+        the ranking terms once, from its first row) and the hard negatives unscored (NaN: no gold score against the
+        positive, so in its softmax only). Sentence-transformers' NLI triplets take both anchors the same way:
+        (premise, entailment, contradiction) and (entailment, premise, contradiction)."""
         both = Rows()
         for anchor, texts, scores, roles in zip(self.anchor, self.texts, self.scores, self.roles):
             both.add(anchor, texts, scores, roles)
@@ -123,6 +124,7 @@ class Rows:
                 continue
             positive = roles.index(POSITIVE)
             negatives = [text for text, role in zip(texts, roles) if role == NEGATIVE]
-            both.add(texts[positive], [anchor, *negatives], [scores[positive]] + [math.nan] * len(negatives),
+            both.add(texts[positive], [anchor, *negatives],
+                     [scores[positive] if rescore else math.nan] + [math.nan] * len(negatives),
                      [POSITIVE] + [NEGATIVE] * len(negatives))
         return both

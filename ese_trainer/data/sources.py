@@ -6,7 +6,8 @@ texts, plus a ``source`` column (each batch comes from one source).
 
 - ``nli``: labels through the label map; a premise's hypotheses become its rows (one per positive, the rest dealt
   over them); unlabelled, unknown-label and empty rows dropped and counted. ``anchors: both`` adds each row again
-  anchored on its positive (sentence-transformers' NLI triplets: the entailment as a query for its premise too).
+  anchored on its positive (sentence-transformers' NLI triplets: the entailment as a query for its premise too);
+  ``both_in_batch`` adds them for the in-batch term only.
 - ``sts``: gold scores in ``score_range`` (default [0, 5]) normalised like evaluation data, each pair a row whose
   role follows its score; a NaN, non-numeric or out-of-range score is an error naming the file and row.
 - ``triplet``: ``(anchor, positive, negative)`` or ``(anchor, positive, negative_1..negative_k)`` rows (all-nli's
@@ -33,7 +34,9 @@ from ese_trainer.data.sts import DEFAULT_SCORE_RANGE, load_sts_pairs
 from ese_trainer.paths import looks_like_local_path
 
 SOURCE_KINDS = ("nli", "sts", "triplet", "pair")
-NLI_ANCHORS = ("premise", "both")  # what anchors an NLI source's rows: its premises, or its positives too
+# What anchors an NLI source's rows: its premises; its positives too; its positives too, the added rows in the
+# in-batch term only (each premise-entailment pair ranked once).
+NLI_ANCHORS = ("premise", "both", "both_in_batch")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class TrainSource:
     combined loss's weights for this source's steps (``{cosent_w: 1, ibn_w: 0}``; a key left out keeps the run's
     weight), as sentence-transformers trains each dataset with a loss of its own; ``anchors`` (nli; default the
     run's ``nli_anchors``): ``premise``, or ``both`` to add each row anchored on its positive
-    (:meth:`~ese_trainer.data.rows.Rows.with_positives_as_anchors`).
+    (:meth:`~ese_trainer.data.rows.Rows.with_positives_as_anchors`), or ``both_in_batch`` to add them for the
+    in-batch term only (the premise-entailment pair is not ranked a second time).
     """
 
     source: str
@@ -161,7 +165,7 @@ class SourceCounts:
     nli: dict = field(default_factory=dict)
     mined: dict = field(default_factory=dict)
     loss_weights: dict | None = None
-    anchors: str | None = None  # nli: what anchors its rows (``premise`` or ``both``)
+    anchors: str | None = None  # nli: what anchors its rows (one of ``NLI_ANCHORS``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,7 +220,9 @@ def _nli_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, se
     rows = Rows()
     for premise, scored in hypotheses.items():
         rows.group(premise, scored, thresholds)
-    return rows.with_positives_as_anchors() if spec.anchors == "both" else rows
+    if spec.anchors in ("both", "both_in_batch"):
+        return rows.with_positives_as_anchors(rescore=spec.anchors == "both")
+    return rows
 
 
 def _source_rows(spec: TrainSource, label_map: dict, thresholds: RoleThresholds, seed: int,

@@ -147,7 +147,8 @@ def _data_section(data_counts: dict[str, Any]) -> list[str]:
     if own:
         lines += ["", "  Loss weights of their own (other terms at the objective's weights below): " + "; ".join(own)
                   + "."]
-    both = [f"`{item['name']}`" for item in data_counts.get("sources", []) if item.get("anchors") == "both"]
+    both = [f"`{item['name']}`" + (" (in-batch term only)" if item["anchors"] == "both_in_batch" else "")
+            for item in data_counts.get("sources", []) if (item.get("anchors") or "premise") != "premise"]
     if both:
         lines += ["", "  NLI rows anchored on both sides (each row again with its entailment as the anchor and the "
                   "premise as its positive): " + ", ".join(both) + "."]
