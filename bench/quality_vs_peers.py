@@ -29,13 +29,13 @@ a weaker encoder with room to learn; ``c`` start ``a`` with STS-B train and SICK
 sources. Training data: the embedded SNLI dev + test pairs (19.7k pairs; 7.2k premise rows).
 
 Contenders (``bench.jobs.CONTENDERS``): ours (the recipe's defaults), ours with the seed's 1:1:1 weights, ours on
-both-anchor NLI rows (``--nli_anchors both``), sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI
-triplets (both anchors, the no-duplicates sampler) or with our three losses at our weights on the same triplets,
-AnglE's own trainer (angle-emb 0.6.1 in its own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights),
-and ours with raw class ids (the original bug). ESE (chosen by its slices' dev mean) against its slices trained
-alone, and MoE against dense, run as plans of their own on this protocol: ``bench/ese_vs_twins.py``. At (c) the STS
-sources are trained with CoSENT (sentence-transformers: a dataset of their own, proportional sampler; AnglE: pairs
-in its one file).
+both-anchor NLI rows (``--nli_anchors both``, or ``both_in_batch``: the added rows in the in-batch term only),
+sentence-transformers' trainer with MNRL or GISTEmbedLoss on its NLI triplets (both anchors, the no-duplicates
+sampler) or with our three losses at our weights on the same triplets, AnglE's own trainer (angle-emb 0.6.1 in its
+own virtualenv, ``bench/peers/setup_angle_venv.sh``, its NLI weights), and ours with raw class ids (the original
+bug). ESE (chosen by its slices' dev mean) against its slices trained alone, and MoE against dense, run as plans of
+their own on this protocol: ``bench/ese_vs_twins.py``. At (c) the STS sources are trained with CoSENT
+(sentence-transformers: a dataset of their own, proportional sampler; AnglE: pairs in its one file).
 
 Every run writes ``bench/results/quality_runs/<start>/<contender>_lr<lr>_seed<seed>.json`` (sweep runs under
 ``sweep/``) and is skipped when that file exists; the model of a run that ran its whole pass is kept under
