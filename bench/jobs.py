@@ -289,16 +289,24 @@ def ours_candidates() -> list[str]:
 def quality_peers(names: list[str]) -> list[str]:
     """The peers among ``names``: the quality plan's contenders that are neither ours' candidates nor the raw-labels
     row."""
+    candidates = ours_candidates()
     return [name for name in names if CONTENDERS[name].plan == "quality" and name != "raw-labels"
-            and name not in ours_candidates()]
+            and name not in candidates]
+
+
+def candidate_dev_means(dev_by_seed: dict[str, dict[int, float]]) -> dict[str, float]:
+    """Each candidate of ours (:func:`ours_candidates`) that ran every seed of ``SEEDS``: its mean chosen-dev score
+    over them."""
+    candidates = ours_candidates()
+    return {name: statistics.mean(runs[seed] for seed in SEEDS) for name, runs in dev_by_seed.items()
+            if name in candidates and all(seed in runs for seed in SEEDS)}
 
 
 def ours_on_dev(dev_by_seed: dict[str, dict[int, float]]) -> str | None:
-    """The candidate of ours (:func:`ours_candidates`) with the highest mean chosen-dev score over ``SEEDS``, among
-    those that ran every one of them (a tie goes to the defaults); None while none has."""
-    complete = {name: [runs[seed] for seed in SEEDS] for name, runs in dev_by_seed.items()
-                if name in ours_candidates() and all(seed in runs for seed in SEEDS)}
-    return max(complete, key=lambda name: (statistics.mean(complete[name]), name == "ours"), default=None)
+    """The candidate of ours with the highest mean chosen-dev score over ``SEEDS`` (:func:`candidate_dev_means`; a
+    tie goes to the defaults); None while none has run them all."""
+    means = candidate_dev_means(dev_by_seed)
+    return max(means, key=lambda name: (means[name], name == "ours"), default=None)
 
 
 def machines_of(records: list[dict]) -> dict[str, list[str]]:

@@ -22,9 +22,9 @@ from bench.jobs import (
     RUNS,
     SEEDS,
     STARTS,
+    candidate_dev_means,
     halving_choice,
     machines_of,
-    ours_candidates,
     ours_on_dev,
 )
 
@@ -158,9 +158,7 @@ def rankings(entry: dict) -> tuple[list[str], list[str]]:
 
 def ours_choice_line(entry: dict) -> str:
     """Which of ours' candidates dev chose, and every candidate's mean dev over the seeds they all run."""
-    runs = dev_by_seed(entry["contenders"])
-    means = {name: statistics.mean(runs[name][seed] for seed in SEEDS) for name in ours_candidates()
-             if name in runs and all(seed in runs[name] for seed in SEEDS)}
+    means = candidate_dev_means(dev_by_seed(entry["contenders"]))
     listed = ", ".join(f"{name} {mean:.2f}" for name, mean in sorted(means.items(), key=lambda item: -item[1]))
     return (f"Ours is **{entry['ours']}**: of our recipe's candidates, the one with the best mean chosen dev over "
             f"seeds {', '.join(map(str, SEEDS))} ({listed or 'none has run them all yet'}); test sets play no part.")

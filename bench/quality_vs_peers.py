@@ -550,17 +550,17 @@ def score_chosen(start: str, names: list[str] | None = None) -> None:
                       lambda record, folder, suite: {"test": score(folder, start, suite)})
 
 
-def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
-    lr = chosen_rate(start, name)
-    return statistics.mean(json.loads(record_path(start, name, lr, seed).read_text())["selected_dev"]
-                           for seed in seeds)
-
-
 def dev_by_seed(start: str, name: str) -> dict[int, float]:
     """The contender's chosen-dev score by seed, over the records at its chosen rate."""
     records = (json.loads(path.read_text()) for path in (RUNS / start).glob(
         f"{name}_lr{chosen_rate(start, name):g}_seed*.json"))
     return {record["seed"]: record["selected_dev"] for record in records if not record.get("stopped_at")}
+
+
+def dev_mean(start: str, name: str, seeds: tuple[int, ...]) -> float:
+    """The contender's mean chosen-dev score over ``seeds`` at its chosen rate."""
+    runs = dev_by_seed(start, name)
+    return statistics.mean(runs[seed] for seed in seeds)
 
 
 def protocol(start: str, names: list[str]) -> None:
