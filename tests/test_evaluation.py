@@ -56,6 +56,30 @@ def test_encode_keeps_order_and_deduplicates(minilm, tokenizer):
     assert (alone[0] - embeddings[1]).abs().max() < 1e-5
 
 
+def test_a_suite_encodes_the_sentences_its_tasks_share_once_and_scores_each_task_as_alone(minilm, tokenizer,
+                                                                                          stsb_test):
+    """Two tasks cut from STS-B test that share 40 pairs: every distinct sentence goes through the model once, and
+    each task's score is the one it gets evaluated alone."""
+    def cut(name, start, stop):
+        return type(stsb_test)(name, stsb_test.sentences1[start:stop], stsb_test.sentences2[start:stop],
+                               stsb_test.scores[start:stop])
+
+    tasks = {"first": cut("first", 0, 120), "second": cut("second", 80, 200)}
+    distinct = {s for pairs in tasks.values() for s in (*pairs.sentences1, *pairs.sentences2)}
+    encoded = []
+    hook = minilm.embeddings.register_forward_hook(
+        lambda module, args, kwargs, output: encoded.append(int(output.shape[0])), with_kwargs=True)
+    try:
+        together = evaluate_sts(minilm, tokenizer, tasks, "mean", show_progress=False, packed=False)
+    finally:
+        hook.remove()
+    assert sum(encoded) == len(distinct) < sum(2 * len(pairs) for pairs in tasks.values())
+    for name, pairs in tasks.items():
+        alone = evaluate_sts(minilm, tokenizer, {name: pairs}, "mean", show_progress=False)[name]
+        assert abs(together[name] - alone) < 1e-3
+    assert together["avg"] == pytest.approx((together["first"] + together["second"]) / 2)
+
+
 def test_average_and_table():
     table = markdown_table({"before": {"STS12": 70.0, "avg": 70.0}, "after": {"STS12": 71.234, "avg": 71.234}})
     assert table.splitlines()[0] == "| model | STS12 | avg |"

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ese_trainer.data import STSPairs
-from ese_trainer.evaluation.sts import AVERAGE_KEY, cosine_spearman, encode
+from ese_trainer.evaluation.sts import AVERAGE_KEY, cosine_spearman, encode, encode_tasks
 from ese_trainer.modeling.slicing import check_dims, check_layers, truncate_layers
 
 ENCODE_SECONDS_KEY = "encode_seconds"
@@ -43,11 +43,11 @@ def evaluate_layer_dim_grid(
     """
     layers = check_layers(layers, model.config.num_hidden_layers)
     dims = check_dims(dims, model.config.hidden_size)
+    sides = encode_tasks(model, tokenizer, tasks, pooling, max_seq_length, batch_size, show_progress, layers=layers,
+                         max_dim=dims[-1])
     per_task: dict[str, dict[str, dict[str, float]]] = {}
     for name, pairs in tasks.items():
-        embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,
-                            batch_size, show_progress, description=name, layers=layers, max_dim=dims[-1])
-        first, second = embeddings[: len(pairs)], embeddings[len(pairs):]
+        first, second = sides[name]
         per_task[name] = {
             str(layer): {str(dim): cosine_spearman(first[:, i, :dim], second[:, i, :dim], pairs.scores) for dim in dims}
             for i, layer in enumerate(layers)

@@ -95,6 +95,30 @@ def encode(
     return encode_batched(model, tokenizer, sentences, embed, max_seq_length, batch_size, show_progress, description)
 
 
+def encode_tasks(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Mapping[str, STSPairs],
+    pooling: str,
+    max_seq_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    **options,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each task's ``(embeddings of sentences1, embeddings of sentences2)``, from one :func:`encode` of the suite:
+    a sentence that several tasks share (STS-B reuses STS12-16's) is encoded once. ``options``: :func:`encode`'s
+    ``layers``, ``max_dim`` and ``packed``."""
+    sentences = [sentence for pairs in tasks.values() for sentence in (*pairs.sentences1, *pairs.sentences2)]
+    description = next(iter(tasks)) if len(tasks) == 1 else f"STS suite ({len(tasks)} tasks)"
+    embeddings = encode(model, tokenizer, sentences, pooling, max_seq_length, batch_size, show_progress,
+                        description=description, **options)
+    sides, start = {}, 0
+    for name, pairs in tasks.items():
+        sides[name] = (embeddings[start:start + len(pairs)], embeddings[start + len(pairs):start + 2 * len(pairs)])
+        start += 2 * len(pairs)
+    return sides
+
+
 def bf16_copy(model: nn.Module) -> nn.Module:
     """A bfloat16 copy of ``model`` for inference (weights cast once, not at every matmul as under autocast); the
     model itself is left as it is."""
@@ -134,14 +158,13 @@ def evaluate_sts(
     bf16: bool = False,
 ) -> dict[str, float]:
     """Cosine Spearman ×100 of each task, plus their average under ``"avg"`` when there are several (``packed``,
-    ``max_dim``: see :func:`encode`). ``bf16`` encodes with a bfloat16 copy of the model (:func:`bf16_copy`;
-    ``TrainingArguments.bf16_full_eval``); similarities and Spearman stay float32."""
+    ``max_dim``: see :func:`encode`); the suite is encoded once (:func:`encode_tasks`). ``bf16`` encodes with a
+    bfloat16 copy of the model (:func:`bf16_copy`; ``TrainingArguments.bf16_full_eval``); similarities and Spearman
+    stay float32."""
     model = bf16_copy(model) if bf16 else model
-    results = {}
-    for name, pairs in tasks.items():
-        embeddings = encode(model, tokenizer, pairs.sentences1 + pairs.sentences2, pooling, max_seq_length,
-                            batch_size, show_progress, description=name, packed=packed, max_dim=max_dim)
-        results[name] = cosine_spearman(embeddings[: len(pairs)], embeddings[len(pairs):], pairs.scores)
+    sides = encode_tasks(model, tokenizer, tasks, pooling, max_seq_length, batch_size, show_progress, packed=packed,
+                         max_dim=max_dim)
+    results = {name: cosine_spearman(*sides[name], pairs.scores) for name, pairs in tasks.items()}
     if len(results) > 1:
         results[AVERAGE_KEY] = sum(results.values()) / len(results)
     return results
