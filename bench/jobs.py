@@ -173,6 +173,11 @@ CONTENDERS = {
                                  sts_loss_weights=(("cosent_w", 1.0), ("ibn_w", 0.0), ("angle_w", 0.0))),
     "ours-sts-noibn": Contender("ours-sts-noibn", "ours, its STS sources without the in-batch term", "ours",
                                 sts_loss_weights=(("ibn_w", 0.0),)),
+    # Both at once, the candidate closest to sentence-transformers' own way with start c's data (st-mnrl led the
+    # pair-layout comparison there): both-anchor NLI rows in the in-batch term, the STS sources by CoSENT alone.
+    "ours-both-ibn-sts-cosent": Contender("ours-both-ibn-sts-cosent", "ours-both-ibn, its STS sources by CoSENT alone",
+                                          "ours", recipe_args=("--nli_anchors", "both_in_batch"),
+                                          sts_loss_weights=(("cosent_w", 1.0), ("ibn_w", 0.0), ("angle_w", 0.0))),
 }
 
 # Candidate objectives for ours, compared on STS-B dev only (``sweep``): recipe arguments over the seed's

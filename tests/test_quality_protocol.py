@@ -208,18 +208,20 @@ def test_every_sweep_option_is_a_setting_the_recipe_takes(name, tmp_path):
         assert setting == (list(value) if isinstance(setting, list) else type(setting)(value[0]))
 
 
-def test_a_contenders_sts_weights_reach_its_sts_sources_only(tmp_path):
+@pytest.mark.parametrize("name", ["ours-sts-cosent", "ours-both-ibn-sts-cosent"])
+def test_a_contenders_sts_weights_reach_its_sts_sources_only(name, tmp_path):
     """At start c the in-domain STS sources of ``ours-sts-cosent`` train by CoSENT alone, as the recipe reads its
-    config; SNLI keeps the run's weights."""
-    config = quality_config("c", CONTENDERS["ours-sts-cosent"], 2e-5, 42, 10, tmp_path)
+    config; SNLI keeps the run's weights (and, for the both-anchor candidate, its anchors)."""
+    config = quality_config("c", CONTENDERS[name], 2e-5, 42, 10, tmp_path)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
-    args = RunArguments(*parse_config(["--config", str(path)], ARGUMENT_GROUPS))
+    args = RunArguments(*parse_config(["--config", str(path), *CONTENDERS[name].recipe_args], ARGUMENT_GROUPS))
     check_arguments(args)
     sources = args.data.train_sources()
     assert [source.kind for source in sources] == ["nli", "nli", "sts", "sts"]
     weights = source_term_weights([source.loss_weights for source in sources], {"cosent": 1, "ibn": 10, "angle": 1})
     assert weights == [None, None, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}, {"cosent": 1.0, "ibn": 0.0, "angle": 0.0}]
+    assert args.data.nli_anchors == ("both_in_batch" if "both" in name else "premise")
     plain = quality_config("c", CONTENDERS["ours"], 2e-5, 42, 10, tmp_path)
     assert all("loss_weights" not in source for source in plain["train_datasets"])
 
