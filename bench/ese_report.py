@@ -19,7 +19,8 @@ import statistics
 
 from bench.jobs import RESULTS, RUNS, STARTS, ese_diagonal, machines_of
 
-ESE_VARIANTS = {"ours": "no ESE", "ours-espresso": "Espresso", "ours-starbucks": "Starbucks"}
+ESE_VARIANTS = {"ours": "no ESE", "ours-espresso": "Espresso", "ours-starbucks": "Starbucks",
+                "ours-starbucks-eq": "Starbucks at the diagonal's time"}
 MOE_ROWS = {"ours": "dense", "ours-moe": "MoE, every layer", "ours-moe2": "MoE, every 2nd layer",
             "ours-long": "dense, MoE's wall clock"}
 SLICE_TOLERANCE = 1.0  # an ESE variant's diagonal slice within this of its twin (7-task average)
@@ -90,7 +91,8 @@ def ese_summary(start: str) -> dict | None:
                           else gap["mean"] >= -FULL_TOLERANCE}
     rates = {name: scored(start, name)[0].get("learning_rate")
              for name in [*ESE_VARIANTS, *(row["twin_contender"] for row in rows)]}
-    return {"diagonal": rows, "full_size": full, "learning_rates": rates}
+    return {"diagonal": rows, "full_size": full, "learning_rates": rates,
+            "equal_time_passes": equal_time_passes(start, ESE_VARIANTS)}
 
 
 def moe_summary(start: str) -> dict | None:
@@ -114,11 +116,10 @@ def moe_summary(start: str) -> dict | None:
     def avg(name: str) -> dict[int, float]:
         return {seed: record["test"]["avg"] for seed, record in scored(start, name)[1].items()}
 
-    equal_time_file = RUNS / start / "equal_time.json"
     return {"contenders": rows,
             "equal_steps": {name: paired(avg(name), avg("ours")) for name in ("ours-moe", "ours-moe2")},
             "equal_time": {"ours-moe": paired(avg("ours-moe"), avg("ours-long"))},
-            "equal_time_passes": json.loads(equal_time_file.read_text()) if equal_time_file.is_file() else None}
+            "equal_time_passes": equal_time_passes(start, MOE_ROWS)}
 
 
 def collect() -> dict:
@@ -171,8 +172,22 @@ def ese_markdown(start: str, ese: dict) -> list[str]:
         f"{ESE_VARIANTS[name]} {gap_text(item['gap_to_no_ese'])}, met: {verdict(item['meets_target'])}"
         for name, item in ese["full_size"].items()) + ".", "",
         "Learning rates (chosen on dev): " + ", ".join(
-            f"{name} {rate:g}" for name, rate in ese["learning_rates"].items() if rate is not None) + ".", ""]
+            f"{name} {rate:g}" for name, rate in ese["learning_rates"].items() if rate is not None) + ".",
+        *passes_lines(ese["equal_time_passes"]), ""]
     return lines
+
+
+def passes_lines(frozen: dict) -> list[str]:
+    """How each equal-time contender's passes were derived (``equal_time.json``'s entries)."""
+    return [f"`{name}` passes: {item['ratio']:g} x, {item['derived_as']} ({item['steps_timed']} steps each; "
+            f"{item['machine']}; `{item['command']}`)." for name, item in frozen.items()]
+
+
+def equal_time_passes(start: str, names) -> dict:
+    """The frozen equal-time entries of ``names`` at the start."""
+    path = RUNS / start / "equal_time.json"
+    frozen = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: frozen[name] for name in names if name in frozen}
 
 
 def routing_text(routing: dict) -> str:
@@ -196,11 +211,7 @@ def moe_markdown(start: str, moe: dict) -> list[str]:
     lines += ["", "Equal steps (MoE minus dense, seeds won): " + "; ".join(
         f"{name} {gap_text(gap)}" for name, gap in moe["equal_steps"].items()) + ".",
         f"Equal wall clock (ours-moe minus ours-long): {gap_text(moe['equal_time']['ours-moe'])}."]
-    if moe["equal_time_passes"]:
-        for name, item in moe["equal_time_passes"].items():
-            lines.append(f"`{name}` passes: {item['ratio']:g} x, {item['derived_as']} ({item['steps_timed']} steps "
-                         f"each; {item['machine']}; `{item['command']}`).")
-    return lines + [""]
+    return lines + passes_lines(moe["equal_time_passes"]) + [""]
 
 
 def markdown(summary: dict) -> str:

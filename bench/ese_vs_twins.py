@@ -1,8 +1,9 @@
 """ESE against its slices trained alone, and MoE against dense, on the quality protocol (``bench.quality_vs_peers``).
 
-    python -m bench.ese_vs_twins ese --start b     # ours, ours-espresso, ours-starbucks and a twin per diagonal slice
+    python -m bench.ese_vs_twins ese --start b     # ours, ours-espresso, ours-starbucks, a twin per diagonal slice;
+                                                   # then ours-starbucks-eq (the twins' and ours' wall clock)
     python -m bench.ese_vs_twins moe --start b     # ours, ours-moe, ours-moe2; then ours-long (ours-moe's wall clock)
-    python -m bench.ese_vs_twins time --start b    # on a quiet machine, before ours-long: ours-moe's step time / ours'
+    python -m bench.ese_vs_twins time --start b    # on a quiet machine, before the equal-time runs: their step times
     python -m bench.ese_vs_twins report            # bench/results/ese_vs_twins.{json,md,png}
 
 Each plan resumes from the records (``bench/results/quality_runs/<start>/``, shared with the quality comparison:
@@ -16,12 +17,14 @@ as ``routing``.
 
 The twin of the diagonal slice ``(L, D)`` (``ese_diagonal``: ``default_diagonal(3, 384)`` at start b, (1, 128)
 (2, 256) (3, 384)) is the start cut to its first L layers and first D dims (``recipes/export_slice.py``) trained
-alone with ``--embedding_dim D``; the full slice's twin is ``ours`` itself. ``ours-long`` is dense ``ours`` given
-the wall clock of ``ours-moe``: its passes are ``EPOCHS`` times ours-moe's seconds per step over ours', timed by
-``time`` on a quiet machine (each contender's job cut to ``TIMED_STEPS`` steps without evaluation, one thread as in
-every quality run, ``TIMED_ROUNDS`` rounds alternating, the median round's ratio) and frozen in ``equal_time.json``
-(``bench.quality_vs_peers.passes``). The runs' own wall clocks are not used: they ran beside another job, some
-through pauses.
+alone with ``--embedding_dim D``; the full slice's twin is ``ours`` itself. ``ours-starbucks-eq`` is Starbucks given
+the training time of its whole diagonal trained separately (the twins and ours): one run for what three cost.
+``ours-long`` is dense ``ours`` given the wall clock of ``ours-moe``. An equal-time contender's passes are
+``EPOCHS`` times its references' summed seconds per step over its base's (ours-moe over ours; ours, the twins over
+ours-starbucks), timed by ``time`` on a quiet machine (each contender's job cut to ``TIMED_STEPS`` steps without
+evaluation, one thread as in every quality run, ``TIMED_ROUNDS`` rounds alternating, the median round's ratio) and
+frozen in ``equal_time.json`` (``bench.quality_vs_peers.passes``). The runs' own wall clocks are not used: they
+ran beside another job, some through pauses.
 
 ``BENCH_QUALITY_TINY=1`` runs either plan at a tiny size under ``outputs/quality-tiny/`` (``bench.jobs``): a check
 of the whole chain, never a result.
@@ -56,7 +59,10 @@ from bench.quality_vs_peers import (
 
 ESE_CONTENDERS = ("ours", "ours-espresso", "ours-starbucks")
 MOE_CONTENDERS = ("ours", "ours-moe", "ours-moe2")
-EQUAL_TIME = ("ours-long",)  # after MOE_CONTENDERS: their seconds per step set its passes
+# Given others' wall clock (``Contender.time_of``), after the plan's contenders: their seconds per step set the passes.
+ESE_EQUAL_TIME = ("ours-starbucks-eq",)
+MOE_EQUAL_TIME = ("ours-long",)
+EQUAL_TIME = (*MOE_EQUAL_TIME, *ESE_EQUAL_TIME)
 GRID_DIMS = (64, 128, 256, 384)
 TIMED_STEPS, TIMED_ROUNDS = 40, 3
 QUIET_BELOW = 0.25  # busy cores (other processes) under which a timing may start
@@ -130,13 +136,14 @@ def scored_grid(start: str, record: dict, folder: Path, suite: dict) -> dict:
 def ese_plan(start: str) -> None:
     names = [*ESE_CONTENDERS, *twins(start)]
     run_plan(start, names)
-    score_grids(start, names)
+    run_plan(start, ESE_EQUAL_TIME)
+    score_grids(start, [*names, *ESE_EQUAL_TIME])
 
 
 def moe_plan(start: str) -> None:
     run_plan(start, MOE_CONTENDERS)
-    run_plan(start, EQUAL_TIME)
-    score_grids(start, [*MOE_CONTENDERS, *EQUAL_TIME])
+    run_plan(start, MOE_EQUAL_TIME)
+    score_grids(start, [*MOE_CONTENDERS, *MOE_EQUAL_TIME])
 
 
 def timed_seconds_per_step(start: str, name: str, output_dir: Path) -> float:
@@ -154,13 +161,26 @@ def timed_seconds_per_step(start: str, name: str, output_dir: Path) -> float:
     return json.loads((output_dir / "train_results.json").read_text())["train_runtime"] / TIMED_STEPS
 
 
-def time_equal_time(start: str) -> None:
-    """Each equal-time contender's passes: its reference's seconds per step over ours', ``TIMED_ROUNDS`` rounds
-    alternating the two (the order swapped each round), the median round's ratio, frozen in ``equal_time.json``.
-    Refused beside another job (:func:`~bench.machine.busy_cores`) and once frozen (runs may have used it)."""
+def equal_time_entry(seconds: dict[str, list[float]], references: tuple[str, ...], base: str) -> dict:
+    """The frozen ratio from alternating timings: per round, the ``references``' summed seconds per step over
+    ``base``'s; the median round's."""
+    ratios = [sum(seconds[name][index] for name in references) / seconds[base][index]
+              for index in range(len(seconds[base]))]
+    return {"ratio": round(statistics.median(ratios), 3), "of": " + ".join(references), "against": base,
+            "seconds_per_step": {key: [round(value, 4) for value in values] for key, values in seconds.items()},
+            "round_ratios": [round(ratio, 4) for ratio in ratios],
+            "derived_as": f"median over rounds of ({' + '.join(references)} s/step) / ({base} s/step), alternating, "
+                          "quiet"}
+
+
+def time_equal_time(start: str, names: tuple[str, ...] = EQUAL_TIME) -> None:
+    """Each equal-time contender's passes: its references' summed seconds per step over its base's
+    (``Contender.time_of`` over ``time_against``), ``TIMED_ROUNDS`` rounds alternating them (the order reversed each
+    round), the median round's ratio, frozen in ``equal_time.json``. Refused beside another job
+    (:func:`~bench.machine.busy_cores`) and once frozen (runs may have used it)."""
     path = equal_time_path(start)
-    for name in EQUAL_TIME:
-        reference = CONTENDERS[name].time_of
+    for name in names:
+        references, base = CONTENDERS[name].time_of, CONTENDERS[name].time_against
         with exclusive(f"{start}-equal-time"):
             frozen = json.loads(path.read_text()) if path.is_file() else {}
         if name in frozen:
@@ -169,18 +189,16 @@ def time_equal_time(start: str) -> None:
         if (busy := busy_cores()) > QUIET_BELOW:
             raise SystemExit(f"{busy:.1f} cores are busy: the equal-time ratio is timed on a quiet machine (pause or "
                              "finish the other jobs first)")
-        seconds: dict[str, list[float]] = {reference: [], "ours": []}
-        rounds = [(reference, "ours") if index % 2 == 0 else ("ours", reference) for index in range(TIMED_ROUNDS)]
-        for contender in tqdm([item for pair in rounds for item in pair], desc=f"{reference} vs ours, timed"):
+        seconds: dict[str, list[float]] = {contender: [] for contender in (*references, base)}
+        order = [*references, base]
+        rounds = [order if index % 2 == 0 else order[::-1] for index in range(TIMED_ROUNDS)]
+        for contender in tqdm([item for names_in_round in rounds for item in names_in_round],
+                              desc=f"{' + '.join(references)} vs {base}, timed"):
             folder = jobs.WORK / "timing" / start / contender
             seconds[contender].append(timed_seconds_per_step(start, contender, folder))
-        ratios = [slow / base for slow, base in zip(seconds[reference], seconds["ours"])]
-        entry = {"ratio": round(statistics.median(ratios), 3), "of": reference, "against": "ours",
-                 "seconds_per_step": {key: [round(value, 4) for value in values] for key, values in seconds.items()},
-                 "round_ratios": [round(ratio, 4) for ratio in ratios], "steps_timed": TIMED_STEPS, "threads": 1,
+        entry = {**equal_time_entry(seconds, references, base), "steps_timed": TIMED_STEPS, "threads": 1,
                  "busy_cores_before": round(busy, 2), "machine": describe_machine(),
-                 "command": f"python -m bench.ese_vs_twins time --start {start}",
-                 "derived_as": f"median over rounds of ({reference} s/step) / (ours s/step), alternating, quiet"}
+                 "command": f"python -m bench.ese_vs_twins time --start {start}"}
         with exclusive(f"{start}-equal-time"):
             frozen = json.loads(path.read_text()) if path.is_file() else {}
             write_atomically(path, json.dumps({**frozen, name: entry}, indent=2) + "\n")
@@ -194,7 +212,8 @@ def main() -> None:
                           ("moe", "dense, MoE in every layer and every second one, dense at MoE's time (resumes)")):
         plan_parser = commands.add_parser(command, help=text)
         plan_parser.add_argument("--start", choices=STARTS, default="b")
-    time_parser = commands.add_parser("time", help="on a quiet machine: ours-moe's step time over ours' (frozen)")
+    time_parser = commands.add_parser("time", help="on a quiet machine: the equal-time contenders' step-time ratios "
+                                      "(frozen)")
     time_parser.add_argument("--start", choices=STARTS, default="b")
     commands.add_parser("report", help="bench/results/ese_vs_twins.{json,md,png} from the records")
     args = parser.parse_args()

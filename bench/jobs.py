@@ -99,8 +99,9 @@ class Contender:
     (sentence-transformers' trainer, ``bench/peers/st_train.py --mode st_mode``) or ``angle`` (AnglE's own
     trainer); ``unit`` is what a batch holds (rows, triplets or pairs). Ours only: ``start_slice`` (layer, dims)
     trains the start cut to that slice (``recipes/export_slice.py``; a twin of an ESE slice); ``dev_metric`` is what
-    the recipe chooses its checkpoint by and halving ranks it by; ``time_of`` names the contender whose wall clock
-    this one is given (its passes scaled by their time ratio, ``bench.quality_vs_peers.passes``);
+    the recipe chooses its checkpoint by and halving ranks it by; ``time_of`` names the contenders whose summed
+    wall clock this one is given, measured against ``time_against``'s (its passes scaled by that time ratio,
+    ``bench.quality_vs_peers.passes``);
     ``sts_loss_weights`` become the ``loss_weights`` of every STS source (start c's in-domain sets); ``plan``: the
     comparison it is reported in, ``quality`` (``bench.quality_report``: ours against the peers) or ``ese_moe``
     (``bench.ese_report``: ESE against its twins, MoE against dense)."""
@@ -113,7 +114,8 @@ class Contender:
     st_mode: str = ""
     start_slice: tuple[int, int] | None = None
     dev_metric: str = DEV_METRIC
-    time_of: str = ""
+    time_of: tuple[str, ...] = ()
+    time_against: str = "ours"
     sts_loss_weights: tuple[tuple[str, float], ...] = ()
     plan: str = "quality"
 
@@ -156,7 +158,7 @@ CONTENDERS = {
     "ours-moe2": Contender("ours-moe2", "ours on the start upcycled to 4 experts (top-2) in every second layer",
                            "ours", recipe_args=(*MOE_ARGS, "--moe.layers", "every_2"), plan="ese_moe"),
     "ours-long": Contender("ours-long", "ours (dense) given ours-moe's wall clock: more passes at the same batch",
-                           "ours", time_of="ours-moe", plan="ese_moe"),
+                           "ours", time_of=("ours-moe",), plan="ese_moe"),
     "ours-espresso": Contender("ours-espresso", "ours with ESE's Espresso terms (every layer, first 128 dims, PCA "
                                "target), chosen by its slices' mean dev", "ours", recipe_args=ESPRESSO_ARGS,
                                dev_metric=SLICES_METRIC, plan="ese_moe"),
@@ -164,6 +166,13 @@ CONTENDERS = {
                                 "every step), chosen by its slices' mean dev", "ours", recipe_args=STARBUCKS_ARGS,
                                 dev_metric=SLICES_METRIC, plan="ese_moe"),
     **{contender.name: contender for contender in (twin(1, 128), twin(2, 256))},  # start b's diagonal
+    # One Starbucks run against its diagonal trained separately, at equal training compute: the wall clock of the
+    # twins and of ours together (start b's diagonal), measured against one Starbucks pass.
+    "ours-starbucks-eq": Contender("ours-starbucks-eq", "ours-starbucks given the training time of its diagonal "
+                                   "trained separately (the twins and ours): more passes at the same batch", "ours",
+                                   recipe_args=STARBUCKS_ARGS, dev_metric=SLICES_METRIC,
+                                   time_of=("ours", "twin-1x128", "twin-2x256"), time_against="ours-starbucks",
+                                   plan="ese_moe"),
     # Attention dropout 0 lets CPU SDPA take its fused kernel; a default only if dev stays within noise (at ours' rate).
     "ours-ad0": Contender("ours-ad0", "ours without attention dropout (attention_dropout 0)", "ours",
                           recipe_args=("--attention_dropout", "0")),

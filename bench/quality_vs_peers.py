@@ -205,16 +205,18 @@ def equal_time_path(start: str) -> Path:
 
 
 def passes(start: str, contender: Contender) -> float:
-    """Passes over every source: ``EPOCHS``; for a contender given another's wall clock (``time_of``), ``EPOCHS``
-    times that contender's seconds per step over ours, timed on a quiet machine and frozen in ``equal_time.json``
-    (``python -m bench.ese_vs_twins time``: every rate and seed of it then runs the same job)."""
+    """Passes over every source: ``EPOCHS``; for a contender given others' wall clock (``time_of``), ``EPOCHS``
+    times their summed seconds per step over ``time_against``'s (every contender's pass has the same steps), timed on
+    a quiet machine and frozen in ``equal_time.json`` (``python -m bench.ese_vs_twins time``: every rate and seed of
+    it then runs the same job)."""
     if not contender.time_of:
         return float(EPOCHS)
     path = equal_time_path(start)
     frozen = json.loads(path.read_text()) if path.is_file() else {}
     if contender.name not in frozen:
-        raise SystemExit(f"start {start}: {contender.name} needs the step time of {contender.time_of} over ours, timed "
-                         f"on a quiet machine: run `python -m bench.ese_vs_twins time --start {start}` first")
+        raise SystemExit(f"start {start}: {contender.name} needs the step time of {' + '.join(contender.time_of)} "
+                         f"over {contender.time_against}, timed on a quiet machine: run `python -m bench.ese_vs_twins "
+                         f"time --start {start}` first")
     return EPOCHS * frozen[contender.name]["ratio"]
 
 

@@ -62,6 +62,30 @@ def test_ese_contenders_are_chosen_and_cut_by_their_slices_mean(work, tmp_path):
     assert not by_full.on_evaluate(None, state, TrainerControl(), metrics=metrics).should_training_stop
 
 
+def test_starbucks_at_its_diagonals_time_gets_the_twins_and_ours_summed_step_time_over_its_own(work):
+    """ours-starbucks-eq's references are exactly the start's diagonal trained separately (its twins and ours); per
+    round their seconds per step are summed over Starbucks', and the median round's ratio sets its passes."""
+    contender = CONTENDERS["ours-starbucks-eq"]
+    assert contender.time_of == ("ours", *ese_vs_twins.twins("b")) and contender.time_against == "ours-starbucks"
+    assert contender.recipe_args == CONTENDERS["ours-starbucks"].recipe_args
+    assert contender.dev_metric == SLICES_METRIC
+    seconds = {"ours": [1.0, 1.2, 1.1], "twin-1x128": [0.4, 0.5, 0.45], "twin-2x256": [0.7, 0.8, 0.75],
+               "ours-starbucks": [1.0, 1.1, 1.2]}
+    entry = ese_vs_twins.equal_time_entry(seconds, contender.time_of, contender.time_against)
+    assert entry["round_ratios"] == [2.1, pytest.approx(2.5 / 1.1, abs=1e-4), pytest.approx(2.3 / 1.2, abs=1e-4)]
+    assert entry["ratio"] == 2.1 and entry["of"] == "ours + twin-1x128 + twin-2x256"
+    path = work / "runs" / "b" / "equal_time.json"
+    before = path.read_text() if path.is_file() else None
+    try:
+        frozen = json.loads(before) if before else {}
+        path.write_text(json.dumps({**frozen, contender.name: entry}))
+        assert quality.passes("b", contender) == pytest.approx(2.1)
+        dense_steps, _ = quality.job_shape("b", CONTENDERS["ours"])
+        assert quality.job_shape("b", contender)[0] == math.ceil(2.1 * dense_steps)
+    finally:
+        path.unlink() if before is None else path.write_text(before)
+
+
 def write_record(work, name: str, lr: float, seed: int, **fields) -> None:
     record = {"start": "b", "contender": name, "learning_rate": lr, "seed": seed, "steps": 100, "steps_run": 100,
               "train_seconds": 100.0, "machine": "m", "selected_dev": 80.0, "stopped_at": None, **fields}
@@ -84,7 +108,7 @@ def test_the_equal_wall_clock_run_gets_the_passes_moes_timed_step_buys(work, mon
     monkeypatch.setattr(ese_vs_twins, "TIMED_STEPS", 1)
     monkeypatch.setattr(ese_vs_twins, "TIMED_ROUNDS", 1)
     monkeypatch.setattr(ese_vs_twins, "QUIET_BELOW", float(os.cpu_count() + 1))  # the suite may run beside a job
-    ese_vs_twins.time_equal_time("b")
+    ese_vs_twins.time_equal_time("b", ("ours-long",))
     path = work / "runs" / "b" / "equal_time.json"
     frozen = json.loads(path.read_text())["ours-long"]
     moe, dense = frozen["seconds_per_step"]["ours-moe"], frozen["seconds_per_step"]["ours"]
@@ -92,7 +116,7 @@ def test_the_equal_wall_clock_run_gets_the_passes_moes_timed_step_buys(work, mon
     assert frozen["of"] == "ours-moe" and frozen["steps_timed"] == 1 and frozen["command"].endswith("--start b")
     assert quality.passes("b", long) == pytest.approx(frozen["ratio"])
     written = path.stat().st_mtime_ns
-    ese_vs_twins.time_equal_time("b")
+    ese_vs_twins.time_equal_time("b", ("ours-long",))
     assert path.stat().st_mtime_ns == written
     dense_steps, _ = quality.job_shape("b", CONTENDERS["ours"])
     assert quality.job_shape("b", long)[0] == math.ceil(frozen["ratio"] * dense_steps)
