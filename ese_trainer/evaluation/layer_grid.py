@@ -43,13 +43,12 @@ def evaluate_layer_dim_grid(
     """
     layers = check_layers(layers, model.config.num_hidden_layers)
     dims = check_dims(dims, model.config.hidden_size)
-    sides = encode_tasks(model, tokenizer, tasks, pooling, max_seq_length, batch_size, show_progress, layers=layers,
-                         max_dim=dims[-1])
     per_task: dict[str, dict[str, dict[str, float]]] = {}
-    for name, pairs in tasks.items():
-        first, second = sides[name]
+    for name, first, second in encode_tasks(model, tokenizer, tasks, pooling, max_seq_length, batch_size,
+                                            show_progress, layers=layers, max_dim=dims[-1]):
         per_task[name] = {
-            str(layer): {str(dim): cosine_spearman(first[:, i, :dim], second[:, i, :dim], pairs.scores) for dim in dims}
+            str(layer): {str(dim): cosine_spearman(first[:, i, :dim], second[:, i, :dim], tasks[name].scores)
+                         for dim in dims}
             for i, layer in enumerate(layers)
         }
     average = {

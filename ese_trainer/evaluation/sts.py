@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,19 +104,20 @@ def encode_tasks(
     batch_size: int = 64,
     show_progress: bool = True,
     **options,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each task's ``(embeddings of sentences1, embeddings of sentences2)``, from one :func:`encode` of the suite:
-    a sentence that several tasks share (STS-B reuses STS12-16's) is encoded once. ``options``: :func:`encode`'s
-    ``layers``, ``max_dim`` and ``packed``."""
-    sentences = [sentence for pairs in tasks.values() for sentence in (*pairs.sentences1, *pairs.sentences2)]
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(task, embeddings of sentences1, embeddings of sentences2)`` for each task in turn, from one :func:`encode` of
+    the suite's distinct sentences: a sentence that several tasks share (STS-B reuses STS12-16's) is encoded once,
+    and only one task's pairs are gathered at a time. ``options``: :func:`encode`'s ``layers``, ``max_dim`` and
+    ``packed``."""
+    unique = list(dict.fromkeys(sentence for pairs in tasks.values()
+                                for sentence in (*pairs.sentences1, *pairs.sentences2)))
     description = next(iter(tasks)) if len(tasks) == 1 else f"STS suite ({len(tasks)} tasks)"
-    embeddings = encode(model, tokenizer, sentences, pooling, max_seq_length, batch_size, show_progress,
+    embeddings = encode(model, tokenizer, unique, pooling, max_seq_length, batch_size, show_progress,
                         description=description, **options)
-    sides, start = {}, 0
+    row = {sentence: index for index, sentence in enumerate(unique)}
     for name, pairs in tasks.items():
-        sides[name] = (embeddings[start:start + len(pairs)], embeddings[start + len(pairs):start + 2 * len(pairs)])
-        start += 2 * len(pairs)
-    return sides
+        yield name, *(embeddings[torch.tensor([row[sentence] for sentence in side])]
+                      for side in (pairs.sentences1, pairs.sentences2))
 
 
 def bf16_copy(model: nn.Module) -> nn.Module:
@@ -162,9 +163,8 @@ def evaluate_sts(
     bfloat16 copy of the model (:func:`bf16_copy`; ``TrainingArguments.bf16_full_eval``); similarities and Spearman
     stay float32."""
     model = bf16_copy(model) if bf16 else model
-    sides = encode_tasks(model, tokenizer, tasks, pooling, max_seq_length, batch_size, show_progress, packed=packed,
-                         max_dim=max_dim)
-    results = {name: cosine_spearman(*sides[name], pairs.scores) for name, pairs in tasks.items()}
+    results = {name: cosine_spearman(first, second, tasks[name].scores) for name, first, second in encode_tasks(
+        model, tokenizer, tasks, pooling, max_seq_length, batch_size, show_progress, packed=packed, max_dim=max_dim)}
     if len(results) > 1:
         results[AVERAGE_KEY] = sum(results.values()) / len(results)
     return results
