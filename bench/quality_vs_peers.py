@@ -582,8 +582,9 @@ def protocol(start: str, names: list[str]) -> None:
     chosen = ours_on_dev({name: dev_by_seed(start, name) for name in names if name in ours_candidates()})
     if chosen and peers:  # with no peer, or no candidate of ours, there is nothing to pair the extra seeds with
         ours = dev_mean(start, chosen, SEEDS)
-        best = max(peers, key=lambda name: dev_mean(start, name, SEEDS))
-        close = [name for name in peers if name == best or dev_mean(start, name, SEEDS) > ours - CLOSE]
+        peer_means = {name: dev_mean(start, name, SEEDS) for name in peers}
+        best = max(peer_means, key=peer_means.get)
+        close = [name for name in peers if name == best or peer_means[name] > ours - CLOSE]
         for seed in MORE_SEEDS:
             for name in [chosen, *close]:
                 run_one(start, name, chosen_rate(start, name), seed)
