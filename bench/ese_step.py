@@ -30,9 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 VARIANTS = {
     "plain": {},
-    "espresso, pca target": {"ese_enabled": True},
-    "espresso, pca target refreshed every 10 steps": {"ese_enabled": True, "ese_pca_refresh_steps": 10},
-    "espresso, learned (moe) target": {"ese_enabled": True, "ese_compression_target": "moe"},
+    "espresso, pca target": {"ese_enabled": True, "ese_schedule": "espresso"},
+    "espresso, pca target refreshed every 10 steps": {"ese_enabled": True, "ese_schedule": "espresso",
+                                                      "ese_pca_refresh_steps": 10},
+    "espresso, learned (moe) target": {"ese_enabled": True, "ese_schedule": "espresso",
+                                       "ese_compression_target": "moe"},
     "starbucks": {"ese_enabled": True, "ese_schedule": "starbucks"},
 }
 

@@ -131,7 +131,7 @@ def twin(layer: int, dim: int) -> Contender:
 # 3.6% share in the MoE smoke run, docs/results.md; TRL's default is 0.001), written out so the records show it.
 MOE_ARGS = ("--moe.enabled", "true", "--moe.num_experts", "4", "--moe.num_experts_per_tok", "2",
             "--moe.router_learning_rate", "2e-4", "--moe.router_aux_loss_coef", "0.1")
-ESPRESSO_ARGS = ("--ese.enabled", "true")  # ese/settings.py's defaults: espresso, k = 128, PCA target
+ESPRESSO_ARGS = ("--ese.enabled", "true", "--ese.schedule", "espresso")  # its defaults: k = 128, PCA target
 STARBUCKS_ARGS = ("--ese.enabled", "true", "--ese.schedule", "starbucks")  # the default diagonal, every step
 SEED_OBJECTIVE = ("--cosent_w", "1", "--ibn_w", "1", "--angle_w", "1", "--hinge_w", "0", "--ibn_scale", "20",
                   "--ibn_directions", "query_to_doc", "--ibn_hardness_mode", "none", "--negative_max_score", "0")

@@ -30,8 +30,9 @@ def one_sgd_step(per_device_rows: int, model_kind: str = "dense", ese: dict | No
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_ID))
     model = (build_tiny_moe if model_kind == "moe" else build_tiny_bert)(len(tokenizer), seed=0)
     rows = snli_rows(64, seed=5)
+    ese_keys = {"schedule": "espresso", "compression_size": 8, **(ese or {})}
     ese_args = ESEArguments() if ese is None else ESEArguments(
-        ese_enabled=True, **{f"ese_{key}": value for key, value in {"compression_size": 8, **ese}.items()})
+        ese_enabled=True, **{f"ese_{key}": value for key, value in ese_keys.items()})
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=per_device_rows, max_steps=1,

@@ -199,9 +199,11 @@ def test_ladder_diagonal_grid_or_explicit():
 
 def test_starbucks_keys_need_the_starbucks_schedule():
     with pytest.raises(ValueError, match="starbucks_similarity_weight applies to schedule starbucks only"):
-        ESESettings(starbucks_similarity_weight=1.0)
-    with pytest.raises(ValueError, match="ese.starbucks_ladder, starbucks_slices_per_step apply to schedule starbucks"):
-        ESEArguments(ese_enabled=True, ese_starbucks_ladder="grid", ese_starbucks_slices_per_step=2)
+        ESESettings(schedule="espresso", starbucks_similarity_weight=1.0)
+    with pytest.raises(ValueError, match="ese.starbucks_ladder, ese.starbucks_slices_per_step apply to schedule "
+                                         "starbucks only, and the schedule is espresso: set ese.schedule: starbucks"):
+        ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_starbucks_ladder="diagonal",
+                     ese_starbucks_slices_per_step=2)
     with pytest.raises(ValueError, match="starbucks_slices_per_step must be >= 0"):
         ESESettings(schedule="starbucks", starbucks_slices_per_step=-1)
     with pytest.raises(ValueError, match="starbucks_similarity_temperature > 0"):
@@ -224,7 +226,8 @@ def test_every_candidate_is_a_command_line_flag():
                            "2x256", "3x384", "--ese.starbucks_weights", "2", "1"], (ESEArguments,))
     assert ese.settings().starbucks_pairs == ["1x128", "2x256", "3x384"]
     assert ESELoss(ese.settings(), 3, 384).slice_weights == {(1, 128): 2.0, (2, 256): 1.0}
-    (ese,) = parse_config(["--ese.enabled", "true", "--ese.layer_weighting", "linear"], (ESEArguments,))
+    (ese,) = parse_config(["--ese.enabled", "true", "--ese.schedule", "espresso", "--ese.layer_weighting", "linear"],
+                          (ESEArguments,))
     assert ese.settings().layer_weighting == "linear"
 
 

@@ -13,6 +13,7 @@ from ese_trainer.evaluation.layer_grid import evaluate_layer_dim_grid
 from ese_trainer.evaluation.slice_score import SliceSpearman
 
 from .conftest import EMBEDDED_DATA
+from .test_ese_loss import espresso
 from .test_recipe import run_recipe
 
 DIAGONAL_L6 = [(1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)]  # default_diagonal(6, 384)
@@ -20,9 +21,9 @@ DIAGONAL_L6 = [(1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)]  # defau
 
 def test_the_slices_scored_are_the_slices_trained():
     assert ESELoss(ESESettings(schedule="starbucks"), 3, 384).dev_slices == [(1, 128), (2, 256), (3, 384)]
-    espresso = ESELoss(ESESettings(compression_size=128), 3, 384).dev_slices
-    assert espresso == [(1, 128), (1, 384), (2, 128), (2, 384), (3, 128), (3, 384)]
-    assert ESELoss(ESESettings(prior_layers_weight=0.0), 3, 384).dev_slices == [(3, 128), (3, 384)]
+    espresso_cells = ESELoss(espresso(compression_size=128), 3, 384).dev_slices
+    assert espresso_cells == [(1, 128), (1, 384), (2, 128), (2, 384), (3, 128), (3, 384)]
+    assert ESELoss(espresso(prior_layers_weight=0.0), 3, 384).dev_slices == [(3, 128), (3, 384)]
     with pytest.raises(ValueError, match="at least one"):
         SliceSpearman([], 3)
 

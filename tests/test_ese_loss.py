@@ -36,6 +36,11 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def espresso(**settings) -> ESESettings:
+    """ESE's settings with the Espresso schedule (the default is Starbucks)."""
+    return ESESettings(schedule="espresso", **settings)
+
+
 def _anisotropic(batch: int = 32, dim: int = 16, seed: int = 0) -> torch.Tensor:
     """Embeddings with a decaying spectrum and a common offset (as real ones), so A's top singular values are
     well separated and its singular vectors well conditioned."""
@@ -395,7 +400,7 @@ def test_combine_ese_terms():
 
 def test_ese_loss_with_pca_equals_the_functions():
     layers = _layers(4)
-    loss = ESELoss(ESESettings(compression_size=4, kl_temperature=2.0, layer_weighting="linear", last_layer_weight=0.5,
+    loss = ESELoss(espresso(compression_size=4, kl_temperature=2.0, layer_weighting="linear", last_layer_weight=0.5,
                                prior_layers_weight=2.0), num_layers=4, hidden_size=16)
     assert loss.layers == [1, 2, 3, 4] and list(loss.parameters()) == []
     expected = ese_terms(layers, 4, _first_column_mean, 4, 2.0, "linear", 0.5, 2.0)
@@ -406,7 +411,7 @@ def test_ese_loss_with_pca_equals_the_functions():
 
 
 def test_ese_loss_with_moe_heads():
-    loss = ESELoss(ESESettings(compression_size=4, compression_target="moe", head_expert_hidden=8), 3, 16)
+    loss = ESELoss(espresso(compression_size=4, compression_target="moe", head_expert_hidden=8), 3, 16)
     assert sorted(loss.heads) == ["1", "2", "3"]
     layers = _layers(3, requires_grad=True)
     terms = loss(layers, _first_column_mean)
@@ -415,19 +420,19 @@ def test_ese_loss_with_moe_heads():
     terms[ESE_TOTAL].backward()
     assert all(parameter.grad is not None for parameter in loss.parameters())
     assert layers[3].grad[:, :4].abs().sum() > 0
-    last_only = ESELoss(ESESettings(compression_size=4, compression_target="moe", prior_layers_weight=0.0), 3, 16)
+    last_only = ESELoss(espresso(compression_size=4, compression_target="moe", prior_layers_weight=0.0), 3, 16)
     assert sorted(last_only.heads) == ["3"] and last_only.student_layers == []
 
 
 def test_ese_settings_validation():
     with pytest.raises(ValueError, match="pca', 'moe"):
-        ESESettings(compression_target="svd")
+        espresso(compression_target="svd")
     with pytest.raises(ValueError, match=r"compression_size=16 must be in 1..15"):
-        ESELoss(ESESettings(compression_size=16), num_layers=3, hidden_size=16)
+        ESELoss(espresso(compression_size=16), num_layers=3, hidden_size=16)
     with pytest.raises(ValueError, match="head_top_k"):
-        ESESettings(head_num_experts=2, head_top_k=3)
+        espresso(head_num_experts=2, head_top_k=3)
     with pytest.raises(ValueError, match="lacks layers"):
-        ESELoss(ESESettings(compression_size=4), 3, 16)({3: _layers(1)[1]}, _first_column_mean)
+        ESELoss(espresso(compression_size=4), 3, 16)({3: _layers(1)[1]}, _first_column_mean)
 
 
 def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
@@ -445,7 +450,7 @@ def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
     pair_loss = _pairs_of(lambda emb_a, emb_b: cosent_loss(emb_a, emb_b, scores))
 
-    prior_only = ESELoss(ESESettings(compression_size=128, last_layer_weight=0.0), num_layers=6, hidden_size=384)
+    prior_only = ESELoss(espresso(compression_size=128, last_layer_weight=0.0), num_layers=6, hidden_size=384)
     terms = prior_only(layers, pair_loss)
     assert set(terms) == {ESE_TOTAL, PRIOR, DISTILL_PRIOR} and all(torch.isfinite(value) for value in terms.values())
     terms[ESE_TOTAL].backward(retain_graph=True)
@@ -453,7 +458,7 @@ def test_real_minilm_students_are_transformer_blocks_1_to_5(minilm, tokenizer):
     assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in blocks[i].parameters()) for i in range(5))
     assert all(p.grad is None for p in blocks[5].parameters())
 
-    teacher_only = ESELoss(ESESettings(compression_size=128, prior_layers_weight=0.0), num_layers=6, hidden_size=384)
+    teacher_only = ESELoss(espresso(compression_size=128, prior_layers_weight=0.0), num_layers=6, hidden_size=384)
     terms = teacher_only(layers, pair_loss)
     assert set(terms) == {ESE_TOTAL, LAST_COMPRESSED, DISTILL_LAST}
     terms[ESE_TOTAL].backward()

@@ -28,8 +28,8 @@ CASES = {
     "dense-accumulation-gradcache": ["--gradient_accumulation_steps", "2", "--ibn_cache", "true",
                                      "--cache_minibatch_texts", "10"],
     "moe-ese": ["--moe.enabled", "true", "--moe.num_experts", "4", "--moe.num_experts_per_tok", "2",
-                "--moe.router_learning_rate", "1e-3", "--ese.enabled", "true", "--ese.compression_size", "8",
-                "--ese.compression_target", "moe", "--ese.head_expert_hidden", "16"],
+                "--moe.router_learning_rate", "1e-3", "--ese.enabled", "true", "--ese.schedule", "espresso",
+                "--ese.compression_size", "8", "--ese.compression_target", "moe", "--ese.head_expert_hidden", "16"],
 }
 KILL_AT = 3
 

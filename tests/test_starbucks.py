@@ -1,5 +1,7 @@
 """ESE's Starbucks schedule: the slice list, its terms, the recipe pooling what it trains, the PCA refresh."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -8,9 +10,10 @@ from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.ese.compression import pca_target
 from ese_trainer.ese.distillation import distillation_loss
 from ese_trainer.ese.starbucks import STARBUCKS, STARBUCKS_DISTILL, default_diagonal, parse_slices
+from ese_trainer.training.fingerprint import ese_fingerprint, fingerprint_changes
 
 from .conftest import snli_rows
-from .test_ese_loss import _layers
+from .test_ese_loss import _layers, espresso
 from .test_trainer import make_trainer
 
 
@@ -59,7 +62,7 @@ def test_starbucks_distillation_toward_each_layers_target():
 
 
 def test_pca_projection_reused_between_refreshes():
-    loss = ESELoss(ESESettings(compression_size=4, pca_refresh_steps=3), 3, 16).train()
+    loss = ESELoss(espresso(compression_size=4, pca_refresh_steps=3), 3, 16).train()
     calls = []
     original = loss._pca_target
 
@@ -74,8 +77,8 @@ def test_pca_projection_reused_between_refreshes():
         loss(_layers(3, seed=step), _mean_pair_loss)
     refreshed = [any(calls[index * 3:(index + 1) * 3]) for index in range(6)]  # 3 distilled layers a step
     assert refreshed == [True, False, True, False, False, True]  # steps 1 (none yet), 3 and 6
-    fresh = ESELoss(ESESettings(compression_size=4), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
-    reused = ESELoss(ESESettings(compression_size=4, pca_refresh_steps=1), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
+    fresh = ESELoss(espresso(compression_size=4), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
+    reused = ESELoss(espresso(compression_size=4, pca_refresh_steps=1), 3, 16)(_layers(3, seed=9), _mean_pair_loss)
     assert torch.allclose(fresh["loss_ese"], reused["loss_ese"])
 
 
@@ -89,4 +92,35 @@ def test_recipe_pools_the_layers_its_slices_need(tiny_bert, tokenizer, tmp_path)
     trainer.train()
     assert {"loss_ese", "loss_ese_starbucks"} <= set(trainer.state.log_history[0])
     with pytest.raises(ValueError, match="starbucks_pairs applies to schedule starbucks only"):
-        ESEArguments(ese_enabled=True, ese_starbucks_pairs=["1x8"])
+        ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_starbucks_pairs=["1x8"])
+
+
+def test_starbucks_is_the_default_and_espresso_keys_need_it_named():
+    assert ESEArguments(ese_enabled=True).settings().schedule == "starbucks"
+    # A config written when espresso was the default is refused, even with every key at its default value.
+    with pytest.raises(ValueError, match=r"ese.compression_size, ese.layer_weighting apply to schedule espresso only, "
+                                         r"and the schedule is starbucks \(the default, which was espresso before\): "
+                                         r"set ese.schedule: espresso"):
+        ESEArguments(ese_enabled=True, ese_compression_size=128, ese_layer_weighting="log")
+    with pytest.raises(ValueError, match="compression_size applies to schedule espresso only"):
+        ESESettings(compression_size=64)
+    espresso = ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_compression_size=64)
+    assert (espresso.ese_layer_weighting, espresso.ese_compression_size, espresso.ese_starbucks_ladder) == (
+        "log", 64, None)  # the schedule's keys resolved, the other schedule's left unset
+    assert ESEArguments(**asdict(espresso)) == espresso  # so resolved_config.yaml parses again as it is
+    starbucks = ESEArguments(ese_enabled=True)
+    assert (starbucks.ese_starbucks_ladder, starbucks.ese_compression_size, starbucks.ese_kl_temperature) == (
+        "diagonal", None, 1.0)
+    assert ESEArguments(**asdict(starbucks)) == starbucks
+
+
+def test_the_fingerprint_records_every_ese_setting_as_checkpoints_did_before():
+    """Checkpoints saved when every key was resolved record the other schedule's defaults too: a run with the same
+    settings must compare equal to them, and one whose schedule changed with the default must not."""
+    espresso = ESEArguments(ese_enabled=True, ese_schedule="espresso")
+    recorded_before = {"ese_enabled": True, **{f"ese_{name}": value
+                                               for name, value in asdict(ESESettings(schedule="espresso")).items()}}
+    assert ese_fingerprint(espresso) == recorded_before
+    changes = fingerprint_changes({"ese": recorded_before}, {"ese": ese_fingerprint(ESEArguments(ese_enabled=True))})
+    assert changes["ese.ese_schedule"] == {"checkpoint": "espresso", "now": "starbucks"}
+    assert ese_fingerprint(ESEArguments()) == asdict(ESEArguments())

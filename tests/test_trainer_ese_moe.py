@@ -18,7 +18,7 @@ from .test_trainer import make_trainer, pairs  # noqa: F401  (pairs is a fixture
 
 
 def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
-    ese = ESEArguments(ese_enabled=True, ese_compression_size=8, ese_layer_weighting="uniform",
+    ese = ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_compression_size=8, ese_layer_weighting="uniform",
                        ese_last_layer_weight=0.5, ese_prior_layers_weight=2.0)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, LossArguments(ibn_w=0.0, angle_w=0.0, hinge_w=0.0),
                            ese_args=ese)
@@ -41,7 +41,7 @@ def test_ese_loss_is_main_loss_plus_weighted_ese_terms(tiny_bert, tokenizer, pai
 
 
 def test_ese_moe_target_heads_are_trained_logged_and_checkpointed(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811
-    ese = ESEArguments(ese_enabled=True, ese_compression_size=8, ese_compression_target="moe",
+    ese = ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_compression_size=8, ese_compression_target="moe",
                        ese_head_expert_hidden=16)
     trainer = make_trainer(tiny_bert, tokenizer, pairs, tmp_path, max_steps=2, optim="adamw_torch",
                            learning_rate=1e-3, save_strategy="steps", save_steps=2, ese_args=ese,
@@ -99,11 +99,12 @@ def test_ese_settings_checked_against_the_model(tiny_bert, tokenizer, pairs, tmp
 
     with pytest.raises(ConfigError, match=r"ese.compression_size=32 must be in 1..31"):
         make_trainer(tiny_bert, tokenizer, pairs, tmp_path, ese_args=ESEArguments(ese_enabled=True,
+                                                                                  ese_schedule="espresso",
                                                                                   ese_compression_size=32))
     with pytest.raises(ValueError, match="ese.compression_size set but ese.enabled is false"):
         ESEArguments(ese_compression_size=8)
     with pytest.raises(ValueError, match="ese.layer_weighting must be one of"):
-        ESEArguments(ese_enabled=True, ese_layer_weighting="cubic")
+        ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_layer_weighting="cubic")
 
 
 def test_dense_bert_has_no_routing(tiny_bert, tokenizer, pairs, tmp_path):  # noqa: F811

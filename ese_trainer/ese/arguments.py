@@ -6,7 +6,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 from typing import get_type_hints
 
 from ese_trainer.config.sections import set_fields
-from ese_trainer.ese.settings import ESESettings
+from ese_trainer.ese.settings import DEFAULT_SCHEDULE, SCHEDULES, ESESettings, applies, schedule_mismatch
 
 
 def _ese_post_init(self) -> None:
@@ -14,9 +14,20 @@ def _ese_post_init(self) -> None:
     if stray and not self.ese_enabled:
         keys = ", ".join("ese." + name.removeprefix("ese_") for name in stray)
         raise ValueError(f"{keys} set but ese.enabled is false: enable ESE or remove the key(s)")
-    if self.ese_enabled:  # every key resolved (resolved_config.yaml and the card show what was used); validated
-        for name, value in asdict(self.settings()).items():
-            setattr(self, f"ese_{name}", value)
+    if not self.ese_enabled:
+        return
+    # A key of the other schedule is refused even at its default: a config written when espresso was the default
+    # (compression_size, layer_weighting, ...) must say schedule: espresso, not turn into Starbucks unnoticed.
+    schedule = self.ese_schedule or DEFAULT_SCHEDULE
+    foreign = [name.removeprefix("ese_") for name in set_fields(self, "ese_")
+               if schedule in SCHEDULES and not applies(name.removeprefix("ese_"), schedule)]
+    if foreign:
+        raise ValueError(schedule_mismatch(foreign, schedule, "ese.", defaulted=self.ese_schedule is None))
+    settings = self.settings()  # validated
+    # Every key the schedule reads resolved (resolved_config.yaml and the card show what was used); the other
+    # schedule's keys stay unset, so the resolved config parses again as it is.
+    for name, value in asdict(settings).items():
+        setattr(self, f"ese_{name}", value if applies(name, settings.schedule) else None)
 
 
 def _ese_settings(self) -> ESESettings:

@@ -8,6 +8,7 @@ from ese_trainer.ese.starbucks import LADDERS, parse_weights
 
 COMPRESSION_TARGETS = ("pca", "moe")
 SCHEDULES = ("espresso", "starbucks")
+DEFAULT_SCHEDULE = "starbucks"
 
 
 @dataclass(frozen=True)
@@ -16,9 +17,11 @@ class ESESettings:
     :mod:`ese_trainer.ese.loss`). Invalid values raise ValueError naming the setting."""
 
     schedule: str = field(
-        default="espresso", metadata={"help": "espresso: every layer and its leading k dims, distilled toward a "
-                                      "compression target (ESE); starbucks: a fixed list of (layer, dims) slices, "
-                                      "each trained with the pair loss every step (Starbucks, arXiv 2410.13230)."})
+        default=DEFAULT_SCHEDULE, metadata={"help": "starbucks: a fixed list of (layer, dims) slices, each trained "
+                                       "with the pair loss every step (Starbucks, arXiv 2410.13230); espresso: every "
+                                       "layer and its leading k dims, distilled toward a compression target (ESE). "
+                                       "Starbucks is the default: given the training time of its slices trained "
+                                       "alone, it came within 0.3 of each of them (docs/results.md)."})
     starbucks_pairs: list[str] | None = field(
         default=None, metadata={"help": "schedule starbucks: the slices as LAYERxDIMS (e.g. 2x32 4x64 6x384); "
                                 "default: a diagonal from the model's depth and width (BERT-base: Starbucks' own)."})
@@ -44,17 +47,20 @@ class ESESettings:
     pca_refresh_steps: int = field(
         default=1, metadata={"help": "Recompute the PCA target's SVD every this many training steps (1: every "
                              "step, the paper's); between refreshes each layer's projection is reused."})
-    compression_size: int = field(default=128, metadata={"help": "k: the leading dims trained as an embedding."})
+    compression_size: int = field(
+        default=128, metadata={"help": "schedule espresso: k, the leading dims trained as an embedding."})
     kl_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature τ (KL scaled by τ²)."})
     layer_weighting: str = field(
         default="log", metadata={"help": "Student layer weights (schedule espresso): uniform 1, log 1/(1+ln(1+l)) "
                                  "(ESE's), linear 1/(1+l) (sentence-transformers'), depth l/n."})
-    last_layer_weight: float = field(default=1.0, metadata={"help": "λ_last: weight of the last layer's k-dim terms."})
+    last_layer_weight: float = field(
+        default=1.0, metadata={"help": "schedule espresso: λ_last, weight of the last layer's k-dim terms."})
     prior_layers_weight: float = field(
-        default=1.0, metadata={"help": "λ_prior: weight of the shallower layers' terms."})
+        default=1.0, metadata={"help": "schedule espresso: λ_prior, weight of the shallower layers' terms."})
     compression_target: str = field(
-        default="pca", metadata={"help": f"Distillation target of the k dims: {', '.join(COMPRESSION_TARGETS)} "
-                                 "(moe: a learned mixture-of-experts head per layer)."})
+        default="pca", metadata={"help": "schedule espresso: distillation target of the k dims: "
+                                 f"{', '.join(COMPRESSION_TARGETS)} (moe: a learned mixture-of-experts head per "
+                                 "layer)."})
     head_num_experts: int = field(default=4, metadata={"help": "compression_target moe: experts per target head."})
     head_expert_hidden: int = field(default=512, metadata={"help": "compression_target moe: each expert's width."})
     head_top_k: int = field(default=2, metadata={"help": "compression_target moe: experts per embedding."})
@@ -67,11 +73,10 @@ class ESESettings:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.schedule != "starbucks":
-            starbucks_only = [name for name, default in STARBUCKS_DEFAULTS.items() if getattr(self, name) != default]
-            if starbucks_only:
-                raise ValueError(f"{', '.join(starbucks_only)} appl{'y' if len(starbucks_only) > 1 else 'ies'} to "
-                                 "schedule starbucks only")
+        other_schedule = [name for name, default in OTHER_SCHEDULE_DEFAULTS[self.schedule].items()
+                          if getattr(self, name) != default]
+        if other_schedule:
+            raise ValueError(schedule_mismatch(other_schedule, self.schedule))
         if self.pca_refresh_steps < 1 or self.starbucks_distill_weight < 0:
             raise ValueError("pca_refresh_steps must be >= 1 and starbucks_distill_weight >= 0")
         if self.starbucks_ladder not in LADDERS:
@@ -108,9 +113,32 @@ class ESESettings:
                              f"(the model's hidden size is {hidden_size})")
 
 
-# The starbucks_* settings, each with its default: any other value needs schedule starbucks.
-STARBUCKS_DEFAULTS = {setting.name: setting.default for setting in fields(ESESettings)
-                      if setting.name.startswith("starbucks_")}
+# The settings each schedule alone reads; the rest (schedule, kl_temperature, pca_refresh_steps) both read.
+ESPRESSO_ONLY = ("compression_size", "layer_weighting", "last_layer_weight", "prior_layers_weight",
+                 "compression_target", "head_num_experts", "head_expert_hidden", "head_top_k", "head_balance_weight",
+                 "head_learning_rate")
+STARBUCKS_ONLY = tuple(setting.name for setting in fields(ESESettings) if setting.name.startswith("starbucks_"))
+SCHEDULE_ONLY = {"espresso": ESPRESSO_ONLY, "starbucks": STARBUCKS_ONLY}
+# Under each schedule, the other schedule's settings with their defaults: any other value is an error.
+OTHER_SCHEDULE_DEFAULTS = {schedule: {setting.name: setting.default for setting in fields(ESESettings)
+                                      if setting.name in SCHEDULE_ONLY[other]}
+                           for schedule, other in (("espresso", "starbucks"), ("starbucks", "espresso"))}
+
+
+def schedule_mismatch(names: list[str], schedule: str, prefix: str = "", defaulted: bool = False) -> str:
+    """The error for settings of the schedule other than ``schedule``: what they belong to and how to keep them
+    (``prefix``: ``ese.`` in the config's terms; ``defaulted``: the schedule was not set, so it is the default)."""
+    owner = "starbucks" if names[0] in STARBUCKS_ONLY else "espresso"
+    them = "them" if len(names) > 1 else "it"
+    keys = ", ".join(prefix + name for name in names)
+    is_default = f" (the default{', which was espresso before' if owner == 'espresso' else ''})" if defaulted else ""
+    return (f"{keys} appl{'y' if len(names) > 1 else 'ies'} to schedule {owner} only, and the schedule is "
+            f"{schedule}{is_default}: set {prefix}schedule: {owner} to use {them}, or remove {them}")
+
+
+def applies(name: str, schedule: str) -> bool:
+    """Whether the setting ``name`` is read under ``schedule``."""
+    return not any(name in only for other, only in SCHEDULE_ONLY.items() if other != schedule)
 
 
 def setting_names() -> list[str]:

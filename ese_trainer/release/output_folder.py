@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from ese_trainer.data.batching import SourceBatchSampler
 from ese_trainer.data.run_data import RunData
-from ese_trainer.ese.starbucks import parse_slices
+from ese_trainer.ese.starbucks import ladder_slices
 from ese_trainer.evaluation.layer_grid import ENCODE_SECONDS_KEY, encode_time_per_depth, evaluate_layer_dim_grid
 from ese_trainer.evaluation.sts import evaluate_sts
 from ese_trainer.modeling.packing import eval_packing
@@ -144,14 +144,18 @@ def release_run(trainer: ESETrainer, tokenizer: PreTrainedTokenizerBase, args: R
 
 def write_ese_grid(encoder: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: RunArguments,
                    data: RunData) -> None:
-    """``ese_grid.json/.md/.png``: the suite's average for every layer at k/2, k, D/2 and D leading dims (and each
-    slice a starbucks schedule trained), and the encode time of the model cut to each depth (on up to 256 test
-    sentences) for the card's size recommendation."""
+    """``ese_grid.json/.md/.png``: the suite's average for every layer at D/2 and D leading dims and (schedule
+    espresso) k/2 and k, or (schedule starbucks) the dims of every slice it trained; and the encode time of the model
+    cut to each depth (on up to 256 test sentences) for the card's size recommendation."""
     logger.info("ESE layer x dimension grid of the released model")
-    hidden, k = encoder.config.hidden_size, args.ese.ese_compression_size
-    slices = parse_slices(args.ese.ese_starbucks_pairs, encoder.config.num_hidden_layers, hidden) \
-        if args.ese.ese_schedule == "starbucks" else []
-    dims = sorted({dim for dim in (k // 2, k, hidden // 2, hidden, *(dim for _, dim in slices)) if 1 <= dim <= hidden})
+    settings, hidden = args.ese.settings(), encoder.config.hidden_size
+    if settings.schedule == "starbucks":
+        slices = ladder_slices(settings.starbucks_pairs, settings.starbucks_ladder, encoder.config.num_hidden_layers,
+                               hidden)
+        dims = {hidden // 2, hidden, *(dim for _, dim in slices)}
+    else:
+        dims = {settings.compression_size // 2, settings.compression_size, hidden // 2, hidden}
+    dims = sorted(dim for dim in dims if 1 <= dim <= hidden)
     grid = evaluate_layer_dim_grid(encoder, tokenizer, data.suite, args.model.pooling, "all", dims,
                                    args.model.max_seq_length, args.training.per_device_eval_batch_size)
     timed = next(iter(data.suite.values()))

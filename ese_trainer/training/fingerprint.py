@@ -84,8 +84,16 @@ def run_fingerprint(model: ModelArguments, data: DataArguments, loss: LossArgume
                   "max_seq_length": model.max_seq_length, "embedding_dim": model.embedding_dim,
                   "attention_dropout": model.attention_dropout,
                   **({"fast_dropout": True} if model.fast_dropout else {})},  # another random stream; absent: off
-        "objective": {"loss": objective, "ese": asdict(ese), "moe": asdict(moe)},
+        "objective": {"loss": objective, "ese": ese_fingerprint(ese), "moe": asdict(moe)},
     })
+
+
+def ese_fingerprint(ese: ESEArguments) -> dict[str, Any]:
+    """The ``ese:`` keys with every setting's value, the other schedule's defaults included: the resolved keys
+    leave those unset, and a checkpoint saved when every key was resolved still resumes."""
+    if not ese.ese_enabled:
+        return asdict(ese)
+    return {"ese_enabled": True, **{f"ese_{name}": value for name, value in asdict(ese.settings()).items()}}
 
 
 def write_fingerprint(folder: str | Path, fingerprint: dict) -> Path:
