@@ -3,18 +3,24 @@ prints, recorded with the machine.
 
     python3 bench/smoke_record.py            # in a fresh clone: both commands, the set-up included in the first
     python3 bench/smoke_record.py smoke      # ``make smoke`` alone (its table and time; no test count)
+    .venv/bin/python bench/smoke_record.py versus 07ccf66 --rounds 2   # its recipe here against another revision's
 
-Writes ``bench/results/smoke.{json,md}``. Standard library only, so that it runs before the set-up exists.
+Writes ``bench/results/smoke.{json,md}``; ``versus`` writes ``smoke_versus.{json,md}``: ``make smoke``'s recipe
+command (the set-up is the same commands in both) run by this checkout and by ``REV`` checked out beside it, with
+this set-up's packages, alternating, on a quiet machine. Standard library only, so that it runs before the set-up
+exists.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,7 +66,78 @@ def sts_table(output: str) -> tuple[list[str], dict[str, list[float]], str]:
     return columns, rows, best
 
 
+def smoke_recipe() -> list[str]:
+    """The recipe command ``make smoke`` runs once the set-up is done (read from the Makefile), with this set-up's
+    executables."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^smoke:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+    words = " ".join(line.strip().rstrip("\\") for line in recipe.splitlines()).split()
+    return [str(REPO / ".venv" / "bin" / word.removeprefix("$(BIN)/")) if word.startswith("$(BIN)/") else word
+            for word in words if "=" not in word]
+
+
+def versus(revision: str, rounds: int) -> None:
+    """``make smoke``'s recipe by this checkout and by ``revision``, alternating (see the module's docstring)."""
+    command, env = smoke_recipe(), {**os.environ, "HF_HUB_OFFLINE": "1"}
+    label = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as folder:
+        other = Path(folder) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(other), revision], cwd=REPO, check=True)
+        try:
+            trees = {label: other, f"{head} (this checkout)": REPO}
+            for tree in trees.values():  # each revision's own package, not the set-up's editable install
+                found = subprocess.run([command[0].replace("accelerate", "python"), "-c",
+                                        "import ese_trainer; print(ese_trainer.__file__)"], capture_output=True,
+                                       text=True, env={**env, "PYTHONPATH": str(tree)}, cwd=tree, check=True)
+                if not Path(found.stdout.strip()).is_relative_to(tree):
+                    raise SystemExit(f"{tree}: ese_trainer is imported from {found.stdout.strip()}, not the tree")
+            runs: dict[str, list[float]] = {name: [] for name in trees}
+            tables: dict[str, dict] = {}
+            for round_index in range(rounds):
+                for name, tree in trees.items():  # alternating: the other revision first in every round
+                    print(f"== round {round_index + 1}/{rounds}: {name}", flush=True)
+                    started = time.perf_counter()
+                    with tempfile.TemporaryDirectory() as output_dir:
+                        result = subprocess.run([*command, "--output_dir", output_dir], cwd=tree, text=True,
+                                                env={**env, "PYTHONPATH": str(tree)}, capture_output=True)
+                    runs[name].append(round(time.perf_counter() - started, 1))
+                    if result.returncode:
+                        raise SystemExit(f"{name}: the recipe failed\n{result.stderr[-3000:]}")
+                    columns, rows, best = sts_table(result.stdout)
+                    tables[name] = {"columns": columns, "sts": rows, "best_checkpoint": best}
+                    print(f"   {runs[name][-1]:.1f} s; after: {rows['after'][-1]:.2f}", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
+    old, new = runs.values()
+    ratios = [before / after for before, after in zip(old, new)]
+    record = {"command": f".venv/bin/python bench/smoke_record.py versus {revision} --rounds {rounds}",
+              "recipe": " ".join(command), "machine": machine(), "seconds": runs, "ratios": ratios, "tables": tables}
+    (RESULTS / "smoke_versus.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# `make smoke`'s recipe: this checkout against {revision} (`{record['command']}`)", "",
+             f"Machine: {record['machine']}. The recipe command (`{record['recipe']}`, each run into a new output "
+             "folder) with one set-up's packages, each revision's own code, alternating, the other revision first.",
+             "", "| revision | runs (s) | STS avg after | best checkpoint |", "|---|---|---|---|"]
+    lines += [f"| {name} | {', '.join(f'{value:.1f}' for value in values)} | "
+              f"{tables[name]['sts']['after'][-1]:.2f} | {tables[name]['best_checkpoint']} |"
+              for name, values in runs.items()]
+    verdict = ("faster in every round" if min(ratios) > 1 else "slower in every round" if max(ratios) < 1
+               else "mixed")
+    lines += ["", f"{label}'s time over this checkout's, round by round: "
+              + ", ".join(f"{ratio:.2f}x" for ratio in ratios) + f" (this checkout {verdict}).", ""]
+    (RESULTS / "smoke_versus.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["versus"]:
+        parser = argparse.ArgumentParser(description="make smoke's recipe against another revision's")
+        parser.add_argument("revision")
+        parser.add_argument("--rounds", type=int, default=2)
+        options = parser.parse_args(sys.argv[2:])
+        return versus(options.revision, options.rounds)
     fresh = not (REPO / ".venv").exists()  # the set-up is part of the first command's time
     chosen = sys.argv[1:] or [target for _, target in COMMANDS]
     unknown = sorted(set(chosen) - {target for _, target in COMMANDS})
