@@ -31,6 +31,8 @@ SECTIONS = [  # (results file stem, heading)
     ("eval_throughput", "STS evaluation throughput vs. sentence-transformers"),
     ("eval_profile", "Where STS evaluation's time goes (fp32 profile)"),
     ("eval_profile_bf16", "Where STS evaluation's time goes (bf16 profile)"),
+    ("smoke_versus", "`make smoke`'s recipe against the code before the speed work "
+                     "(`.venv/bin/python bench/smoke_record.py versus 07ccf66 --rounds 2`)"),
     ("ese_step", "ESE schedules: step cost"),
     ("moe_step", "MoE step cost"),
     ("cached_memory", "Cached (GradCache) vs. plain contrastive batches"),
