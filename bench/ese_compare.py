@@ -4,6 +4,10 @@
         --grid ESE-pca=outputs/ese_smoke/ese_grid.json --grid ESE-moe=outputs/ese_smoke_moe/ese_grid.json \
         --reference non-ESE --output bench/results/ese_grid_comparison.json
 
+The grids compared must have the same cells. The ``ese_grid_comparison_*`` records compare Espresso runs: train
+them with ``configs/ese_smoke.yaml --ese.schedule espresso`` (``--ese.compression_target moe`` for ESE-moe), since
+that config now trains the default Starbucks schedule, whose grid has the dims of its slices too.
+
 For each run: the STS average of every (layer, dims) cell, the mean over the *reduced* cells (every cell but
 the full one: shallower layers and/or fewer dims, what ESE trains), and the full (last layer, all dims)
 cell; differences against the reference run. Writes JSON and a Markdown table beside it.

@@ -202,7 +202,7 @@ def test_starbucks_keys_need_the_starbucks_schedule():
         ESESettings(schedule="espresso", starbucks_similarity_weight=1.0)
     with pytest.raises(ValueError, match="ese.starbucks_ladder, ese.starbucks_slices_per_step apply to schedule "
                                          "starbucks only, and the schedule is espresso: set ese.schedule: starbucks"):
-        ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_starbucks_ladder="diagonal",
+        ESEArguments(ese_enabled=True, ese_schedule="espresso", ese_starbucks_ladder="grid",
                      ese_starbucks_slices_per_step=2)
     with pytest.raises(ValueError, match="starbucks_slices_per_step must be >= 0"):
         ESESettings(schedule="starbucks", starbucks_slices_per_step=-1)

@@ -112,6 +112,13 @@ def test_starbucks_is_the_default_and_espresso_keys_need_it_named():
     assert (starbucks.ese_starbucks_ladder, starbucks.ese_compression_size, starbucks.ese_kl_temperature) == (
         "diagonal", None, 1.0)
     assert ESEArguments(**asdict(starbucks)) == starbucks
+    # A resolved config written when every key was resolved (both schedules' defaults) names its schedule: it parses.
+    for schedule in ("espresso", "starbucks"):
+        resolved_before = {f"ese_{name}": value for name, value in asdict(ESESettings(schedule=schedule)).items()}
+        assert ESEArguments(ese_enabled=True, **resolved_before).settings() == ESESettings(schedule=schedule)
+    with pytest.raises(ValueError, match=r"ese.compression_size applies to schedule espresso only, and the schedule "
+                                         r"is starbucks: set ese.schedule: espresso"):
+        ESEArguments(ese_enabled=True, ese_schedule="starbucks", ese_compression_size=64)
 
 
 def test_the_fingerprint_records_every_ese_setting_as_checkpoints_did_before():

@@ -16,11 +16,15 @@ def _ese_post_init(self) -> None:
         raise ValueError(f"{keys} set but ese.enabled is false: enable ESE or remove the key(s)")
     if not self.ese_enabled:
         return
-    # A key of the other schedule is refused even at its default: a config written when espresso was the default
-    # (compression_size, layer_weighting, ...) must say schedule: espresso, not turn into Starbucks unnoticed.
+    # Without schedule, a key of the other schedule is refused even at its default: a config written when espresso
+    # was the default (compression_size, layer_weighting, ...) must say schedule: espresso, not turn into Starbucks
+    # unnoticed. With schedule set, only values the schedule would ignore are refused: a resolved config written
+    # when every key was resolved (both schedules' defaults) still parses.
     schedule = self.ese_schedule or DEFAULT_SCHEDULE
-    foreign = [name.removeprefix("ese_") for name in set_fields(self, "ese_")
-               if schedule in SCHEDULES and not applies(name.removeprefix("ese_"), schedule)]
+    defaults = {setting.name: setting.default for setting in fields(ESESettings)}
+    foreign = [name for name in (key.removeprefix("ese_") for key in set_fields(self, "ese_"))
+               if schedule in SCHEDULES and not applies(name, schedule)
+               and (self.ese_schedule is None or getattr(self, f"ese_{name}") != defaults[name])]
     if foreign:
         raise ValueError(schedule_mismatch(foreign, schedule, "ese.", defaulted=self.ese_schedule is None))
     settings = self.settings()  # validated
