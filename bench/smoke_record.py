@@ -89,7 +89,7 @@ def versus(revision: str, rounds: int) -> None:
         try:
             trees = {label: other, f"{head} (this checkout)": REPO}
             for tree in trees.values():  # each revision's own package, not the set-up's editable install
-                found = subprocess.run([command[0].replace("accelerate", "python"), "-c",
+                found = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c",
                                         "import ese_trainer; print(ese_trainer.__file__)"], capture_output=True,
                                        text=True, env={**env, "PYTHONPATH": str(tree)}, cwd=tree, check=True)
                 if not Path(found.stdout.strip()).is_relative_to(tree):

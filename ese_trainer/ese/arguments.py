@@ -6,7 +6,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 from typing import get_type_hints
 
 from ese_trainer.config.sections import set_fields
-from ese_trainer.ese.settings import DEFAULT_SCHEDULE, SCHEDULES, ESESettings, applies, schedule_mismatch
+from ese_trainer.ese.settings import DEFAULT_SCHEDULE, OTHER_SCHEDULE_DEFAULTS, ESESettings, schedule_mismatch
 
 
 def _ese_post_init(self) -> None:
@@ -21,17 +21,16 @@ def _ese_post_init(self) -> None:
     # unnoticed. With schedule set, only values the schedule would ignore are refused: a resolved config written
     # when every key was resolved (both schedules' defaults) still parses.
     schedule = self.ese_schedule or DEFAULT_SCHEDULE
-    defaults = {setting.name: setting.default for setting in fields(ESESettings)}
+    other_defaults = OTHER_SCHEDULE_DEFAULTS.get(schedule, {})  # an unknown schedule: settings() names it
     foreign = [name for name in (key.removeprefix("ese_") for key in set_fields(self, "ese_"))
-               if schedule in SCHEDULES and not applies(name, schedule)
-               and (self.ese_schedule is None or getattr(self, f"ese_{name}") != defaults[name])]
+               if name in other_defaults
+               and (self.ese_schedule is None or getattr(self, f"ese_{name}") != other_defaults[name])]
     if foreign:
         raise ValueError(schedule_mismatch(foreign, schedule, "ese.", defaulted=self.ese_schedule is None))
-    settings = self.settings()  # validated
     # Every key the schedule reads resolved (resolved_config.yaml and the card show what was used); the other
     # schedule's keys stay unset, so the resolved config parses again as it is.
-    for name, value in asdict(settings).items():
-        setattr(self, f"ese_{name}", value if applies(name, settings.schedule) else None)
+    for name, value in asdict(self.settings()).items():  # validated
+        setattr(self, f"ese_{name}", None if name in other_defaults else value)
 
 
 def _ese_settings(self) -> ESESettings:

@@ -136,10 +136,5 @@ def schedule_mismatch(names: list[str], schedule: str, prefix: str = "", default
             f"{schedule}{is_default}: set {prefix}schedule: {owner} to use {them}, or remove {them}")
 
 
-def applies(name: str, schedule: str) -> bool:
-    """Whether the setting ``name`` is read under ``schedule``."""
-    return not any(name in only for other, only in SCHEDULE_ONLY.items() if other != schedule)
-
-
 def setting_names() -> list[str]:
     return [setting.name for setting in fields(ESESettings)]
