@@ -103,8 +103,9 @@ class Contender:
     wall clock this one is given, measured against ``time_against``'s (its passes scaled by that time ratio,
     ``bench.quality_vs_peers.passes``);
     ``sts_loss_weights`` become the ``loss_weights`` of every STS source (start c's in-domain sets); ``plan``: the
-    comparison it is reported in, ``quality`` (``bench.quality_report``: ours against the peers) or ``ese_moe``
-    (``bench.ese_report``: ESE against its twins, MoE against dense)."""
+    comparison it is reported in, ``quality`` (``bench.quality_report``: ours against the peers), ``speed``
+    (``bench.quality_report``: a speed option against ours on dev) or ``ese_moe`` (``bench.ese_report``: ESE against
+    its twins, MoE against dense)."""
 
     name: str
     description: str
@@ -173,9 +174,14 @@ CONTENDERS = {
                                    recipe_args=STARBUCKS_ARGS, dev_metric=SLICES_METRIC,
                                    time_of=("ours", "twin-1x128", "twin-2x256"), time_against="ours-starbucks",
                                    plan="ese_moe"),
-    # Attention dropout 0 lets CPU SDPA take its fused kernel; a default only if dev stays within noise (at ours' rate).
+    # Speed options, each a default only if dev stays within noise: run at ours' rate on ours' seeds and compared with
+    # ours seed by seed on dev (``bench.quality_report``'s speed section), not candidates for ours. Attention dropout 0
+    # lets CPU SDPA take its fused kernel; fast dropout draws the CPU masks four to a 64-bit draw (the same
+    # expectation, another random stream).
     "ours-ad0": Contender("ours-ad0", "ours without attention dropout (attention_dropout 0)", "ours",
-                          recipe_args=("--attention_dropout", "0")),
+                          recipe_args=("--attention_dropout", "0"), plan="speed"),
+    "ours-fd": Contender("ours-fd", "ours with fast dropout masks (fast_dropout: true)", "ours",
+                         recipe_args=("--fast_dropout", "true"), plan="speed"),
     # Start c's scored sources trained as sentence-transformers trains them (CoSENT alone), or without the in-batch
     # term only: candidates for ours' per-source default, chosen on dev.
     "ours-sts-cosent": Contender("ours-sts-cosent", "ours, its STS sources by CoSENT alone", "ours",
@@ -294,8 +300,8 @@ def second_best_half(records: dict[float, dict]) -> float | None:
 
 def ours_candidates() -> list[str]:
     """Our recipe's variants in the quality comparison (trainer ``ours``, plan ``quality``; the raw-labels bug row
-    is not a candidate): the defaults, the seed's 1:1:1 weights, both-anchor rows, no attention dropout and (start c)
-    the STS sources' own weightings. Ours is whichever of those that ran dev prefers (:func:`ours_on_dev`)."""
+    is not a candidate): the defaults, the seed's 1:1:1 weights, both-anchor rows and (start c) the STS sources' own
+    weightings. Ours is whichever of those that ran dev prefers (:func:`ours_on_dev`)."""
     return [name for name, contender in CONTENDERS.items()
             if contender.trainer == "ours" and contender.plan == "quality" and name != "raw-labels"]
 

@@ -206,6 +206,32 @@ def start_section(start: str, entry: dict) -> list[str]:
     return [*lines, ""]
 
 
+def speed_section(start: str, entry: dict) -> list[str]:
+    """Each speed option (plan ``speed``) against ours (the defaults) at ours' rate, seed by seed on chosen dev: it
+    may become a default only within noise, a mean difference no lower than minus ours' seed-to-seed deviation."""
+    ours = dev_by_seed(entry["contenders"]).get("ours", {})
+    options = {name: item for name, item in entry["other_plans"].items() if CONTENDERS[name].plan == "speed"}
+    rows = []
+    for name, runs in dev_by_seed(options).items():
+        seeds = sorted(set(ours) & set(runs))
+        if len(seeds) < 2:
+            continue
+        values = [runs[seed] - ours[seed] for seed in seeds]
+        mean, std, noise = statistics.mean(values), statistics.stdev(values), statistics.stdev(ours[s] for s in seeds)
+        verdict = "within noise" if mean >= -noise else "**below noise**"
+        rows.append(f"| {name} | {', '.join(map(str, seeds))} | {cell([ours[s] for s in seeds])} | "
+                    f"{cell([runs[s] for s in seeds])} | {mean:+.2f} ± {std:.2f} | {sum(v > 0 for v in values)} of "
+                    f"{len(seeds)} | {verdict} |")
+    if not rows:
+        return []
+    return [f"### Start ({start}): speed options on dev", "",
+            "At ours' rate on ours' seeds (`python -m bench.quality_vs_peers seeds --start S --seeds 42 43 44 "
+            "--contenders ours-fd ours-ad0 --rate_of ours`); dev only, the test sets are not read. Within noise: the "
+            "mean paired difference is no lower than minus ours' seed-to-seed standard deviation.", "",
+            "| option | seeds | ours dev | its dev | it minus ours | seeds it leads | verdict |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def sweep_markdown(summary: dict) -> str:
     lines = ["# Ours: candidate objectives on STS-B dev", "",
              "Every variant: `recipes/train_nli.py` on the start's job (`bench/quality_vs_peers.py`), seed 42. "
@@ -246,7 +272,7 @@ def markdown(summary: dict) -> str:
              "`python -m bench.quality_vs_peers report`. Each run's machine is listed under its start.", ""]
     for start, entry in summary.items():
         if entry["contenders"]:
-            lines += start_section(start, entry)
+            lines += start_section(start, entry) + speed_section(start, entry)
     return "\n".join(lines)
 
 

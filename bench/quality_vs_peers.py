@@ -4,6 +4,7 @@
     python -m bench.quality_vs_peers tune --start b --contenders st-mnrl    # learning rates only (dev)
     python -m bench.quality_vs_peers seeds --start b --seeds 45 46 --contenders ours st-mnrl
     python -m bench.quality_vs_peers seeds --start b --seeds 42 --contenders raw-labels --rate_of ours
+    python -m bench.quality_vs_peers seeds --start b --seeds 42 43 44 --contenders ours-fd ours-ad0 --rate_of ours
     python -m bench.quality_vs_peers sweep --start b [--base w1-10-1] [--names ...]   # ours' objectives (dev only)
     python -m bench.quality_vs_peers sweep --start b --contender ours-starbucks --names sb-sim1 sb-grid  # ESE's
     python -m bench.quality_vs_peers score --start b                       # the test suite, chosen runs only
@@ -20,7 +21,7 @@ dev (seed 42): every candidate runs its full-length schedule, and at half the pa
 stops; of the top two, the higher chosen dev wins; the grid is extended (x2, /2) until the chosen rate has a lower
 dev score on both sides, the same rule for all. Then seeds 43-44 for every contender; ours is the candidate of our
 recipe run at the start (``bench.jobs.ours_candidates``: its defaults, the seed's 1:1:1 weights, both-anchor rows,
-no attention dropout, at (c) the STS sources' own weightings) with the best mean dev over seeds 42-44; seeds
+at (c) the STS sources' own weightings) with the best mean dev over seeds 42-44; seeds
 45-46 for it, the best peer by dev and any peer within 0.5 of it on dev (5 paired seeds); the raw-labels row (one
 seed, the defaults' rate); then the test suite for the chosen runs, the only time test sets are read.
 
@@ -541,14 +542,16 @@ def score_chosen(start: str, names: list[str] | None = None) -> None:
     """The test suite for every whole-pass run at its contender's chosen rate (all seeds), and for the start model.
     ``protocol`` calls it after every run, so a model is scored on the machine that trained it; test scores enter
     no choice (rates, checkpoints and seeds are chosen on dev), only the final table. ``names``: those contenders
-    only (default: every tuned one)."""
+    only (default: every tuned one but the speed options, which dev alone judges)."""
     start_file = RUNS / start / "start_model.json"
     if not start_file.is_file():
         suite = suite_tasks()
         scores = score(Path(start_model(start)), start, {**suite, **dev_task()})
         scores["avg"] = sum(scores[task] for task in suite) / len(suite)
         start_file.write_text(json.dumps(scores, indent=2) + "\n")
-    score_chosen_runs(start, list(tuned(start)) if names is None else names, "test",
+    if names is None:  # a speed option is compared with ours on dev only
+        names = [name for name in tuned(start) if CONTENDERS[name].plan != "speed"]
+    score_chosen_runs(start, names, "test",
                       lambda record, folder, suite: {"test": score(folder, start, suite)})
 
 

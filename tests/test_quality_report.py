@@ -84,3 +84,18 @@ def test_ours_is_the_candidate_dev_prefers_and_the_differences_are_taken_from_it
     assert "- ours: -0.80 ± 0.44, t = -3.18; ours-both ahead on 0 of 3 seeds (42, 43, 44)" in table
     assert "- st-mnrl: -0.23 ± 0.21" in table
     assert "| ours | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 | -0.80 |" in table  # every task alike
+
+
+def test_a_speed_option_is_judged_against_ours_on_dev_and_never_becomes_ours(report):
+    """ours-fd's dev beats ours' on every seed, yet ours stays ours (a speed option is no candidate) and neither
+    option enters the table of ours and the peers; ours-ad0, 1.0 lower on dev, falls below ours' seed spread."""
+    folder = report / "runs" / "b"
+    for seed, ours_dev in zip(SEEDS, (82.0, 81.5, 82.2)):  # ours' dev in the fixture: its avg + 8
+        write_run(folder, "ours-fd", 2e-4, seed, 70.0, dev=ours_dev + 0.5)
+        write_run(folder, "ours-ad0", 2e-4, seed, 70.0, dev=ours_dev - 1.0 - 0.1 * (seed - 43))
+    write_tuned(folder, {**TUNED, "ours-fd": (2e-4, []), "ours-ad0": (2e-4, [])})
+    quality_report.write_report()
+    table = (report / "quality_vs_peers.md").read_text()
+    assert "Ours is **ours**" in table and "| ours-fd | 2e-4" not in table
+    assert "| ours-fd | 42, 43, 44 | 81.90 ± 0.36 | 82.40 ± 0.36 | +0.50 ± 0.00 | 3 of 3 | within noise |" in table
+    assert "| ours-ad0 | 42, 43, 44 | 81.90 ± 0.36 | 80.90 ± 0.35 | -1.00 ± 0.10 | 0 of 3 | **below noise** |" in table
