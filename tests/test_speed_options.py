@@ -15,6 +15,7 @@ from ese_trainer.ese.arguments import ESEArguments
 from ese_trainer.losses.arguments import LossArguments
 from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
 from ese_trainer.modeling.encoding import SentenceEncoder
+from ese_trainer.modeling.fused_qkv import fuse_qkv
 from ese_trainer.modeling.loading import compile_layers, load_tokenizer_and_encoder
 from ese_trainer.training.build import build_objective
 from ese_trainer.training.trainer import ESETrainer
@@ -72,9 +73,11 @@ def test_training_runs_without_attention_dropout_and_saves_it(rows, tmp_path):
 
 
 def test_compiled_layers_give_the_eager_loss_and_gradients_without_recompiling(tokenizer, rows):
-    """A tiny BERT's layers compiled (dynamic shapes): packed batches of other token counts and lengths reuse the
-    graphs, the only graph break is the packed attention (kept eager), and loss and gradients equal eager's."""
+    """A tiny BERT's layers (Q, K and V fused, as the recipe loads them) compiled (dynamic shapes): packed batches of
+    other token counts and lengths reuse the graphs, the only graph break is the packed attention (kept eager), and
+    loss and gradients equal eager's."""
     eager = build_tiny_bert(len(tokenizer))
+    fuse_qkv(eager)  # as the recipe loads it
     compiled = copy.deepcopy(eager)
     compile_layers(compiled)
     objective = build_objective(LossArguments(), ESEArguments(), eager.config)

@@ -11,6 +11,7 @@ from ese_trainer.hub_models import resolve_model_path
 from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
 from ese_trainer.modeling.convert import MoEConversionError, build_moe, is_moe_model
 from ese_trainer.modeling.fast_dropout import use_fast_dropout
+from ese_trainer.modeling.fused_qkv import fuse_qkv
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def load_tokenizer_and_encoder(model_args: ModelArguments, moe_args: MoEArgument
     """The model's own tokenizer and the encoder to train: the checkpoint, or its MoE conversion (``moe.enabled``).
 
     The checkpoint's pooler (unused: embeddings come from our pooling) is frozen, so DDP never waits for its
-    gradients.
+    gradients. BERT self-attention computes queries, keys and values with one projection (:func:`fuse_qkv`).
     """
     model_path = resolve_model_path(model_args.model_name_or_path)
     logger.info("model %s -> %s", model_args.model_name_or_path, model_path)
@@ -36,6 +37,7 @@ def load_tokenizer_and_encoder(model_args: ModelArguments, moe_args: MoEArgument
             raise ConfigError(str(error)) from None
     if getattr(model, "pooler", None) is not None:
         model.pooler.requires_grad_(False)
+    fuse_qkv(model)
     if model_args.attention_dropout is not None:
         set_attention_dropout(model, model_args.attention_dropout)
     if model_args.fast_dropout:
