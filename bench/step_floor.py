@@ -2,7 +2,9 @@
 memory traffic at the measured memory bandwidth.
 
 Per layer and packed batch of ``N`` real tokens (hidden ``H``, feed-forward ``I``, ``A`` heads of ``d``): the linear
-GEMMs ``N x H x H`` (query, key, value, output), ``N x H x I`` and ``N x I x H``; backward, for each, the input's
+GEMMs ``N x H x 3H`` (query, key and value in one, as the recipe's encoder runs them:
+``ese_trainer/modeling/fused_qkv.py``; ``fused_qkv=False``: three ``N x H x H``, as BERT runs them), ``N x H x H``
+(the attention output), ``N x H x I`` and ``N x I x H``; backward, for each, the input's
 gradient ``N x out x in`` and the weight's ``out x N x in``; attention's score and context GEMMs per text of real
 length ``L`` (``L x d x L`` and ``L x L x d`` per head; backward twice those). Each GEMM shape's rate is measured
 (best of ``repeats``) at the median batch's token count and the median text length, and every batch's FLOPs of that
@@ -36,11 +38,12 @@ def best_seconds(run: Callable[[], object], repeats: int = 10, inner: int = 5) -
     return best
 
 
-def linear_shapes(config, tokens: int, backward: bool) -> list[tuple[str, int, int, int]]:
+def linear_shapes(config, tokens: int, backward: bool, fused_qkv: bool = True) -> list[tuple[str, int, int, int]]:
     """``(name, m, k, n)`` of one layer's linear GEMMs (``m x k`` times ``k x n``) for ``tokens`` packed tokens."""
     hidden, inner = config.hidden_size, config.intermediate_size
-    forward = [("qkv and output", tokens, hidden, hidden)] * 4 + [("ffn up", tokens, hidden, inner),
-                                                                  ("ffn down", tokens, inner, hidden)]
+    projections = [("qkv", tokens, hidden, 3 * hidden)] if fused_qkv else [("q, k, v", tokens, hidden, hidden)] * 3
+    forward = [*projections, ("attention output", tokens, hidden, hidden), ("ffn up", tokens, hidden, inner),
+               ("ffn down", tokens, inner, hidden)]
     if not backward:
         return forward
     grads = []
@@ -58,8 +61,8 @@ def attention_flops(config, lengths: Sequence[int], backward: bool) -> float:
     return forward * (3 if backward else 1)
 
 
-def gemm_floor(config, batches: Sequence[Sequence[int]], bf16: bool, backward: bool = True, repeats: int = 10
-               ) -> dict:
+def gemm_floor(config, batches: Sequence[Sequence[int]], bf16: bool, backward: bool = True, repeats: int = 10,
+               fused_qkv: bool = True) -> dict:
     """The GEMM floor of running ``batches`` (each a list of real text lengths) through the encoder of ``config``:
     FLOPs and seconds per kind of GEMM at the measured rates (see the module docstring), and their sum."""
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -67,7 +70,7 @@ def gemm_floor(config, batches: Sequence[Sequence[int]], bf16: bool, backward: b
     typical_tokens = int(statistics.median(sum(batch) for batch in batches))
     typical_length = int(statistics.median(length for batch in batches for length in batch))
     rates: dict[str, float] = {}
-    for name, m, k, n in linear_shapes(config, typical_tokens, backward):
+    for name, m, k, n in linear_shapes(config, typical_tokens, backward, fused_qkv):
         if name not in rates:
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
             rates[name] = 2 * m * k * n / best_seconds(lambda a=a, b=b: a @ b, repeats)
@@ -78,7 +81,7 @@ def gemm_floor(config, batches: Sequence[Sequence[int]], bf16: bool, backward: b
                           / best_seconds(lambda: torch.bmm(torch.bmm(q, q.transpose(1, 2)), q), repeats))
     flops: dict[str, float] = dict.fromkeys(rates, 0.0)
     for batch in batches:
-        for name, m, k, n in linear_shapes(config, sum(batch), backward):
+        for name, m, k, n in linear_shapes(config, sum(batch), backward, fused_qkv):
             flops[name] += 2 * m * k * n * layers
         flops["attention"] += attention_flops(config, batch, backward) * layers
     seconds = {name: flops[name] / rates[name] for name in flops}

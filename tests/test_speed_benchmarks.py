@@ -47,11 +47,16 @@ def test_the_gemm_floor_counts_six_flops_per_weight_and_token_plus_attention(min
     attention = config.num_hidden_layers * sum(4 * length ** 2 * config.hidden_size for batch in batches
                                                for length in batch)
     for backward, factor in ((True, 3), (False, 1)):
-        floor = gemm_floor(config, batches, bf16=False, backward=backward, repeats=1)
-        assert floor["flops"]["attention"] == attention * factor
-        assert floor["total_flops"] - floor["flops"]["attention"] == 2 * factor * weights * tokens
-        assert floor["total_seconds"] == pytest.approx(sum(floor["flops"][kind] / floor["flops_per_second"][kind]
-                                                           for kind in floor["flops"]))
+        floors = {fused: gemm_floor(config, batches, bf16=False, backward=backward, repeats=1, fused_qkv=fused)
+                  for fused in (True, False)}
+        for floor in floors.values():
+            assert floor["flops"]["attention"] == attention * factor
+            assert floor["total_flops"] - floor["flops"]["attention"] == 2 * factor * weights * tokens
+            assert floor["total_seconds"] == pytest.approx(sum(floor["flops"][kind] / floor["flops_per_second"][kind]
+                                                               for kind in floor["flops"]))
+        # the one Q, K, V projection (the recipe's) and BERT's three do the same work, each 3 x the output's
+        assert floors[True]["flops"]["qkv"] == floors[False]["flops"]["q, k, v"] == 3 * floors[True]["flops"][
+            "attention output"]
 
 
 def test_ratios_keep_their_run_to_run_spread():
