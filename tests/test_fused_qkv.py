@@ -74,7 +74,8 @@ def test_embeddings_and_gradients_equal_the_three_projections(loaded, batch, pac
 
 def test_one_projection_gemm_per_layer(loaded, batch):
     """Forward: one matmul with bias for Q, K and V together, the attention output, FFN in and out: 4 per layer
-    against BERT's 6."""
+    against BERT's 6. A layer whose weights DeepSpeed ZeRO-3 partitions (gathered only as each module runs) keeps
+    BERT's three."""
     _, model = loaded
 
     def linear_calls(module) -> int:
@@ -85,6 +86,10 @@ def test_one_projection_gemm_per_layer(loaded, batch):
     layers = model.config.num_hidden_layers
     pooler = 1  # the checkpoint's pooler runs in the forward (frozen; our pooling makes the embeddings)
     assert linear_calls(model) == 4 * layers + pooler and linear_calls(unfused(model)) == 6 * layers + pooler
+    partitioned = unfused(model)
+    fuse_qkv(partitioned)
+    partitioned.encoder.layer[0].attention.self.key.weight.ds_id = 7  # how DeepSpeed ZeRO-3 marks its weights
+    assert linear_calls(partitioned) == 4 * layers + pooler + 2  # that layer runs the three modules
 
 
 def test_moe_encoders_fuse_too_and_a_decoder_cache_keeps_berts_forward(tokenizer):

@@ -7,6 +7,9 @@ under bf16 autocast the (float32, layer-normed) hidden states cast once instead 
 keys and values are views of its output, so the attention function (SDPA, packed, flash varlen) receives them as
 before. The three ``nn.Linear`` keep their parameters: the state dict, checkpoints, the saved model and the
 optimizer's parameter groups do not change. The outputs equal the three projections' up to float rounding.
+
+DeepSpeed ZeRO-3 gathers a module's partitioned weights only when that module runs; its weights (marked ``ds_id``)
+therefore take BERT's own forward, through the three modules.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ CACHE_KEYS = ("cache", "past_key_values")  # a decoder's key/value cache, by its
 
 class FusedQKVSelfAttention(BertSelfAttention):
     """``BertSelfAttention`` computing Q, K and V with one stacked projection; an encoder's self-attention only (a
-    decoder's cache, or a projection without bias, takes BERT's own forward)."""
+    decoder's cache, a projection without bias or ZeRO-3 partitioned weights take BERT's own forward)."""
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> tuple[Tensor, Tensor]:
         projections = (self.query, self.key, self.value)
         if self.is_decoder or any(kwargs.get(key) is not None for key in CACHE_KEYS) or any(
-                projection.bias is None for projection in projections):
+                projection.bias is None or hasattr(projection.weight, "ds_id") for projection in projections):
             return super().forward(hidden_states, attention_mask, **kwargs)
         for key in CACHE_KEYS:
             kwargs.pop(key, None)
