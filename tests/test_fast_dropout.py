@@ -16,7 +16,7 @@ from ese_trainer.modeling.arguments import ModelArguments, MoEArguments
 from ese_trainer.modeling.encoding import SentenceEncoder
 from ese_trainer.modeling.fast_dropout import FastDropout, fast_dropout, keep_mask, kept_rate
 from ese_trainer.modeling.loading import load_tokenizer_and_encoder
-from ese_trainer.modeling.packing import fast_dropout_attention
+from ese_trainer.modeling.packing import fast_dropout_attention, math_attention
 
 from .conftest import snli_rows
 
@@ -107,3 +107,29 @@ def test_the_option_swaps_every_dropout_of_the_encoder_and_the_training_forward_
     model.eval()
     assert torch.allclose(encoder(batch).embeddings, SentenceEncoder(plain.eval(), "mean", packed=True)(batch)
                           .embeddings, atol=1e-5)
+
+
+def test_bf16_math_attention_draws_sdpas_masks_and_the_packed_bf16_forward_takes_it(attention_inputs):
+    """With the same seed, bf16 math attention drops the very probabilities SDPA drops (its output within bf16
+    rounding of SDPA's, which computes in float32; another draw is far off); bf16 training on CPU runs it, float32
+    keeps SDPA."""
+    query, key, value, mask = (tensor.to(torch.bfloat16) if tensor.dtype != torch.bool else tensor
+                               for tensor in attention_inputs)
+    torch.manual_seed(3)
+    sdpa = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.3, scale=0.25).float()
+    torch.manual_seed(3)
+    ours = math_attention(query, key, value, attn_mask=mask, dropout_p=0.3, scale=0.25).float()
+    other = math_attention(query, key, value, attn_mask=mask, dropout_p=0.3, scale=0.25).float()
+    assert (ours - sdpa).abs().max() < 0.05 * sdpa.abs().max() < (other - sdpa).abs().max()
+    rows = snli_rows(6, seed=3)
+    tokenizer, model = load_tokenizer_and_encoder(ModelArguments(), MoEArguments())
+    batch = RowCollator(tokenizer, 128)(rows)
+    encoder = SentenceEncoder(model.train(), "mean", packed=True)
+
+    def sdpa_calls(bf16: bool) -> int:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.profiler.profile() as profiled:
+            encoder(batch)
+        return sum(event.count for event in profiled.key_averages()
+                   if event.key == "aten::scaled_dot_product_attention")
+
+    assert sdpa_calls(bf16=True) == 0 < sdpa_calls(bf16=False)

@@ -13,7 +13,9 @@ arguments ``cu_seq_lens_q/k`` (cumulative text lengths) and ``max_length_q/k``. 
   the groups are the contiguous runs of the sorted lengths that minimise the padded score grid ``sum_g B_g T_g^2``
   (an exact dynamic programme over the distinct lengths). :func:`pack` computes this layout once per forward
   (:class:`AttentionLayout`) and every layer reuses it. Each text's keys stay its own, so the result is the one
-  padded attention gives, up to float rounding.
+  padded attention gives, up to float rounding. Training on CPU with attention dropout in bf16 (or fp16), a group
+  runs :func:`math_attention` instead of SDPA: the same dropout masks, the products in bf16 as under autocast
+  elsewhere (SDPA's CPU math path computes them in float32, more slowly).
 
 Pooling reads the packed states per text: CLS = the first token of each text, mean = a segment sum
 (``index_add_``), max = a segment max, last = the last token; every hidden layer alike (ESE's students).
@@ -257,24 +259,36 @@ def packed_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
 
     dropout = dropout if module.training else 0.0
     attend = F.scaled_dot_product_attention
-    if dropout > 0.0 and query.device.type == "cpu" and isinstance(getattr(module, "dropout", None), FastDropout):
-        attend = fast_dropout_attention
+    if dropout > 0.0 and query.device.type == "cpu":  # SDPA's CPU math path: float32 for bf16 inputs, and slower
+        if isinstance(getattr(module, "dropout", None), FastDropout):
+            attend = fast_dropout_attention
+        elif query.dtype in (torch.bfloat16, torch.float16):
+            attend = math_attention
     outputs = [attend(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
                for q, k, v, mask in zip(grids(query), grids(key), grids(value), layout.key_masks)]
     flat = torch.cat([output.transpose(1, 2).reshape(-1, heads, head_dim) for output in outputs])
     return flat.index_select(0, layout.slots).unsqueeze(0), None
 
 
-def fast_dropout_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, dropout_p: float,
-                           scale: float | None) -> Tensor:
-    """SDPA's math path (``softmax(q k^T scale + mask) v``, Vaswani et al., 2017) with the attention probabilities
-    dropped by :func:`~ese_trainer.modeling.fast_dropout.fast_dropout` instead of ``bernoulli_``; the softmax in
-    float32, as transformers' eager attention. ``attn_mask``: boolean, True where a key takes part."""
+def math_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, dropout_p: float,
+                   scale: float | None, drop=F.dropout) -> Tensor:
+    """Attention (``softmax(q k^T scale + mask) v``, Vaswani et al., 2017) in the inputs' dtype with the softmax in
+    float32, as transformers' eager attention runs under autocast, the probabilities dropped by ``drop``. With
+    ``F.dropout`` it draws the very masks PyTorch's SDPA draws (the same ``bernoulli_`` call on the same shape), where
+    SDPA's CPU math path computes bf16 inputs in float32, more slowly. ``attn_mask``: boolean, True where a key takes
+    part."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scale is None else scale)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(fast_dropout(probabilities, dropout_p), value)
+    return torch.matmul(drop(probabilities, dropout_p), value)
+
+
+def fast_dropout_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, dropout_p: float,
+                           scale: float | None) -> Tensor:
+    """:func:`math_attention` with the attention probabilities dropped by
+    :func:`~ese_trainer.modeling.fast_dropout.fast_dropout` instead of ``bernoulli_``."""
+    return math_attention(query, key, value, attn_mask, dropout_p, scale, drop=fast_dropout)
 
 
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
