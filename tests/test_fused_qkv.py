@@ -92,7 +92,7 @@ def test_one_projection_gemm_per_layer(loaded, batch):
     assert linear_calls(partitioned) == 4 * layers + pooler + 2  # that layer runs the three modules
 
 
-def test_moe_encoders_fuse_too_and_a_decoder_cache_keeps_berts_forward(tokenizer):
+def test_moe_encoders_fuse_once_and_give_berts_attention_output(tokenizer):
     moe = build_tiny_moe(len(tokenizer))
     assert fuse_qkv(moe) == moe.config.num_hidden_layers and fuse_qkv(moe) == 0  # already fused: nothing to do
     attention = moe.encoder.layer[0].attention.self
